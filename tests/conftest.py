@@ -1,0 +1,29 @@
+"""Shared test fixtures: one model preparation per session (cached across sessions)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+@pytest.fixture(scope="session")
+def model_path() -> str:
+    """The embedded model as a Hugging Face folder, prepared once into the shared cache."""
+    from cluster.model_prep import prepare_model
+
+    return prepare_model("embedded")
+
+
+@pytest.fixture(scope="session")
+def gsm8k_dir() -> Path:
+    if not (SHARED_DATA / "gsm8k_test.jsonl").is_file():
+        pytest.skip(f"GSM8K files not present at {SHARED_DATA}")
+    return SHARED_DATA

@@ -1,0 +1,91 @@
+import subprocess
+import sys
+
+import pytest
+
+from cluster.config import ConfigError, dump_config, load_config
+from tests.conftest import REPO
+
+
+def test_default_config_is_the_embedded_local_cpu_one():
+    cfg = load_config()
+    assert cfg.model.path == "embedded"
+    assert cfg.task.name == "arithmetic"
+    # the paper's MATH settings are the defaults of the objective
+    assert (cfg.algorithm.alpha, cfg.algorithm.beta1, cfg.algorithm.beta2) == (10.0, 0.01, 0.1)
+
+
+def test_dotted_overrides_are_typed():
+    cfg = load_config(overrides=["learner.lr=3e-6", "rollout.attempt2.stop=[x, y]", "run.name=abc"])
+    assert cfg.learner.lr == pytest.approx(3e-6)
+    assert cfg.rollout.attempt2.stop == ["x", "y"]
+    assert cfg.run.name == "abc"
+    # the resolved config round-trips through YAML
+    tmp = REPO / ".pytest_cache" / "resolved.yaml"
+    tmp.parent.mkdir(exist_ok=True)
+    tmp.write_text(dump_config(cfg))
+    assert load_config(tmp) == cfg
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("learner.lrr=1", "unknown key 'learner.lrr'"),
+        ("bogus.x=1", "unknown key 'bogus'"),
+        ("learner.lr=abc", "learner.lr: Input should be a valid number"),
+        ("learner.zero_stage=1", "learner.zero_stage"),
+        ("rollout.attempt1.top_p=2", "rollout.attempt1.top_p"),
+        ("learner.updates_per_batch=4", "set algorithm.clip_ratio"),
+        ("task.name=gsm8k", "needs task.train_path"),
+    ],
+)
+def test_bad_values_name_the_key(override, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=[override])
+    assert expected in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run:\n  name: [oops\nlearner: {}\n")
+    with pytest.raises(ConfigError, match=r"invalid YAML in .*bad.yaml:\d+:\d+"):
+        load_config(bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(scalar)
+
+
+def test_malformed_override():
+    with pytest.raises(ConfigError, match="must look like section.key=value"):
+        load_config(overrides=["learner.lr"])
+    with pytest.raises(ConfigError, match="'run' is not a section"):
+        load_config(overrides=["run=3", "run.name=x"])
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["train", "--set", "learner.lrr=1"], "unknown key 'learner.lrr'"),
+        (["train", "--config", "missing.yaml"], "config file not found: missing.yaml"),
+        (["eval", "--set", "task.name=gsm8k", "--set", "task.eval_path=/no/such.jsonl"], "data file not found"),
+    ],
+)
+def test_cli_user_errors_are_one_line_without_traceback(args, expected):
+    proc = subprocess.run(
+        [sys.executable, "-m", "cluster.main", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_help_lists_the_commands():
+    proc = subprocess.run([sys.executable, "-m", "cluster.main", "--help"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0
+    for command in ("train", "eval", "prepare-model", "sample"):
+        assert command in proc.stdout
