@@ -6,7 +6,7 @@ import re
 
 _GSM8K_ANSWER = re.compile(r"####\s*(.+?)\s*$", re.MULTILINE)
 _THE_ANSWER_IS = re.compile(r"answer\s+is\s*:?\s*\$?(.+?)\$?\s*(?:\.\s*)?$", re.IGNORECASE | re.MULTILINE)
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?%?|-?\.\d+%?")
 
 
 def last_boxed(text: str) -> str | None:
@@ -40,6 +40,11 @@ def the_answer_is(text: str) -> str | None:
     return matches[-1].strip() if matches else None
 
 
+def numbers(text: str) -> list[str]:
+    """Every number in the text, commas removed (a trailing % is kept)."""
+    return [m.replace(",", "") for m in _NUMBER.findall(text)]
+
+
 def last_number(text: str) -> str | None:
     """The last number in the text, commas removed."""
     matches = _NUMBER.findall(text)
@@ -53,3 +58,12 @@ def final_answer(text: str) -> str | None:
         if found:
             return found
     return None
+
+
+_CODE_BLOCK = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE)
+
+
+def extract_program(response: str) -> str:
+    """The program in a model response: the longest fenced code block, else the whole text."""
+    blocks = [b for b in _CODE_BLOCK.findall(response) if b.strip()]
+    return max(blocks, key=len) if blocks else response

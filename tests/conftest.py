@@ -27,3 +27,13 @@ def gsm8k_dir() -> Path:
     if not (SHARED_DATA / "gsm8k_test.jsonl").is_file():
         pytest.skip(f"GSM8K files not present at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance for the whole session, on its own ports (never `ray stop`)."""
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,275 @@
+"""Running untrusted Python (policy-written code) with hard limits.
+
+Each run gets, through bubblewrap (``bwrap``) and rlimits:
+
+- a fresh scratch directory (its working directory, the only writable place besides a private /tmp);
+- a read-only view of the rest of the file system;
+- no network at all: its own network namespace, so not even the host's loopback;
+- its own PID namespace and process session: when the call ends, bwrap (PID 1 inside) dies and
+  the kernel kills everything the program started, daemons and new sessions included;
+- limits on CPU time, address space, processes, file size and open files; when the host runs as
+  root, the program runs under a throw-away unprivileged uid so that the process limit applies;
+- a scrubbed environment (the host's secrets are invisible) and capped output.
+
+Where bubblewrap is unavailable, :func:`run_python` refuses with ``sandbox_error`` unless weak
+isolation (rlimits and a process group only) is explicitly allowed, and then warns loudly.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import resource
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Literal
+
+Status = Literal["ok", "error", "timeout", "memory", "killed", "sandbox_error"]
+STATUSES: tuple[Status, ...] = ("ok", "error", "timeout", "memory", "killed", "sandbox_error")
+
+#: Interpreter inside the sandbox: must be readable by an unprivileged uid (a venv under /root is not).
+SANDBOX_PYTHON = os.environ.get("SCORE_SANDBOX_PYTHON", "/usr/bin/python3")
+_UID_RANGE = (200_000, 260_000)  # throw-away uids, one per run, when the host is root
+
+
+@dataclass(frozen=True)
+class SandboxResult:
+    """The outcome of one sandboxed run."""
+
+    status: Status
+    returncode: int | None
+    stdout: str
+    stderr: str
+    duration_s: float
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """Resource limits of one run."""
+
+    timeout_s: float = 10.0
+    memory_mb: int = 1024
+    max_processes: int = 64
+    max_output_bytes: int = 64 * 1024
+    max_file_bytes: int = 16 * 1024 * 1024
+    max_open_files: int = 64
+
+
+def bwrap_available() -> bool:
+    """True when bubblewrap exists and can create its namespaces on this host."""
+    return _probe_bwrap()
+
+
+_BWRAP_OK: bool | None = None
+
+
+def _probe_bwrap() -> bool:
+    global _BWRAP_OK
+    if _BWRAP_OK is None:
+        exe = shutil.which("bwrap")
+        if exe is None:
+            _BWRAP_OK = False
+        else:
+            probe = subprocess.run(
+                [exe, "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "true"],
+                capture_output=True,
+                timeout=30,
+            )
+            _BWRAP_OK = probe.returncode == 0
+    return _BWRAP_OK
+
+
+def _interpreter() -> str:
+    return SANDBOX_PYTHON if os.path.exists(SANDBOX_PYTHON) else shutil.which("python3") or "python3"
+
+
+def _bwrap_command(scratch: str, script: str) -> list[str]:
+    return [
+        shutil.which("bwrap") or "bwrap",
+        "--unshare-all",  # user, ipc, pid, net, uts, cgroup namespaces: no network, own PIDs
+        "--die-with-parent",
+        "--new-session",
+        "--ro-bind", "/", "/",
+        "--tmpfs", "/tmp",
+        "--dev", "/dev",
+        "--proc", "/proc",
+        "--bind", scratch, "/tmp/sandbox",
+        "--chdir", "/tmp/sandbox",
+        "--clearenv",
+        "--setenv", "PATH", "/usr/local/bin:/usr/bin:/bin",
+        "--setenv", "HOME", "/tmp/sandbox",
+        "--setenv", "LANG", "C.UTF-8",
+        "--setenv", "PYTHONDONTWRITEBYTECODE", "1",
+        "--setenv", "PYTHONHASHSEED", "0",
+        _interpreter(), "-I", "-S", f"/tmp/sandbox/{script}",
+    ]
+
+
+def _weak_command(scratch: str, script: str) -> list[str]:
+    return [_interpreter(), "-I", "-S", os.path.join(scratch, script)]
+
+
+def _limit_child(limits: SandboxLimits, uid: int | None):
+    """Runs in the child between fork and exec: new session, rlimits, then drop to ``uid``."""
+
+    cpu = int(limits.timeout_s) + 1
+    memory = limits.memory_mb * 1024 * 1024
+
+    def apply() -> None:
+        os.setsid()
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limits.max_file_bytes, limits.max_file_bytes))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limits.max_open_files, limits.max_open_files))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if uid is not None:
+            resource.setrlimit(resource.RLIMIT_NPROC, (limits.max_processes, limits.max_processes))
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+
+    return apply
+
+
+class _CappedReader(threading.Thread):
+    """Drains a pipe, keeping at most ``cap`` bytes; sets ``overflow`` when more arrived."""
+
+    def __init__(self, stream, cap: int):
+        super().__init__(daemon=True)
+        self.stream, self.cap = stream, cap
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.overflow = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while chunk := self.stream.read1(65536) if hasattr(self.stream, "read1") else self.stream.read(65536):
+                if self.size < self.cap:
+                    self.chunks.append(chunk[: self.cap - self.size])
+                self.size += len(chunk)
+                if self.size > self.cap:
+                    self.overflow.set()
+        except (OSError, ValueError):
+            pass
+
+    def text(self) -> str:
+        data = b"".join(self.chunks).decode("utf-8", errors="replace")
+        if self.size > self.cap:
+            data += f"\n[output truncated: {self.size} bytes or more, cap {self.cap}]"
+        return data
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.kill()
+    except ProcessLookupError:
+        pass
+
+
+def run_python(
+    source: str,
+    timeout_s: float = 10.0,
+    memory_mb: int = 1024,
+    *,
+    limits: SandboxLimits | None = None,
+    allow_weak_isolation: bool = False,
+) -> SandboxResult:
+    """Run ``source`` as a Python program in the sandbox and report what happened.
+
+    Never raises for anything the program does; problems of the sandbox itself come back as
+    ``sandbox_error``.
+    """
+    limits = limits or SandboxLimits(timeout_s=timeout_s, memory_mb=memory_mb)
+    start = time.monotonic()
+    isolated = _probe_bwrap()
+    if not isolated and not allow_weak_isolation:
+        return SandboxResult(
+            "sandbox_error", None, "",
+            "bubblewrap (bwrap) is unavailable: refusing to run untrusted code "
+            "(install the Debian package 'bubblewrap', or set rewards.sandbox.allow_weak_isolation=true)",
+            0.0,
+        )
+    if not isolated:
+        warnings.warn(
+            "SANDBOX RUNNING WITH WEAK ISOLATION: no namespaces, the program can reach the network "
+            "and the file system; only rlimits and a process group contain it",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    uid = random.randint(*_UID_RANGE) if os.geteuid() == 0 else None
+    scratch = tempfile.mkdtemp(prefix="score-sandbox-")
+    try:
+        script = "program.py"
+        with open(os.path.join(scratch, script), "w") as fh:
+            fh.write(source)
+        if uid is not None:
+            os.chown(scratch, uid, uid)
+            os.chmod(scratch, 0o700)
+            os.chown(os.path.join(scratch, script), uid, uid)
+        cmd = _bwrap_command(scratch, script) if isolated else _weak_command(scratch, script)
+        try:
+            proc = subprocess.Popen(
+                cmd,
+                cwd=scratch,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+                preexec_fn=_limit_child(limits, uid),
+                close_fds=True,
+            )
+        except OSError as err:
+            return SandboxResult("sandbox_error", None, "", f"cannot start the sandbox: {err}", time.monotonic() - start)
+        out = _CappedReader(proc.stdout, limits.max_output_bytes)
+        err = _CappedReader(proc.stderr, limits.max_output_bytes)
+        out.start()
+        err.start()
+        deadline = start + limits.timeout_s
+        status: Status | None = None
+        while True:
+            try:
+                proc.wait(timeout=0.02)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if time.monotonic() > deadline:
+                status = "timeout"
+            elif out.overflow.is_set() or err.overflow.is_set():
+                status = "killed"  # output flood: stop it rather than drain it until the deadline
+            if status:
+                _kill_group(proc)
+                proc.wait()
+                break
+        out.join(timeout=2)
+        err.join(timeout=2)
+        stdout, stderr = out.text(), err.text()
+        returncode = proc.returncode
+        if status is None:
+            status = _classify(returncode, stderr, isolated)
+        return SandboxResult(status, returncode, stdout, stderr, time.monotonic() - start)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _classify(returncode: int, stderr: str, isolated: bool) -> Status:
+    if returncode == 0:
+        return "ok"
+    if isolated and stderr.startswith("bwrap:"):
+        return "sandbox_error"
+    if "MemoryError" in stderr or "Cannot allocate memory" in stderr:
+        return "memory"
+    if returncode in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
+        return "timeout"
+    if returncode < 0 or returncode >= 128:
+        return "killed"
+    return "error"
