@@ -108,6 +108,11 @@ class ScoreLoss:
     clipped_frac: torch.Tensor
 
 
+def attempt_kl(attempt: AttemptTensors, estimator: KLEstimator) -> torch.Tensor:
+    """The attempt's KL to the reference, averaged over its action tokens."""
+    return sequence_mean(kl_penalty(attempt.logp, attempt.ref_logp, estimator), attempt.mask)
+
+
 def shaped_reward(r1: torch.Tensor, r2: torch.Tensor, alpha: float) -> torch.Tensor:
     """``r2 + alpha * (r2 - r1)``: a bonus for changing a wrong answer to a right one."""
     return r2 + alpha * (r2 - r1)
@@ -127,8 +132,7 @@ def stage1_loss(
     """Stage I: ``-E[r2] + beta2 * KL(attempt 1) + beta1 * KL(attempt 2)``."""
     adv2 = leave_one_out_advantages(r2, k, normalize_advantages)
     pg, clipped = policy_gradient_loss(a2.logp, a2.old_logp, adv2, a2.mask, clip_ratio)
-    kl1 = sequence_mean(kl_penalty(a1.logp, a1.ref_logp, kl_estimator), a1.mask)
-    kl2 = sequence_mean(kl_penalty(a2.logp, a2.ref_logp, kl_estimator), a2.mask)
+    kl1, kl2 = attempt_kl(a1, kl_estimator), attempt_kl(a2, kl_estimator)
     loss = pg + beta2 * kl1 + beta1 * kl2
     return ScoreLoss(loss, pg.detach(), kl1.detach(), kl2.detach(), r2.float().mean(), clipped)
 
@@ -151,8 +155,7 @@ def stage2_loss(
     adv2 = leave_one_out_advantages(r2_hat, k, normalize_advantages)
     pg1, clipped1 = policy_gradient_loss(a1.logp, a1.old_logp, adv1, a1.mask, clip_ratio)
     pg2, clipped2 = policy_gradient_loss(a2.logp, a2.old_logp, adv2, a2.mask, clip_ratio)
-    kl1 = sequence_mean(kl_penalty(a1.logp, a1.ref_logp, kl_estimator), a1.mask)
-    kl2 = sequence_mean(kl_penalty(a2.logp, a2.ref_logp, kl_estimator), a2.mask)
+    kl1, kl2 = attempt_kl(a1, kl_estimator), attempt_kl(a2, kl_estimator)
     pg = pg1 + pg2
     loss = pg + beta1 * (kl1 + kl2)
     return ScoreLoss(loss, pg.detach(), kl1.detach(), kl2.detach(), r2_hat.float().mean(), (clipped1 + clipped2) / 2)

@@ -170,7 +170,7 @@ class RewardPool:
                 if now - sent > self.request_timeout_s:  # a hung actor: give the request to another
                     in_flight.pop(ref)
                     load[actor] -= 1
-                    ray.cancel(ref, force=True)
+                    ray.cancel(ref)  # force=True is refused for actor tasks
                     self._retry_or_fail(index, attempts, pending, results)
         assert all(r is not None for r in results)
         for r in results:

@@ -72,3 +72,17 @@ def test_a_crashing_grader_becomes_a_counted_sandbox_error(ray_local):
         assert pool.stats.verdicts["sandbox_error"] == 1
     finally:
         pool.shutdown()
+
+
+def test_a_request_that_hangs_past_its_deadline_is_retried_then_given_up(ray_local):
+    limits = SandboxLimits(timeout_s=3.0, memory_mb=256)
+    pool = RewardPool(num_actors=1, max_concurrency=2, limits=limits, request_timeout_s=0.5, max_attempts=2,
+                      name_prefix="reward-hang")
+    try:
+        start = time.monotonic()
+        (result,) = pool.grade([GradeRequest("code", "while True:\n    pass", "assert True")])
+        assert time.monotonic() - start < 3.0, "the pool must not wait for the hung request"
+        assert (result.verdict, result.reward, result.attempts) == ("sandbox_error", 0.0, 2)
+        assert (pool.stats.resubmitted, pool.stats.gave_up) == (1, 1)
+    finally:
+        pool.shutdown()
