@@ -3,8 +3,9 @@
 Every request gets exactly one result. Requests go out one task each, with at most
 ``max_concurrency`` in flight per actor (backpressure: the rest wait in the driver), so a slow
 program never blocks the grading of another. An actor that dies is restarted by Ray
-(``max_restarts=-1``) and its requests are sent again, to any live actor; a request that keeps
-failing, or that raises inside the grader, becomes a ``sandbox_error`` result with reward 0.
+(``max_restarts=-1``) and its requests are sent again, to any live actor, as are requests that
+came back ``sandbox_error`` (a sandbox killed with its dying actor, say); a request that keeps
+failing, or that raises inside the grader, ends as a ``sandbox_error`` result with reward 0.
 Verdict counters and grading latency are exported through ``ray.util.metrics``.
 """
 
@@ -162,6 +163,10 @@ class RewardPool:
                 load[actor] -= 1
                 try:
                     result = ray.get(ref)
+                    if result.verdict == "sandbox_error" and attempts[index] < self.max_attempts:
+                        # not the program's fault (a dying actor, a broken sandbox): try elsewhere
+                        self._retry_or_fail(index, attempts, pending, results)
+                        continue
                     results[index] = GradeResult(result.reward, result.verdict, result.latency_s, attempts[index])
                 except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
                         ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError):

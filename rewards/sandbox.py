@@ -256,6 +256,8 @@ def run_python(
         returncode = proc.returncode
         if status is None:
             status = _classify(returncode, stderr, isolated)
+            if status == "sandbox_error" and returncode < 0:
+                stderr += f"\n[the sandbox itself was killed from outside by signal {-returncode}; not the program's fault]"
         return SandboxResult(status, returncode, stdout, stderr, time.monotonic() - start)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -270,6 +272,10 @@ def _classify(returncode: int, stderr: str, isolated: bool) -> Status:
         return "memory"
     if returncode in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
         return "timeout"
+    if returncode < 0 and isolated:
+        # bwrap reports a program killed by signal N as exit code 128 + N. A negative code means
+        # bwrap itself died of a signal we did not send (e.g. the grading actor is going away).
+        return "sandbox_error"
     if returncode < 0 or returncode >= 128:
         return "killed"
     return "error"

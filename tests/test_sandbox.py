@@ -144,3 +144,13 @@ def test_refuses_without_isolation(monkeypatch):
     with pytest.warns(RuntimeWarning, match="WEAK ISOLATION"):
         weak = sb.run_python("print(1)", timeout_s=TIMEOUT, allow_weak_isolation=True)
     assert weak.status == "ok" and weak.stdout == "1\n"
+
+
+def test_program_killing_itself_is_killed_but_an_outside_kill_is_a_sandbox_error():
+    r = run("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)")
+    assert r.status == "killed" and r.returncode == 128 + 9
+
+    import rewards.sandbox as sb
+
+    assert sb._classify(-9, "", isolated=True) == "sandbox_error"
+    assert sb._classify(-9, "", isolated=False) == "killed"
