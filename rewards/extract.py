@@ -47,8 +47,8 @@ def numbers(text: str) -> list[str]:
 
 def last_number(text: str) -> str | None:
     """The last number in the text, commas removed."""
-    matches = _NUMBER.findall(text)
-    return matches[-1].replace(",", "") if matches else None
+    found = numbers(text)
+    return found[-1] if found else None
 
 
 def final_answer(text: str) -> str | None:

@@ -23,10 +23,9 @@ MAX_ANSWER_CHARS = 256
 TIMEOUT_S = 5
 
 
-def _timeouts() -> dict[str, int | None]:
-    if threading.current_thread() is threading.main_thread():
-        return {"parsing": TIMEOUT_S, "verify": TIMEOUT_S}
-    return {"parsing": None, "verify": None}
+def _timeout() -> int | None:
+    """math-verify's signal timeout where signals work (the main thread), else none."""
+    return TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
 
 
 def _parse_answer(answer: str, parsing_timeout: int | None):
@@ -41,8 +40,8 @@ def grade(response: str, gold: str) -> float:
         answer = final_answer(response)
         if not answer or len(answer) > MAX_ANSWER_CHARS:
             return 0.0
-        t = _timeouts()
-        gold_parsed = _parse_answer(gold.strip(), t["parsing"])
+        timeout = _timeout()
+        gold_parsed = _parse_answer(gold.strip(), timeout)
         if not gold_parsed:
             return 0.0
         candidates = [answer]
@@ -50,8 +49,8 @@ def grade(response: str, gold: str) -> float:
         if len(found) == 1 and found[0] != answer:  # "14 stickers" -> "14"; never pick among several
             candidates.append(found[0])
         for candidate in candidates:
-            pred_parsed = _parse_answer(candidate, t["parsing"])
-            if pred_parsed and verify(gold_parsed, pred_parsed, timeout_seconds=t["verify"], raise_on_error=False):
+            pred_parsed = _parse_answer(candidate, timeout)
+            if pred_parsed and verify(gold_parsed, pred_parsed, timeout_seconds=timeout, raise_on_error=False):
                 return 1.0
         return 0.0
     except BaseException as err:  # noqa: BLE001 - a grader must never end a training run

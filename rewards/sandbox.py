@@ -61,15 +61,11 @@ class SandboxLimits:
     max_open_files: int = 64
 
 
+_BWRAP_OK: bool | None = None  # probed once per process
+
+
 def bwrap_available() -> bool:
     """True when bubblewrap exists and can create its namespaces on this host."""
-    return _probe_bwrap()
-
-
-_BWRAP_OK: bool | None = None
-
-
-def _probe_bwrap() -> bool:
     global _BWRAP_OK
     if _BWRAP_OK is None:
         exe = shutil.which("bwrap")
@@ -149,7 +145,7 @@ class _CappedReader(threading.Thread):
 
     def run(self) -> None:
         try:
-            while chunk := self.stream.read1(65536) if hasattr(self.stream, "read1") else self.stream.read(65536):
+            while chunk := self.stream.read1(65536):
                 if self.size < self.cap:
                     self.chunks.append(chunk[: self.cap - self.size])
                 self.size += len(chunk)
@@ -191,7 +187,7 @@ def run_python(
     """
     limits = limits or SandboxLimits(timeout_s=timeout_s, memory_mb=memory_mb)
     start = time.monotonic()
-    isolated = _probe_bwrap()
+    isolated = bwrap_available()
     if not isolated and not allow_weak_isolation:
         return SandboxResult(
             "sandbox_error", None, "",

@@ -27,7 +27,6 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 
 echo "==> installing the CPU stack from requirements/cpu.lock (exact pins, no resolver)"
-set -o pipefail
 # pip warns once per package about this machine's empty local index folders: drop that noise.
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps -r requirements/cpu.lock 2>&1 \
   | sed "/^WARNING: Location 'file:/d"
