@@ -1,0 +1,62 @@
+"""The rollout batch: one pyarrow row per sample, with both attempts' tokens and log-probs.
+
+Columns per attempt (prefix ``a1_`` / ``a2_``): ``prompt_ids`` and ``response_ids`` (exact token
+ids; for attempt 2 the prompt already contains attempt 1 and the instruction), ``logprobs`` (the
+sampling log-prob of each response token), ``finish_reason``, ``length``, ``text`` and
+``version`` (the weight version that produced it). Shared columns: ``uid``, ``problem_index``,
+``sample_index`` and ``generator``. Rows of one problem are contiguous (problem-major), which is
+what the learner's leave-one-out baseline expects.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+ATTEMPT_FIELDS = [
+    ("prompt_ids", pa.list_(pa.int32())),
+    ("response_ids", pa.list_(pa.int32())),
+    ("logprobs", pa.list_(pa.float32())),
+    ("finish_reason", pa.string()),
+    ("length", pa.int32()),
+    ("text", pa.string()),
+    ("version", pa.int64()),
+]
+KEY_FIELDS = [
+    ("uid", pa.string()),
+    ("problem_index", pa.int32()),
+    ("sample_index", pa.int32()),
+    ("generator", pa.string()),
+]
+
+
+def attempt_schema(prefix: str) -> list[tuple[str, pa.DataType]]:
+    return [(f"{prefix}_{name}", typ) for name, typ in ATTEMPT_FIELDS]
+
+
+ATTEMPT1_SCHEMA = pa.schema(KEY_FIELDS + [("a1_messages", pa.string())] + attempt_schema("a1"))
+ROLLOUT_SCHEMA = pa.schema(list(ATTEMPT1_SCHEMA) + [pa.field(n, t) for n, t in attempt_schema("a2")])
+
+
+def from_rows(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def sort_problem_major(table: pa.Table) -> pa.Table:
+    return table.sort_by([("problem_index", "ascending"), ("sample_index", "ascending")])
+
+
+def check_complete(table: pa.Table, num_problems: int, k: int, version: int | None = None) -> None:
+    """Raise if the batch is short, duplicated, or mixes weight versions."""
+    expected = num_problems * k
+    if table.num_rows != expected:
+        raise RuntimeError(f"rollout batch has {table.num_rows} rows, expected {expected} ({num_problems} problems x {k})")
+    keys = set(zip(table["problem_index"].to_pylist(), table["sample_index"].to_pylist()))
+    if len(keys) != expected:
+        raise RuntimeError("rollout batch has duplicated or missing (problem, sample) pairs")
+    for col in ("a1_version", "a2_version"):
+        if col in table.column_names:
+            versions = set(table[col].to_pylist())
+            if len(versions) != 1 or (version is not None and versions != {version}):
+                raise RuntimeError(f"rollout batch mixes or misses weight versions: {col}={sorted(versions)}, expected {version}")

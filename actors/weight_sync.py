@@ -1,0 +1,170 @@
+"""Moving weights from the learner to the generators: bucket plans and one broadcast group.
+
+One process group spans the publisher (rank 0, on learner rank 0) and every vLLM worker
+(ranks 1..N): NCCL on GPUs, gloo on CPU, and the same code otherwise. The group is built from a
+private ``TCPStore`` and a backend ``ProcessGroup`` object, so it never touches the default
+``torch.distributed`` group that DeepSpeed or vLLM already own in the same process.
+
+Weights move in buckets: parameters of one dtype are packed into a flat tensor of at most
+``bucket_bytes`` (a parameter larger than that travels alone), and each bucket is one broadcast.
+The publisher keeps up to two broadcasts in flight, so packing the next bucket overlaps sending
+the previous one where the backend allows. The plan (names, shapes, dtypes, bucket boundaries)
+travels once per publish as plain Python data over Ray; only tensors go through the group.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Iterable, Iterator
+
+import torch
+
+DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.bfloat16, torch.float16, torch.float64)}
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One tensor in a publish: its name as the generator's loader expects it, shape and dtype."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * torch.empty((), dtype=DTYPES[self.dtype]).element_size()
+
+
+def spec_of(name: str, tensor: torch.Tensor) -> ParamSpec:
+    return ParamSpec(name, tuple(tensor.shape), str(tensor.dtype).removeprefix("torch."))
+
+
+def plan_buckets(specs: Iterable[ParamSpec], bucket_bytes: int) -> list[list[ParamSpec]]:
+    """Group parameters, in order, into buckets of one dtype and at most ``bucket_bytes`` each."""
+    if bucket_bytes <= 0:
+        raise ValueError("bucket_bytes must be positive")
+    buckets: list[list[ParamSpec]] = []
+    current: list[ParamSpec] = []
+    size = 0
+    for spec in specs:
+        if spec.dtype not in DTYPES:
+            raise ValueError(f"cannot publish {spec.name}: unsupported dtype {spec.dtype}")
+        if current and (size + spec.nbytes > bucket_bytes or spec.dtype != current[0].dtype):
+            buckets.append(current)
+            current, size = [], 0
+        current.append(spec)
+        size += spec.nbytes
+    if current:
+        buckets.append(current)
+    return buckets
+
+
+def plan_to_wire(plan: list[list[ParamSpec]]) -> list[list[tuple[str, list[int], str]]]:
+    """The plan as plain lists (msgpack- and Ray-friendly)."""
+    return [[(s.name, list(s.shape), s.dtype) for s in bucket] for bucket in plan]
+
+
+def plan_from_wire(wire: list[list[tuple[str, list[int], str]]]) -> list[list[ParamSpec]]:
+    return [[ParamSpec(n, tuple(shape), dt) for n, shape, dt in bucket] for bucket in wire]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def node_ip() -> str:
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.util.get_node_ip_address()
+    except Exception:  # noqa: BLE001 - fall back to loopback outside Ray
+        pass
+    return "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class SyncEndpoint:
+    """Where a sync group meets: the publisher hosts the store at ``host:port``."""
+
+    host: str
+    port: int
+    world_size: int
+    backend: str  # "gloo" or "nccl"
+    timeout_s: float = 300.0
+
+
+class SyncGroup:
+    """One member of a weight-broadcast group (rank 0 publishes, the others receive)."""
+
+    def __init__(self, endpoint: SyncEndpoint, rank: int):
+        import torch.distributed as dist
+
+        self.endpoint, self.rank = endpoint, rank
+        timeout = timedelta(seconds=endpoint.timeout_s)
+        store = dist.TCPStore(
+            endpoint.host, endpoint.port, endpoint.world_size, is_master=(rank == 0), timeout=timeout
+        )
+        store = dist.PrefixStore(f"score-weights-{endpoint.port}", store)
+        if endpoint.backend == "gloo":
+            self.pg = dist.ProcessGroupGloo(store, rank, endpoint.world_size, timeout)
+            self.device = torch.device("cpu")
+        elif endpoint.backend == "nccl":
+            self.pg = dist.ProcessGroupNCCL(store, rank, endpoint.world_size)
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        else:
+            raise ValueError(f"unknown sync backend {endpoint.backend!r}")
+        self._store = store  # keep the store alive as long as the group
+
+    def broadcast(self, tensor: torch.Tensor):
+        return self.pg.broadcast(tensor, 0)
+
+    def close(self) -> None:
+        self.pg = None
+
+
+def publish(group: SyncGroup, named_tensors: Iterable[tuple[str, torch.Tensor]], plan: list[list[ParamSpec]]) -> int:
+    """Rank 0: broadcast every bucket of ``plan``; tensors arrive in plan order. Returns bytes sent."""
+    it = iter(named_tensors)
+    in_flight: list = []
+    sent = 0
+    for bucket in plan:
+        dtype = DTYPES[bucket[0].dtype]
+        flat = torch.empty(sum(s.numel for s in bucket), dtype=dtype, device=group.device)
+        offset = 0
+        for spec in bucket:
+            name, tensor = next(it)
+            if name != spec.name or tuple(tensor.shape) != spec.shape:
+                raise RuntimeError(f"publish order broke: expected {spec.name}{spec.shape}, got {name}{tuple(tensor.shape)}")
+            flat[offset : offset + spec.numel].copy_(tensor.detach().reshape(-1).to(dtype))
+            offset += spec.numel
+        in_flight.append((group.broadcast(flat), flat))
+        sent += flat.numel() * flat.element_size()
+        if len(in_flight) > 1:  # two buckets in flight: pack the next while this one goes
+            work, _ = in_flight.pop(0)
+            work.wait()
+    for work, _ in in_flight:
+        work.wait()
+    return sent
+
+
+def receive(group: SyncGroup, plan: list[list[ParamSpec]]) -> Iterator[tuple[str, torch.Tensor]]:
+    """Ranks 1..N: yield ``(name, tensor)`` as each bucket arrives (a stream for ``reload_weights``)."""
+    for bucket in plan:
+        flat = torch.empty(sum(s.numel for s in bucket), dtype=DTYPES[bucket[0].dtype], device=group.device)
+        group.broadcast(flat).wait()
+        offset = 0
+        for spec in bucket:
+            yield spec.name, flat[offset : offset + spec.numel].view(spec.shape)
+            offset += spec.numel
