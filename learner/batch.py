@@ -1,0 +1,100 @@
+"""From a rollout batch (pyarrow) to the learner's tensors, without re-tokenising anything.
+
+For each attempt a sequence is ``prompt_ids + response_ids``; the model predicts token ``i`` from
+positions ``< i``, so per-token tensors have one fewer column than the inputs. The action mask is
+1.0 exactly on response tokens: for attempt 2 the prompt already holds attempt 1 and the
+instruction, which are context and carry no loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+import torch
+
+
+@dataclass
+class AttemptInputs:
+    """Padded inputs of one attempt for ``N`` sequences: ``input_ids``/``attention_mask`` are
+    ``[N, L]``; ``targets``/``action_mask``/``old_logp`` are ``[N, L-1]``."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    targets: torch.Tensor
+    action_mask: torch.Tensor
+    old_logp: torch.Tensor
+
+    @property
+    def num_action_tokens(self) -> int:
+        return int(self.action_mask.sum())
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+
+def attempt_inputs(table: pa.Table, prefix: str, pad_id: int = 0) -> AttemptInputs:
+    prompts = table[f"{prefix}_prompt_ids"].to_pylist()
+    responses = table[f"{prefix}_response_ids"].to_pylist()
+    logprobs = table[f"{prefix}_logprobs"].to_pylist()
+    n = len(prompts)
+    length = max(len(p) + len(r) for p, r in zip(prompts, responses))
+    input_ids = torch.full((n, length), pad_id, dtype=torch.long)
+    attention = torch.zeros((n, length), dtype=torch.long)
+    action = torch.zeros((n, length - 1), dtype=torch.float32)
+    old = torch.zeros((n, length - 1), dtype=torch.float32)
+    for i, (p, r, lp) in enumerate(zip(prompts, responses, logprobs)):
+        seq = p + r
+        input_ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        attention[i, : len(seq)] = 1
+        # response token j sits at input position len(p)+j and is predicted at target column len(p)+j-1
+        start = len(p) - 1
+        action[i, start : start + len(r)] = 1.0
+        old[i, start : start + len(r)] = torch.tensor(lp, dtype=torch.float32)
+    return AttemptInputs(input_ids, attention, input_ids[:, 1:].clone(), action, old)
+
+
+def rewards(table: pa.Table, column: str) -> torch.Tensor:
+    return torch.tensor(table[column].to_pylist(), dtype=torch.float32)
+
+
+def micro_batches(num_rows: int, k: int, rows_per_micro: int) -> list[range]:
+    """Consecutive row ranges holding whole problems (groups of k), about ``rows_per_micro`` rows each."""
+    if num_rows % k:
+        raise ValueError(f"{num_rows} rows do not split into problems of k={k}")
+    per = max(1, rows_per_micro // k) * k
+    return [range(s, min(s + per, num_rows)) for s in range(0, num_rows, per)]
+
+
+@dataclass
+class JointInputs:
+    """Both attempts in one sequence per row: ``x2 + y2`` already starts with ``x1 + y1``.
+
+    One forward pass then gives the log-probs of attempt 1 (at the ``y1`` positions) and of
+    attempt 2 (at the ``y2`` positions); ``inputs.action_mask``/``old_logp`` hold attempt 2's,
+    ``mask1``/``old_logp1`` attempt 1's.
+    """
+
+    inputs: AttemptInputs
+    mask1: torch.Tensor
+    old_logp1: torch.Tensor
+
+
+def joint_inputs(table: pa.Table, pad_id: int = 0) -> JointInputs | None:
+    """The shared-prefix layout, or None when some row's attempt-2 prompt does not extend ``x1 + y1``."""
+    x1s = table["a1_prompt_ids"].to_pylist()
+    y1s = table["a1_response_ids"].to_pylist()
+    x2s = table["a2_prompt_ids"].to_pylist()
+    lp1s = table["a1_logprobs"].to_pylist()
+    for x1, y1, x2 in zip(x1s, y1s, x2s):
+        if len(x2) < len(x1) + len(y1) or x2[: len(x1) + len(y1)] != x1 + y1:
+            return None
+    inputs = attempt_inputs(table, "a2", pad_id)
+    mask1 = torch.zeros_like(inputs.action_mask)
+    old1 = torch.zeros_like(inputs.old_logp)
+    for i, (x1, y1, lp) in enumerate(zip(x1s, y1s, lp1s)):
+        start = len(x1) - 1
+        mask1[i, start : start + len(y1)] = 1.0
+        old1[i, start : start + len(y1)] = torch.tensor(lp, dtype=torch.float32)
+    return JointInputs(inputs, mask1, old1)

@@ -1,0 +1,301 @@
+"""The learner core: one rank of a DeepSpeed ZeRO group running the SCoRe update.
+
+It owns the policy (a DeepSpeed engine: ZeRO stage 2 or 3, bf16 on GPU, float32 with the CPU
+accelerator and gloo on CPU), the frozen reference policy (a copy of the initial weights on the
+same rank), the optimiser and learning-rate schedule, and the code that turns a rollout batch
+into Stage I / Stage II updates (:mod:`learner.objectives`). It also gathers full weights for
+publishing and export, and saves and loads the whole training state.
+
+The core does not need Ray: build it with ``rank=0, world_size=1`` to measure a lone device.
+:mod:`learner.group` wraps one core per Ray actor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import pyarrow as pa
+import torch
+
+from learner.batch import AttemptInputs, JointInputs, attempt_inputs, joint_inputs, micro_batches, rewards
+from learner.objectives import AttemptTensors, stage1_loss, stage2_loss
+
+
+@dataclass
+class LearnerSettings:
+    """Everything one rank needs to build its engine and run updates."""
+
+    model_path: str
+    zero_stage: int = 2
+    lr: float = 1e-6
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    rows_per_micro_batch: int = 4
+    rows_per_rank: int = 32  # sequences per rank per update (problems x k / ranks)
+    k: int = 4
+    gradient_checkpointing: bool = False
+    max_grad_norm: float = 1.0
+    updates_per_batch: int = 1
+    threads_per_rank: int = 1
+    alpha: float = 10.0
+    beta1: float = 0.01
+    beta2: float = 0.1
+    kl_estimator: str = "k3"
+    normalize_advantages: bool = False
+    clip_ratio: float | None = None
+    temperature1: float = 1.0
+    temperature2: float = 1.0
+    seed: int = 0
+    dtype: str = "auto"
+
+    @property
+    def gradient_accumulation_steps(self) -> int:
+        return len(micro_batches(self.rows_per_rank, self.k, self.rows_per_micro_batch))
+
+
+def on_gpu() -> bool:
+    return torch.cuda.is_available() and torch.cuda.device_count() > 0
+
+
+def token_logprobs(model: torch.nn.Module, inputs: AttemptInputs, temperature: float) -> torch.Tensor:
+    """Log-probs ``[N, L-1]`` of each target token under ``model`` at the sampling temperature."""
+    out = model(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, use_cache=False)
+    logits = out.logits[:, :-1].float()
+    if temperature > 0 and temperature != 1.0:
+        logits = logits / temperature
+    picked = logits.gather(-1, inputs.targets.unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
+def _take(inputs: AttemptInputs, rows: range, device: torch.device) -> AttemptInputs:
+    """Rows of a padded batch, trimmed to their longest sequence."""
+    length = int(inputs.attention_mask[rows.start : rows.stop].sum(dim=1).max())
+    sl = slice(rows.start, rows.stop)
+    return AttemptInputs(
+        inputs.input_ids[sl, :length].to(device),
+        inputs.attention_mask[sl, :length].to(device),
+        inputs.targets[sl, : length - 1].to(device),
+        inputs.action_mask[sl, : length - 1].to(device),
+        inputs.old_logp[sl, : length - 1].to(device),
+    )
+
+
+class LearnerCore:
+    """One rank: the DeepSpeed policy engine, the reference policy, the update and the state."""
+
+    def __init__(self, settings: LearnerSettings, rank: int = 0, world_size: int = 1, master_addr: str = "127.0.0.1", master_port: int | None = None):
+        import deepspeed
+        from transformers import AutoModelForCausalLM
+
+        from actors.weight_sync import free_port
+
+        self.settings, self.rank, self.world_size = settings, rank, world_size
+        os.environ.update(
+            RANK=str(rank), LOCAL_RANK="0" if not on_gpu() else os.environ.get("LOCAL_RANK", "0"),
+            WORLD_SIZE=str(world_size), MASTER_ADDR=master_addr, MASTER_PORT=str(master_port or free_port()),
+        )
+        if not on_gpu():
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
+            torch.set_num_threads(settings.threads_per_rank)
+        self.gpu = on_gpu()
+        self.device = torch.device("cuda", torch.cuda.current_device()) if self.gpu else torch.device("cpu")
+        deepspeed.init_distributed(dist_backend="nccl" if self.gpu else "gloo", auto_mpi_discovery=False)
+        self._seed_everything(settings.seed + rank)
+
+        dtype = {"auto": torch.bfloat16 if self.gpu else torch.float32, "float32": torch.float32,
+                 "bfloat16": torch.bfloat16, "float16": torch.float16}[settings.dtype]
+        self.dtype = dtype
+        policy = AutoModelForCausalLM.from_pretrained(settings.model_path, dtype=dtype)
+        if settings.gradient_checkpointing:
+            policy.gradient_checkpointing_enable()
+        self.reference = AutoModelForCausalLM.from_pretrained(settings.model_path, dtype=dtype).to(self.device).eval()
+        self.reference.requires_grad_(False)
+        self.pad_id = policy.config.pad_token_id if policy.config.pad_token_id is not None else 0
+
+        optimizer = torch.optim.AdamW(policy.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+        warm = max(0, settings.warmup_steps)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warm) if warm else 1.0)
+        ds_config = {
+            "train_micro_batch_size_per_gpu": settings.rows_per_micro_batch,
+            "gradient_accumulation_steps": settings.gradient_accumulation_steps,
+            "gradient_clipping": settings.max_grad_norm,
+            "zero_optimization": {"stage": settings.zero_stage, "stage3_gather_16bit_weights_on_model_save": True},
+            "bf16": {"enabled": dtype == torch.bfloat16},
+            "fp16": {"enabled": dtype == torch.float16},
+            "zero_allow_untested_optimizer": True,
+            "steps_per_print": 10**9,
+            "wall_clock_breakdown": False,
+        }
+        self.engine, _, _, _ = deepspeed.initialize(model=policy, optimizer=optimizer, lr_scheduler=schedule, config=ds_config)
+        self.step_count = 0
+
+    # -- helpers ---------------------------------------------------------------------------
+    @staticmethod
+    def _seed_everything(seed: int) -> None:
+        random.seed(seed)
+        torch.manual_seed(seed)
+        try:
+            import numpy as np
+
+            np.random.seed(seed)
+        except ImportError:
+            pass
+
+    @property
+    def zero3(self) -> bool:
+        return self.settings.zero_stage == 3
+
+    def _gathered(self, params: list[torch.nn.Parameter]):
+        if not self.zero3:
+            return contextlib.nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+
+    def named_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        return list(self.engine.module.named_parameters())
+
+    def param_specs(self):
+        from actors.weight_sync import ParamSpec
+
+        return [
+            ParamSpec(n, tuple(getattr(p, "ds_shape", p.shape)) if self.zero3 else tuple(p.shape), str(p.dtype).removeprefix("torch."))
+            for n, p in self.named_parameters()
+        ]
+
+    def full_weights(self, plan) -> Iterator[tuple[str, torch.Tensor]]:
+        """Full tensors in plan order, gathered one bucket at a time under ZeRO-3 (all ranks must iterate)."""
+        params = dict(self.named_parameters())
+        for bucket in plan:
+            group = [params[s.name] for s in bucket]
+            with self._gathered(group):
+                for spec, p in zip(bucket, group):
+                    yield spec.name, p.data
+
+    # -- the update ------------------------------------------------------------------------
+    def update(self, shard: pa.Table, stage: int) -> dict[str, float]:
+        """One SCoRe update on this rank's rows (whole problems, problem-major). Returns metrics."""
+        s = self.settings
+        if stage not in (1, 2):
+            raise ValueError(f"stage must be 1 or 2, got {stage}")
+        if shard.num_rows != s.rows_per_rank:
+            raise ValueError(f"learner rank {self.rank} got {shard.num_rows} rows, built for {s.rows_per_rank}")
+        start = time.monotonic()
+        r1_all, r2_all = rewards(shard, "r1"), rewards(shard, "r2")
+        micros = micro_batches(shard.num_rows, s.k, s.rows_per_micro_batch)
+        # Attempt 2's sequence starts with attempt 1's: one forward pass serves both attempts
+        # when they were sampled at the same temperature (the default); otherwise two passes.
+        joint = joint_inputs(shard, self.pad_id) if s.temperature1 == s.temperature2 else None
+        if joint is None:
+            a1_all, a2_all = attempt_inputs(shard, "a1", self.pad_id), attempt_inputs(shard, "a2", self.pad_id)
+        ref_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        sums: dict[str, float] = {}
+        tokens = 0
+        self.engine.train()
+        for _ in range(s.updates_per_batch):
+            for mi, rows in enumerate(micros):
+                r1, r2 = r1_all[rows.start : rows.stop].to(self.device), r2_all[rows.start : rows.stop].to(self.device)
+                if joint is not None:
+                    seq = _take(joint.inputs, rows, self.device)
+                    width = seq.action_mask.shape[1]
+                    mask1 = joint.mask1[rows.start : rows.stop, :width].to(self.device)
+                    old1 = joint.old_logp1[rows.start : rows.stop, :width].to(self.device)
+                    if mi not in ref_cache:
+                        with torch.no_grad():
+                            ref = token_logprobs(self.reference, seq, s.temperature2)
+                        ref_cache[mi] = (ref, ref)
+                    lp = token_logprobs(self.engine, seq, s.temperature2)
+                    t1 = AttemptTensors(lp, old1, ref_cache[mi][0], mask1)
+                    t2 = AttemptTensors(lp, seq.old_logp, ref_cache[mi][1], seq.action_mask)
+                    tokens += seq.num_tokens
+                else:
+                    a1, a2 = _take(a1_all, rows, self.device), _take(a2_all, rows, self.device)
+                    if mi not in ref_cache:
+                        with torch.no_grad():
+                            ref_cache[mi] = (token_logprobs(self.reference, a1, s.temperature1), token_logprobs(self.reference, a2, s.temperature2))
+                    t1 = AttemptTensors(token_logprobs(self.engine, a1, s.temperature1), a1.old_logp, ref_cache[mi][0], a1.action_mask)
+                    t2 = AttemptTensors(token_logprobs(self.engine, a2, s.temperature2), a2.old_logp, ref_cache[mi][1], a2.action_mask)
+                    tokens += a1.num_tokens + a2.num_tokens
+                common = dict(kl_estimator=s.kl_estimator, clip_ratio=s.clip_ratio, normalize_advantages=s.normalize_advantages)
+                if stage == 1:
+                    out = stage1_loss(t1, t2, r2, s.k, s.beta1, s.beta2, **common)
+                else:
+                    out = stage2_loss(t1, t2, r1, r2, s.k, s.alpha, s.beta1, **common)
+                self.engine.backward(out.loss)
+                self.engine.step()
+                for key, value in (("loss", out.loss), ("pg_loss", out.pg_loss), ("kl_attempt1", out.kl1), ("kl_attempt2", out.kl2),
+                                   ("shaped_reward", out.shaped_reward), ("clipped_fraction", out.clipped_frac)):
+                    sums[key] = sums.get(key, 0.0) + float(value.detach())
+            self.step_count += 1
+        n = len(micros) * s.updates_per_batch
+        seconds = time.monotonic() - start
+        metrics = {key: value / n for key, value in sums.items()}
+        grad_norm = self.engine.get_global_grad_norm()
+        metrics.update(
+            reward_attempt1=float(r1_all.mean()), reward_attempt2=float(r2_all.mean()),
+            grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
+            tokens=tokens, seconds=seconds, tokens_per_second=tokens / max(seconds, 1e-9),
+            lr=float(self.engine.lr_scheduler.get_last_lr()[0]), optimizer_steps=self.step_count,
+        )
+        return metrics
+
+    def sequence_logprob(self, shard: pa.Table, prefix: str = "a1") -> list[float]:
+        """Sum of the policy's log-probs over each row's response tokens (for tests and diagnostics)."""
+        inputs = attempt_inputs(shard, prefix, self.pad_id)
+        self.engine.eval()
+        with torch.no_grad():
+            lp = token_logprobs(self.engine, _take(inputs, range(0, shard.num_rows), self.device), 1.0)
+        mask = inputs.action_mask[:, : lp.shape[1]].to(lp.device)
+        return (lp * mask).sum(dim=1).tolist()
+
+    # -- state -----------------------------------------------------------------------------
+    def save(self, directory: str, client_state: dict[str, Any] | None = None) -> None:
+        """All ranks: write model, optimiser, schedule and this rank's random state under ``directory``."""
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        state = dict(client_state or {}, step_count=self.step_count, settings=asdict(self.settings))
+        self.engine.save_checkpoint(directory, tag="state", client_state=state)
+        rng = {"python": random.getstate(), "torch": torch.get_rng_state()}
+        if self.gpu:
+            rng["cuda"] = torch.cuda.get_rng_state()
+        torch.save(rng, Path(directory) / f"rng_rank{self.rank}.pt")
+
+    def load(self, directory: str) -> dict[str, Any]:
+        path, client_state = self.engine.load_checkpoint(directory, tag="state")
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed state under {directory}")
+        rng = torch.load(Path(directory) / f"rng_rank{self.rank}.pt", weights_only=False)
+        random.setstate(rng["python"])
+        torch.set_rng_state(rng["torch"])
+        if self.gpu and "cuda" in rng:
+            torch.cuda.set_rng_state(rng["cuda"])
+        self.step_count = int(client_state.get("step_count", 0))
+        return {k: v for k, v in client_state.items() if k not in ("settings",)}
+
+    def export_hf(self, directory: str) -> str | None:
+        """Rank 0 writes a Hugging Face folder of the policy (all ranks must call under ZeRO-3)."""
+        from transformers import AutoTokenizer
+
+        from actors.weight_sync import plan_buckets
+
+        plan = plan_buckets(self.param_specs(), 256 << 20)
+        state = {name: t.detach().to("cpu").clone() for name, t in self.full_weights(plan)}
+        if self.rank != 0:
+            return None
+        out = Path(directory)
+        tmp = out.with_name(out.name + ".partial")
+        self.engine.module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+        AutoTokenizer.from_pretrained(self.settings.model_path).save_pretrained(tmp)
+        (tmp / "score_export.json").write_text(json.dumps({"optimizer_steps": self.step_count}))
+        if out.exists():
+            import shutil
+
+            shutil.rmtree(out)
+        tmp.rename(out)
+        return str(out)

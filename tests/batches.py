@@ -1,0 +1,51 @@
+"""Hand-built rollout batches from the real tokenizer (for learner tests without a generator)."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import torch
+
+from actors.batch import ROLLOUT_SCHEMA
+from actors.prompts import ChatFormatter
+from rewards.tasks.base import MATH_INSTRUCTION
+
+
+def build_batch(model_path: str, problems: list[tuple[str, list[tuple[str, float, str, float]]]], version: int = 0) -> pa.Table:
+    """``problems``: ``(question, [(attempt1_text, r1, attempt2_text, r2), ...])`` with k entries each.
+
+    Sampling log-probs are the base model's own (an on-policy batch at temperature 1).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    fmt = ChatFormatter(tok)
+    eot = tok.convert_tokens_to_ids("<|im_end|>")
+    rows = []
+    for p, (question, samples) in enumerate(problems):
+        messages = [{"role": "user", "content": question}]
+        x1 = fmt.first_prompt_ids(messages)
+        for j, (t1, r1, t2, r2) in enumerate(samples):
+            y1 = fmt.encode(t1) + [eot]
+            x2 = fmt.second_prompt_ids(x1, y1, messages, MATH_INSTRUCTION)
+            y2 = fmt.encode(t2) + [eot]
+            row = {"uid": f"p{p}", "problem_index": p, "sample_index": j, "generator": "hand", "a1_messages": json.dumps(messages), "r1": r1, "r2": r2}
+            for a, x, y, text in (("a1", x1, y1, t1), ("a2", x2, y2, t2)):
+                with torch.no_grad():
+                    logits = model(torch.tensor([x + y])).logits[0, len(x) - 1 : -1]
+                lp = torch.log_softmax(logits, -1).gather(-1, torch.tensor(y).unsqueeze(-1)).squeeze(-1).tolist()
+                row.update({f"{a}_prompt_ids": x, f"{a}_response_ids": y, f"{a}_logprobs": lp, f"{a}_finish_reason": "stop",
+                            f"{a}_length": len(y), f"{a}_text": text, f"{a}_version": version})
+            rows.append(row)
+    schema = ROLLOUT_SCHEMA.append(pa.field("r1", pa.float32())).append(pa.field("r2", pa.float32()))
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+ONE_REWARDED = [
+    ("Tom has 3 apples and buys 4 more apples. How many apples does Tom have now?",
+     [("Tom has 7 apples.", 1.0, "Tom has 7 apples.", 1.0), ("Tom has 8 apples.", 0.0, "Tom has 9 apples.", 0.0)]),
+    ("Anna has 5 books and loses 2 books. How many books does Anna have now?",
+     [("Anna has 4 books.", 0.0, "Anna has 3 books.", 1.0), ("Anna has 6 books.", 0.0, "Anna has 6 books.", 0.0)]),
+]

@@ -1,0 +1,108 @@
+"""The learner: batch layout, and the DeepSpeed ZeRO group on Ray (CPU accelerator, gloo) with the
+real model: learning a rewarded completion, exact resume, and export."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pytest
+import torch
+
+from learner.batch import attempt_inputs, joint_inputs, micro_batches
+from tests.batches import ONE_REWARDED, build_batch
+
+
+def _row(x1, y1, x2, y2):
+    return {"a1_prompt_ids": x1, "a1_response_ids": y1, "a1_logprobs": [-0.5] * len(y1),
+            "a2_prompt_ids": x2, "a2_response_ids": y2, "a2_logprobs": [-0.25] * len(y2)}
+
+
+def test_masks_cover_exactly_the_response_tokens():
+    table = pa.Table.from_pylist([_row([1, 2], [3, 4], [1, 2, 3, 4, 9], [5]), _row([1], [7], [1, 7, 9, 9], [6, 8])])
+    a2 = attempt_inputs(table, "a2")
+    assert a2.input_ids.tolist() == [[1, 2, 3, 4, 9, 5], [1, 7, 9, 9, 6, 8]]
+    # target column i predicts input token i+1: y2 of row 0 (token 5) is predicted at column 4
+    assert a2.action_mask.tolist() == [[0, 0, 0, 0, 1], [0, 0, 0, 1, 1]]
+    assert a2.old_logp[0, 4] == -0.25 and a2.old_logp[0, :4].abs().sum() == 0
+    joint = joint_inputs(table)
+    assert joint is not None
+    # attempt-1 tokens inside the attempt-2 sequence: actions for attempt 1, context for attempt 2
+    assert joint.mask1.tolist() == [[0, 1, 1, 0, 0], [1, 0, 0, 0, 0]]
+    assert (joint.mask1 * joint.inputs.action_mask).sum() == 0
+    assert joint.old_logp1[0, 1:3].tolist() == [-0.5, -0.5]
+    # a second prompt that does not extend x1 + y1 falls back to two passes
+    assert joint_inputs(pa.Table.from_pylist([_row([1, 2], [3], [1, 2, 4], [5])])) is None
+
+
+def test_micro_batches_keep_problems_whole():
+    assert micro_batches(8, 2, 4) == [range(0, 4), range(4, 8)]
+    assert micro_batches(8, 4, 2) == [range(0, 4), range(4, 8)]  # never splits a group of k
+    with pytest.raises(ValueError):
+        micro_batches(7, 2, 4)
+
+
+@pytest.fixture(scope="module")
+def batch(model_path):
+    return build_batch(model_path, ONE_REWARDED)
+
+
+def _group(model_path, zero_stage, lr=1e-5):
+    from learner.core import LearnerSettings
+    from learner.group import LearnerGroup
+
+    settings = LearnerSettings(model_path=model_path, zero_stage=zero_stage, lr=lr, rows_per_micro_batch=2, rows_per_rank=2, k=2)
+    return LearnerGroup(settings, num_ranks=2, cpus_per_rank=1)
+
+
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_two_rank_zero_group_raises_the_rewarded_completion(ray_local, model_path, batch, zero_stage, tmp_path):
+    group = _group(model_path, zero_stage)
+    try:
+        before = group.sequence_logprob(batch, "a2")
+        for _ in range(3):
+            metrics = group.update(batch, stage=1)
+        after = group.sequence_logprob(batch, "a2")
+        rewards = batch["r2"].to_pylist()
+        for p in range(2):  # per problem: the rewarded attempt 2 gains against its unrewarded sibling
+            good, bad = (2 * p, 2 * p + 1) if rewards[2 * p] > rewards[2 * p + 1] else (2 * p + 1, 2 * p)
+            assert after[good] > before[good] + 0.1
+            assert after[good] - before[good] > after[bad] - before[bad]
+        assert metrics["optimizer_steps"] == 3 and metrics["grad_norm"] > 0 and metrics["tokens"] > 0
+        assert metrics["kl_attempt1"] > 0 and metrics["kl_attempt2"] > 0
+
+        # exported Hugging Face weights equal the learner's full (gathered) weights
+        from transformers import AutoModelForCausalLM
+
+        exported = group.export_hf(str(tmp_path / "hf"))
+        model = AutoModelForCausalLM.from_pretrained(exported, dtype=torch.float32)
+        full = group.full_state()
+        params = dict(model.named_parameters())
+        assert set(full) == set(params)
+        for name, tensor in full.items():
+            assert torch.equal(params[name].detach(), tensor), name
+        assert json.loads((tmp_path / "hf" / "score_export.json").read_text())["optimizer_steps"] == 3
+    finally:
+        group.shutdown()
+
+
+def test_resume_matches_an_uninterrupted_run_exactly(ray_local, model_path, batch, tmp_path):
+    group = _group(model_path, 2)
+    try:
+        group.update(batch, stage=2)
+        group.save(str(tmp_path / "ckpt"), {"iteration": 1, "stage": 2})
+        expected = group.update(batch, stage=2)
+        expected_weights = group.full_state()
+    finally:
+        group.shutdown()
+    resumed = _group(model_path, 2)
+    try:
+        state = resumed.load(str(tmp_path / "ckpt"))
+        assert state["iteration"] == 1 and state["stage"] == 2
+        got = resumed.update(batch, stage=2)
+        got_weights = resumed.full_state()
+    finally:
+        resumed.shutdown()
+    for key in ("loss", "pg_loss", "kl_attempt1", "kl_attempt2", "grad_norm"):
+        assert got[key] == expected[key], key
+    assert all(torch.equal(got_weights[n], expected_weights[n]) for n in expected_weights)
