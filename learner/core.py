@@ -101,6 +101,8 @@ class LearnerCore:
             RANK=str(rank), LOCAL_RANK="0" if not on_gpu() else os.environ.get("LOCAL_RANK", "0"),
             WORLD_SIZE=str(world_size), MASTER_ADDR=master_addr, MASTER_PORT=str(master_port or free_port()),
         )
+        # DeepSpeed JIT-builds a small op on first use (~45 s on CPU): keep it in a cached place.
+        os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(os.environ.get("SCORE_CACHE_DIR", Path.home() / ".cache" / "score-on-ray")) / "torch_extensions"))
         if not on_gpu():
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
             torch.set_num_threads(settings.threads_per_rank)

@@ -41,7 +41,10 @@ class LearnerRank:
     def setup(self, settings: LearnerSettings, master_addr: str, master_port: int) -> bool:
         import os
 
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        import torch
+
+        if not torch.cuda.is_available():
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
         self.core = LearnerCore(settings, self.rank, self.world_size, master_addr, master_port)
         return True
 

@@ -1,0 +1,331 @@
+"""The SCoRe training loop: Stage I for N1 iterations, then Stage II for N2, on Ray.
+
+Every iteration: draw problems; generate first attempts; generate second attempts while the first
+ones are graded; grade the second ones; run the learner update; push the new weights to every
+generator. The next iteration's batch must carry the new weight version (checked on every batch).
+Evaluation runs before training, every ``eval.every_iterations`` and at the end; checkpoints every
+``checkpoint.every_iterations``, at the end, and when the run is interrupted (Ctrl-C, SIGTERM from
+``ray job stop``): the iteration in flight finishes first, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import signal
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from cluster.checkpoints import CheckpointStore
+from cluster.config import ConfigError, ScoreConfig, dump_config
+from cluster.evaluate import METRICS, evaluate, format_table
+from cluster.run_log import RunLog, plot_run
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    iterations: int
+    version: int
+    evals: list[dict[str, Any]]
+    interrupted: bool = False
+
+
+def ray_connect(cfg: ScoreConfig) -> str | None:
+    """Join ``run.ray_address`` / ``$RAY_ADDRESS`` (a cluster or ``ray job submit``), else start a local Ray.
+
+    Returns the dashboard URL when one is running.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return None
+    address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS")
+    env = {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "SCORE_CACHE_DIR", "TORCH_EXTENSIONS_DIR", "TOKENIZERS_PARALLELISM") if k in os.environ}
+    if address:
+        ctx = ray.init(address=address, runtime_env={"env_vars": env} if env else None, log_to_driver=True)
+    else:
+        cpus = cfg.run.num_cpus or max(4, os.cpu_count() or 1)
+        ctx = ray.init(num_cpus=cpus, include_dashboard=cfg.run.dashboard, log_to_driver=False)
+    url = getattr(ctx, "dashboard_url", None)
+    return f"http://{url}" if url and not url.startswith("http") else url
+
+
+class ScoreTrainer:
+    """Owns one run: the generator fleet, the reward pool, the learner group, logs and checkpoints."""
+
+    def __init__(self, cfg: ScoreConfig, model_path: str, run_dir: Path, resume: bool = False, progress: bool | None = None):
+        self.cfg, self.model_path, self.run_dir = cfg, model_path, run_dir
+        self.resume = resume
+        self.progress = cfg.run.progress if progress is None else progress
+        self.stop_requested = False
+        self.iteration = 0  # completed iterations
+        self.version = 0  # weight version the generators hold
+        self.fleet = self.pool = self.learner = None
+
+    # -- set-up -----------------------------------------------------------------------------
+    def _say(self, text: str) -> None:
+        print(text, flush=True)
+
+    def build(self, task) -> None:
+        import ray
+
+        from actors.fleet import FleetSettings, GeneratorFleet
+        from learner.core import LearnerSettings
+        from learner.group import LearnerGroup
+        from rewards.pool import RewardPool
+        from rewards.sandbox import SandboxLimits
+
+        cfg = self.cfg
+        self.task = task
+        gpus = ray.cluster_resources().get("GPU", 0) > 0
+        self.gpus = gpus
+        sb = cfg.rewards.sandbox
+        self._say(f"starting {cfg.rewards.num_actors} reward actor(s), {cfg.rollout.num_generators} generator(s), {cfg.learner.num_ranks} learner rank(s) ({'GPU' if gpus else 'CPU'})")
+        self.pool = RewardPool(
+            num_actors=cfg.rewards.num_actors, max_concurrency=cfg.rewards.max_concurrency,
+            limits=SandboxLimits(timeout_s=sb.timeout_s, memory_mb=sb.memory_mb, max_processes=sb.max_processes, max_output_bytes=sb.max_output_bytes),
+            allow_weak_isolation=sb.allow_weak_isolation,
+        )
+        engine_kwargs = {"max_model_len": cfg.rollout.max_model_len, "dtype": cfg.model.dtype}
+        if gpus:
+            engine_kwargs["gpu_memory_utilization"] = cfg.rollout.gpu_memory_utilization
+        else:
+            engine_kwargs["cpu_kv_cache_gb"] = cfg.rollout.cpu_kv_cache_gb
+        self.fleet = GeneratorFleet(self.model_path, FleetSettings(
+            num_generators=cfg.rollout.num_generators, tensor_parallel_size=cfg.rollout.tensor_parallel_size, gpus=gpus,
+            cpus_per_generator=cfg.rollout.cpus_per_generator, seed=cfg.run.seed, engine_kwargs=engine_kwargs,
+        ))
+        k, P = cfg.rollout.samples_per_problem, cfg.rollout.problems_per_iteration
+        alg = cfg.algorithm
+        settings = LearnerSettings(
+            model_path=self.model_path, zero_stage=cfg.learner.zero_stage, lr=cfg.learner.lr, weight_decay=cfg.learner.weight_decay,
+            warmup_steps=cfg.learner.warmup_steps, rows_per_micro_batch=cfg.learner.micro_batch_size, rows_per_rank=P * k // cfg.learner.num_ranks,
+            k=k, gradient_checkpointing=cfg.learner.gradient_checkpointing, max_grad_norm=cfg.learner.max_grad_norm,
+            updates_per_batch=cfg.learner.updates_per_batch, threads_per_rank=cfg.learner.threads_per_rank, alpha=alg.alpha,
+            beta1=alg.beta1, beta2=alg.beta2, kl_estimator=alg.kl_estimator, normalize_advantages=alg.normalize_advantages,
+            clip_ratio=alg.clip_ratio, temperature1=cfg.rollout.attempt1.temperature or 1.0,
+            temperature2=cfg.rollout.attempt2.temperature or 1.0, seed=cfg.run.seed, dtype=cfg.model.dtype,
+        )
+        self.learner = LearnerGroup(settings, cfg.learner.num_ranks, gpus=gpus, cpus_per_rank=cfg.learner.cpus_per_rank)
+        self.log = RunLog(self.run_dir, cfg.run.name)
+        self.store = CheckpointStore(self.run_dir, cfg.checkpoint.keep)
+
+    def shutdown(self) -> None:
+        for part in (self.learner, self.fleet, self.pool):
+            if part is not None:
+                try:
+                    part.shutdown()
+                except Exception:  # noqa: BLE001 - best effort on the way out
+                    pass
+
+    # -- data ---------------------------------------------------------------------------------
+    def draw(self, iteration: int):
+        """The problems of one iteration: a seeded permutation per epoch, so resume sees the same order."""
+        train = self.task.problems("train")
+        P, n = self.cfg.rollout.problems_per_iteration, len(train)
+        perms: dict[int, list[int]] = {}
+        out = []
+        for q in range(iteration * P, (iteration + 1) * P):
+            epoch = q // n
+            if epoch not in perms:
+                perm = list(range(n))
+                random.Random(self.cfg.run.seed * 1_000_003 + epoch).shuffle(perm)
+                perms[epoch] = perm
+            out.append(train[perms[epoch][q % n]])
+        return out
+
+    def _grade(self, texts: list[str], golds: list[str]) -> list[float]:
+        from rewards.pool import GradeRequest
+
+        return [g.reward for g in self.pool.grade([GradeRequest(self.task.grader, t, gd) for t, gd in zip(texts, golds)])]
+
+    def stage_of(self, iteration: int) -> int:
+        return 1 if iteration < self.cfg.algorithm.stage1_iterations else 2
+
+    # -- one iteration ------------------------------------------------------------------------
+    def step(self, iteration: int) -> dict[str, Any]:
+        cfg = self.cfg
+        k, P = cfg.rollout.samples_per_problem, cfg.rollout.problems_per_iteration
+        stage = self.stage_of(iteration)
+        problems = self.draw(iteration)
+        items = [{"uid": p.uid, "problem_index": i, "messages": self.task.first_turn(p)} for i, p in enumerate(problems)]
+        t0 = time.monotonic()
+        seed = cfg.run.seed * 1_000_003 + 2 * iteration  # per-iteration sampling seeds: resume reproduces the batch
+        first = self.fleet.first_attempts(items, k, {**cfg.rollout.attempt1.model_dump(), "seed": seed})
+        golds1 = [problems[i].gold for i in first["problem_index"].to_pylist()]
+        with ThreadPoolExecutor(1) as ex:  # grade attempt 1 while attempt 2 is generated
+            r1_future = ex.submit(self._grade, first["a1_text"].to_pylist(), golds1)
+            batch = self.fleet.second_attempts(first, self.task.instruction, {**cfg.rollout.attempt2.model_dump(), "seed": seed + 1}, num_problems=P, k=k)
+            t_gen = time.monotonic()
+            r1 = r1_future.result()
+        if batch["uid"].to_pylist() != first["uid"].to_pylist():
+            raise RuntimeError("attempt-2 rows came back in another order than attempt 1")
+        r2 = self._grade(batch["a2_text"].to_pylist(), golds1)
+        t_grade = time.monotonic()
+        # the batch was generated with the newest weights (check_complete compared every row's version)
+        assert set(batch["a1_version"].to_pylist()) == {self.version}
+        batch = batch.append_column("r1", pa.array(r1, pa.float32())).append_column("r2", pa.array(r2, pa.float32()))
+        learn = self.learner.update(batch, stage)
+        t_learn = time.monotonic()
+        sync = self._sync(self.version + 1)
+        self.version = sync["version"]
+        t_sync = time.monotonic()
+        gen_tokens = sum(batch["a1_length"].to_pylist()) + sum(batch["a2_length"].to_pylist())
+        r1m, r2m = sum(r1) / len(r1), sum(r2) / len(r2)
+        return {
+            "iteration": iteration + 1, "stage": stage, "version": self.version,
+            "reward_attempt1": r1m, "reward_attempt2": r2m,
+            **{k_: v for k_, v in learn.items() if k_ not in ("reward_attempt1", "reward_attempt2", "seconds")},
+            "generated_tokens": gen_tokens, "generation_tokens_per_second": gen_tokens / max(t_gen - t0, 1e-9),
+            "seconds_generate": t_gen - t0, "seconds_grade": t_grade - t_gen, "seconds_learn": t_learn - t_grade,
+            "seconds_sync": t_sync - t_learn, "seconds_iteration": t_sync - t0, "sync_bytes": sync["bytes"],
+            "fleet_events": len(self.fleet.events),
+        }
+
+    # -- evaluation and state -------------------------------------------------------------------
+    def run_eval(self, label: str) -> dict[str, Any]:
+        e = self.cfg.eval
+        problems = self.task.problems("eval")[: e.num_problems]
+        t0 = time.monotonic()
+        metrics, batch = evaluate(self.fleet, self.pool, self.task, problems, temperature=e.temperature, max_tokens=e.max_tokens)
+        record = {"label": label, "iteration": self.iteration, "version": self.version, **metrics, "seconds": time.monotonic() - t0}
+        self.log.write("eval", self.iteration, record)
+        samples = self.run_dir / "samples"
+        samples.mkdir(exist_ok=True)
+        import pyarrow.parquet as pq
+
+        pq.write_table(batch, samples / f"eval_iter{self.iteration:06d}.parquet")
+        return record
+
+    def checkpoint(self) -> Path:
+        tmp = self.store.begin(self.iteration)
+        manifest = {"iteration": self.iteration, "stage": self.stage_of(max(0, self.iteration - 1)), "version": self.version,
+                    "seed": self.cfg.run.seed, "time": time.time()}
+        self.learner.save(str(tmp), manifest)
+        return self.store.commit(tmp, manifest)
+
+    def restore(self) -> None:
+        ckpt, problems = self.store.latest()
+        for p in problems:
+            self._say(f"checkpoint {p}")
+        if ckpt is None:
+            raise ConfigError(f"--resume: no complete checkpoint under {self.store.root}")
+        self.learner.load(str(ckpt.path))
+        self.iteration = ckpt.iteration
+        self.log.truncate_after(self.iteration)
+        version = int(ckpt.manifest["version"])
+        self._sync(version)
+        self.version = version
+        self._say(f"resumed from {ckpt.path.name}: iteration {self.iteration}, stage {self.stage_of(self.iteration)}, weight version {version}")
+
+    # -- the run ------------------------------------------------------------------------------
+    def _install_signals(self) -> None:
+        def request_stop(signum, _frame):
+            if self.stop_requested and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.stop_requested = True
+            print(f"\n{signal.Signals(signum).name}: finishing this iteration, then writing a checkpoint (Ctrl-C again to abort)", file=sys.stderr, flush=True)
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                signal.signal(sig, request_stop)
+            except ValueError:  # not the main thread
+                pass
+
+    def run(self, task) -> RunResult:
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        total = cfg.algorithm.stage1_iterations + cfg.algorithm.stage2_iterations
+        self.build(task)
+        (self.run_dir / "config.yaml").write_text(dump_config(cfg))
+        self._install_signals()
+        if self.resume:
+            self.restore()
+        else:
+            self._say(f"evaluating the base model prompted to self-correct on {min(cfg.eval.num_problems, len(task.problems('eval')))} held-out problems")
+            self._report(self.run_eval("base"))
+        bar = tqdm(total=total, initial=self.iteration, desc="SCoRe", unit="it", disable=not self.progress, dynamic_ncols=True)
+        interrupted = False
+        while self.iteration < total:
+            if self.stop_requested:
+                interrupted = True
+                break
+            bar.set_description(f"SCoRe stage {'I' if self.stage_of(self.iteration) == 1 else 'II'}")
+            metrics = self._step_with_recovery(self.iteration)
+            self.iteration += 1
+            self.log.write("train", self.iteration, metrics)
+            bar.set_postfix(r1=f"{metrics['reward_attempt1']:.2f}", r2=f"{metrics['reward_attempt2']:.2f}", v=self.version)
+            bar.update(1)
+            if cfg.eval.every_iterations and self.iteration % cfg.eval.every_iterations == 0 and self.iteration < total:
+                self._report(self.run_eval(f"iteration {self.iteration}"))
+            if cfg.checkpoint.every_iterations and self.iteration % cfg.checkpoint.every_iterations == 0 and self.iteration < total:
+                self.checkpoint()
+        bar.close()
+        path = self.checkpoint()
+        if interrupted or self.stop_requested:
+            self._say(f"stopped after iteration {self.iteration}; checkpoint {path}; continue with --resume")
+            return RunResult(self.run_dir, self.iteration, self.version, self._evals(), interrupted=True)
+        self._report(self.run_eval("final"))
+        exported = self.learner.export_hf(str(self.run_dir / "hf_model"))
+        evals = self._evals()
+        self._write_evals(evals)
+        plot = plot_run(self.log.records(), self.run_dir / "plot.png")
+        rows = [(e["label"], e) for e in evals if e["label"] in ("base", "final")]
+        self._say("\n" + format_table(rows))
+        self._say(f"\nrun directory: {self.run_dir}\nplot: {plot}\nHugging Face model: {exported}")
+        return RunResult(self.run_dir, self.iteration, self.version, evals)
+
+    def _step_with_recovery(self, iteration: int) -> dict[str, Any]:
+        """Run an iteration; if every generator died, bring the restarted ones to the current weights and retry."""
+        from actors.fleet import GenerationError
+
+        for attempt in range(3):
+            try:
+                return self.step(iteration)
+            except GenerationError as err:
+                if attempt == 2:
+                    raise
+                self._say(f"iteration {iteration + 1}: {err}; re-syncing weight version {self.version} to restarted generators and retrying")
+                self._sync(self.version)
+        raise AssertionError("unreachable")
+
+    def _sync(self, version: int) -> dict[str, Any]:
+        """Publish the learner's weights as ``version``; a generator dying mid-sync rebuilds the group and retries."""
+        from ray.exceptions import RayError
+
+        from actors.fleet import GenerationError
+
+        for attempt in range(3):
+            try:
+                return self.learner.publish_to(self.fleet, version, self.cfg.rollout.sync_bucket_mb << 20)
+            except (GenerationError, RayError) as err:
+                if attempt == 2:
+                    raise GenerationError(f"weight sync of version {version} failed three times: {err}") from None
+                self._say(f"weight sync of version {version} failed ({type(err).__name__}); rebuilding the sync group and retrying")
+                self.learner.sync_members = None
+        raise AssertionError("unreachable")
+
+    def _report(self, record: dict[str, Any]) -> None:
+        self._say(f"eval [{record['label']}] " + "  ".join(f"{m}={record[m]:+.3f}" if m.startswith("delta") else f"{m}={record[m]:.3f}" for m in METRICS)
+                  + f"  (n={record['num_problems']}, {record['seconds']:.0f} s)")
+
+    def _evals(self) -> list[dict[str, Any]]:
+        return [r for r in self.log.records() if r["kind"] == "eval"]
+
+    def _write_evals(self, evals: list[dict[str, Any]]) -> None:
+        (self.run_dir / "eval.json").write_text(json.dumps(evals, indent=1))
+        keys = ["label", "iteration", "version", *METRICS, "num_problems"]
+        with (self.run_dir / "eval.csv").open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(evals)
