@@ -17,7 +17,7 @@ $(STAMP): requirements/cpu.lock scripts/setup_env.sh
 	@touch $@
 
 demo: setup
-	$(PY) -m cluster.main sample -n 3
+	$(PY) -m cluster.main train --overwrite
 
 test: setup
 	$(PY) -m pytest

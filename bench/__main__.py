@@ -9,7 +9,7 @@ import sys
 
 from bench.common import table, write
 
-BENCHES = ["rewards"]
+BENCHES = ["rewards", "generation", "learner"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -129,7 +129,10 @@ class LearnerConfig(_Section):
     gradient_checkpointing: bool = False
     max_grad_norm: float = Field(1.0, gt=0.0)
     updates_per_batch: int = Field(1, ge=1)  # >1 reuses a batch and needs clipping
-    reference_placement: Literal["learner"] = "learner"  # a frozen copy on every learner rank
+    # "learner": a frozen copy on every learner rank; "separate": its own actors (reference-i)
+    # score each batch, so learner ranks hold one model (for large models on tight devices)
+    reference_placement: Literal["learner", "separate"] = "learner"
+    reference_actors: int = Field(1, ge=1)
     threads_per_rank: int = Field(1, ge=1)  # CPU only
     cpus_per_rank: float = Field(1.0, gt=0.0)  # CPU-only machines: Ray CPUs reserved per rank
 
@@ -181,6 +184,11 @@ class ScoreConfig(_Section):
         if self.learner.updates_per_batch > 1 and self.algorithm.clip_ratio is None:
             raise ValueError(
                 "learner.updates_per_batch > 1 reuses a batch off-policy; set algorithm.clip_ratio"
+            )
+        if self.rollout.colocate_with_learner:
+            raise ValueError(
+                "rollout.colocate_with_learner (CUDA IPC with vLLM sleep/wake) is not available yet; "
+                "generators take their own devices and receive weights over the sync group"
             )
         if self.rollout.samples_per_problem < 2:
             raise ValueError("rollout.samples_per_problem must be at least 2 (the leave-one-out baseline needs siblings)")

@@ -49,9 +49,9 @@ def ray_connect(cfg: ScoreConfig) -> str | None:
     if ray.is_initialized():
         return None
     address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS")
-    env = {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "SCORE_CACHE_DIR", "TORCH_EXTENSIONS_DIR", "TOKENIZERS_PARALLELISM") if k in os.environ}
     if address:
-        ctx = ray.init(address=address, runtime_env={"env_vars": env} if env else None, log_to_driver=True)
+        # Under `ray job submit` the job's runtime_env (working_dir, env_vars) already applies; do not replace it.
+        ctx = ray.init(address=address, log_to_driver=True)
     else:
         cpus = cfg.run.num_cpus or max(4, os.cpu_count() or 1)
         ctx = ray.init(num_cpus=cpus, include_dashboard=cfg.run.dashboard, log_to_driver=False)
@@ -69,7 +69,7 @@ class ScoreTrainer:
         self.stop_requested = False
         self.iteration = 0  # completed iterations
         self.version = 0  # weight version the generators hold
-        self.fleet = self.pool = self.learner = None
+        self.fleet = self.pool = self.learner = self.reference = None
 
     # -- set-up -----------------------------------------------------------------------------
     def _say(self, text: str) -> None:
@@ -114,13 +114,21 @@ class ScoreTrainer:
             beta1=alg.beta1, beta2=alg.beta2, kl_estimator=alg.kl_estimator, normalize_advantages=alg.normalize_advantages,
             clip_ratio=alg.clip_ratio, temperature1=cfg.rollout.attempt1.temperature or 1.0,
             temperature2=cfg.rollout.attempt2.temperature or 1.0, seed=cfg.run.seed, dtype=cfg.model.dtype,
+            reference_placement=cfg.learner.reference_placement,
         )
+        self.reference = None
+        if cfg.learner.reference_placement == "separate":
+            from learner.reference import ReferenceGroup
+
+            self.reference = ReferenceGroup(self.model_path, cfg.learner.reference_actors, gpus=gpus, cpus=cfg.learner.cpus_per_rank,
+                                            dtype=cfg.model.dtype, temperature1=settings.temperature1, temperature2=settings.temperature2,
+                                            threads=cfg.learner.threads_per_rank)
         self.learner = LearnerGroup(settings, cfg.learner.num_ranks, gpus=gpus, cpus_per_rank=cfg.learner.cpus_per_rank)
         self.log = RunLog(self.run_dir, cfg.run.name)
         self.store = CheckpointStore(self.run_dir, cfg.checkpoint.keep)
 
     def shutdown(self) -> None:
-        for part in (self.learner, self.fleet, self.pool):
+        for part in (self.learner, self.reference, self.fleet, self.pool):
             if part is not None:
                 try:
                     part.shutdown()
@@ -174,6 +182,8 @@ class ScoreTrainer:
         # the batch was generated with the newest weights (check_complete compared every row's version)
         assert set(batch["a1_version"].to_pylist()) == {self.version}
         batch = batch.append_column("r1", pa.array(r1, pa.float32())).append_column("r2", pa.array(r2, pa.float32()))
+        if self.reference is not None:
+            batch = self.reference.score(batch)
         learn = self.learner.update(batch, stage)
         t_learn = time.monotonic()
         sync = self._sync(self.version + 1)

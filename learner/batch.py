@@ -24,6 +24,7 @@ class AttemptInputs:
     targets: torch.Tensor
     action_mask: torch.Tensor
     old_logp: torch.Tensor
+    ref_logp: torch.Tensor | None = None  # when a separate reference group scored the batch
 
     @property
     def num_action_tokens(self) -> int:
@@ -38,12 +39,14 @@ def attempt_inputs(table: pa.Table, prefix: str, pad_id: int = 0) -> AttemptInpu
     prompts = table[f"{prefix}_prompt_ids"].to_pylist()
     responses = table[f"{prefix}_response_ids"].to_pylist()
     logprobs = table[f"{prefix}_logprobs"].to_pylist()
+    refs = table[f"{prefix}_ref_logprobs"].to_pylist() if f"{prefix}_ref_logprobs" in table.column_names else None
     n = len(prompts)
     length = max(len(p) + len(r) for p, r in zip(prompts, responses))
     input_ids = torch.full((n, length), pad_id, dtype=torch.long)
     attention = torch.zeros((n, length), dtype=torch.long)
     action = torch.zeros((n, length - 1), dtype=torch.float32)
     old = torch.zeros((n, length - 1), dtype=torch.float32)
+    ref = torch.zeros((n, length - 1), dtype=torch.float32) if refs is not None else None
     for i, (p, r, lp) in enumerate(zip(prompts, responses, logprobs)):
         seq = p + r
         input_ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
@@ -52,7 +55,9 @@ def attempt_inputs(table: pa.Table, prefix: str, pad_id: int = 0) -> AttemptInpu
         start = len(p) - 1
         action[i, start : start + len(r)] = 1.0
         old[i, start : start + len(r)] = torch.tensor(lp, dtype=torch.float32)
-    return AttemptInputs(input_ids, attention, input_ids[:, 1:].clone(), action, old)
+        if ref is not None:
+            ref[i, start : start + len(r)] = torch.tensor(refs[i], dtype=torch.float32)
+    return AttemptInputs(input_ids, attention, input_ids[:, 1:].clone(), action, old, ref)
 
 
 def rewards(table: pa.Table, column: str) -> torch.Tensor:
@@ -79,6 +84,7 @@ class JointInputs:
     inputs: AttemptInputs
     mask1: torch.Tensor
     old_logp1: torch.Tensor
+    ref_logp1: torch.Tensor | None = None
 
 
 def joint_inputs(table: pa.Table, pad_id: int = 0) -> JointInputs | None:
@@ -93,8 +99,18 @@ def joint_inputs(table: pa.Table, pad_id: int = 0) -> JointInputs | None:
     inputs = attempt_inputs(table, "a2", pad_id)
     mask1 = torch.zeros_like(inputs.action_mask)
     old1 = torch.zeros_like(inputs.old_logp)
+    refs1 = table["a1_ref_logprobs"].to_pylist() if "a1_ref_logprobs" in table.column_names else None
+    ref1 = torch.zeros_like(inputs.old_logp) if refs1 is not None else None
     for i, (x1, y1, lp) in enumerate(zip(x1s, y1s, lp1s)):
         start = len(x1) - 1
         mask1[i, start : start + len(y1)] = 1.0
         old1[i, start : start + len(y1)] = torch.tensor(lp, dtype=torch.float32)
-    return JointInputs(inputs, mask1, old1)
+        if ref1 is not None:
+            ref1[i, start : start + len(y1)] = torch.tensor(refs1[i], dtype=torch.float32)
+    return JointInputs(inputs, mask1, old1, ref1)
+
+
+def response_values(values: torch.Tensor, prompt_len: int, response_len: int) -> list[float]:
+    """The per-target values of one row's response tokens (the inverse of the layout above)."""
+    start = prompt_len - 1
+    return values[start : start + response_len].tolist()

@@ -54,6 +54,8 @@ class LearnerSettings:
     temperature2: float = 1.0
     seed: int = 0
     dtype: str = "auto"
+    joint_forward: bool = True  # one pass for both attempts when attempt 2 extends attempt 1
+    reference_placement: str = "learner"  # "separate": the batch carries a*_ref_logprobs from a ReferenceGroup
 
     @property
     def gradient_accumulation_steps(self) -> int:
@@ -84,6 +86,7 @@ def _take(inputs: AttemptInputs, rows: range, device: torch.device) -> AttemptIn
         inputs.targets[sl, : length - 1].to(device),
         inputs.action_mask[sl, : length - 1].to(device),
         inputs.old_logp[sl, : length - 1].to(device),
+        inputs.ref_logp[sl, : length - 1].to(device) if inputs.ref_logp is not None else None,
     )
 
 
@@ -117,8 +120,10 @@ class LearnerCore:
         policy = AutoModelForCausalLM.from_pretrained(settings.model_path, dtype=dtype)
         if settings.gradient_checkpointing:
             policy.gradient_checkpointing_enable()
-        self.reference = AutoModelForCausalLM.from_pretrained(settings.model_path, dtype=dtype).to(self.device).eval()
-        self.reference.requires_grad_(False)
+        self.reference = None
+        if settings.reference_placement == "learner":
+            self.reference = AutoModelForCausalLM.from_pretrained(settings.model_path, dtype=dtype).to(self.device).eval()
+            self.reference.requires_grad_(False)
         self.pad_id = policy.config.pad_token_id if policy.config.pad_token_id is not None else 0
 
         optimizer = torch.optim.AdamW(policy.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
@@ -161,6 +166,11 @@ class LearnerCore:
 
         return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
 
+    def _reference(self) -> torch.nn.Module:
+        if self.reference is None:
+            raise RuntimeError("learner.reference_placement is 'separate' but the batch has no a1_ref_logprobs/a2_ref_logprobs")
+        return self.reference
+
     def named_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
         return list(self.engine.module.named_parameters())
 
@@ -194,7 +204,7 @@ class LearnerCore:
         micros = micro_batches(shard.num_rows, s.k, s.rows_per_micro_batch)
         # Attempt 2's sequence starts with attempt 1's: one forward pass serves both attempts
         # when they were sampled at the same temperature (the default); otherwise two passes.
-        joint = joint_inputs(shard, self.pad_id) if s.temperature1 == s.temperature2 else None
+        joint = joint_inputs(shard, self.pad_id) if s.joint_forward and s.temperature1 == s.temperature2 else None
         if joint is None:
             a1_all, a2_all = attempt_inputs(shard, "a1", self.pad_id), attempt_inputs(shard, "a2", self.pad_id)
         ref_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -210,9 +220,13 @@ class LearnerCore:
                     mask1 = joint.mask1[rows.start : rows.stop, :width].to(self.device)
                     old1 = joint.old_logp1[rows.start : rows.stop, :width].to(self.device)
                     if mi not in ref_cache:
-                        with torch.no_grad():
-                            ref = token_logprobs(self.reference, seq, s.temperature2)
-                        ref_cache[mi] = (ref, ref)
+                        if seq.ref_logp is not None:  # scored by the separate reference group
+                            ref1 = joint.ref_logp1[rows.start : rows.stop, :width].to(self.device)
+                            ref_cache[mi] = (ref1, seq.ref_logp)
+                        else:
+                            with torch.no_grad():
+                                ref = token_logprobs(self._reference(), seq, s.temperature2)
+                            ref_cache[mi] = (ref, ref)
                     lp = token_logprobs(self.engine, seq, s.temperature2)
                     t1 = AttemptTensors(lp, old1, ref_cache[mi][0], mask1)
                     t2 = AttemptTensors(lp, seq.old_logp, ref_cache[mi][1], seq.action_mask)
@@ -220,8 +234,11 @@ class LearnerCore:
                 else:
                     a1, a2 = _take(a1_all, rows, self.device), _take(a2_all, rows, self.device)
                     if mi not in ref_cache:
-                        with torch.no_grad():
-                            ref_cache[mi] = (token_logprobs(self.reference, a1, s.temperature1), token_logprobs(self.reference, a2, s.temperature2))
+                        if a1.ref_logp is not None and a2.ref_logp is not None:
+                            ref_cache[mi] = (a1.ref_logp, a2.ref_logp)
+                        else:
+                            with torch.no_grad():
+                                ref_cache[mi] = (token_logprobs(self._reference(), a1, s.temperature1), token_logprobs(self._reference(), a2, s.temperature2))
                     t1 = AttemptTensors(token_logprobs(self.engine, a1, s.temperature1), a1.old_logp, ref_cache[mi][0], a1.action_mask)
                     t2 = AttemptTensors(token_logprobs(self.engine, a2, s.temperature2), a2.old_logp, ref_cache[mi][1], a2.action_mask)
                     tokens += a1.num_tokens + a2.num_tokens

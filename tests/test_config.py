@@ -1,4 +1,5 @@
 import subprocess
+from pathlib import Path
 import sys
 
 import pytest
@@ -89,3 +90,17 @@ def test_cli_help_lists_the_commands():
     assert proc.returncode == 0
     for command in ("train", "eval", "prepare-model", "sample"):
         assert command in proc.stdout
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_validates(path):
+    cfg = load_config(path)
+    assert cfg.rollout.problems_per_iteration % cfg.learner.num_ranks == 0
+    assert cfg.algorithm.stage1_iterations + cfg.algorithm.stage2_iterations > 0
+
+
+def test_cross_field_errors_are_one_line():
+    with pytest.raises(ConfigError, match="multiple of learner.num_ranks"):
+        load_config(None, ["rollout.problems_per_iteration=3", "learner.num_ranks=2"])
+    with pytest.raises(ConfigError, match="at least 2"):
+        load_config(None, ["rollout.samples_per_problem=1"])

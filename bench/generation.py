@@ -1,0 +1,116 @@
+"""Generation benchmark: generator actors against a bare ``vllm.LLM``, and weight-sync cost.
+
+    python -m bench generation [--tiny]
+
+- generated tokens/s of the generator actor (Ray call, token-id prompts, log-probs, pyarrow batch)
+  against a bare ``vllm.LLM`` built the same way in this process, on identical prompts and greedy
+  sampling (so both produce the same tokens);
+- seconds to publish the full model to the generator through the sync group, against copying the
+  same bytes in memory in this process;
+- the effect of the bucket size on the publish time.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+
+import torch
+
+from bench.common import BenchResult, Measurement
+
+
+def _prompts(n: int):
+    from rewards.tasks.arithmetic import ArithmeticTask
+
+    task = ArithmeticTask(difficulty=2, train_size=10, eval_size=n, seed=0)
+    return task, [{"uid": p.uid, "problem_index": i, "messages": task.first_turn(p)} for i, p in enumerate(task.problems("eval"))]
+
+
+def run(tiny: bool = False) -> BenchResult:
+    import ray
+    from transformers import AutoModelForCausalLM
+
+    from actors.engine import make_llm
+    from actors.fleet import FleetSettings, GeneratorFleet, local_sync
+    from actors.prompts import ChatFormatter
+    from actors.weight_sync import plan_buckets, spec_of
+    from cluster.model_prep import prepare_model
+
+    n_prompts, max_tokens, repeats = (4, 8, 1) if tiny else (64, 64, 3)
+    buckets_mb = [16, 64] if tiny else [4, 16, 64, 256]
+    model_path = prepare_model("embedded")
+    task, items = _prompts(n_prompts)
+    sampling = {"temperature": 0.0, "max_tokens": max_tokens, "ignore_eos": True}
+    result = BenchResult("generation", settings={"prompts": n_prompts, "max_tokens": max_tokens, "repeats": repeats, "buckets_mb": buckets_mb})
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    kv = {"cpu_kv_cache_gb": 0.5, "max_model_len": 1024}
+
+    # --- the generator actor -------------------------------------------------------------
+    fleet = GeneratorFleet(model_path, FleetSettings(num_generators=1, engine_kwargs=kv, namespace_prefix="bench-generator"))
+    try:
+        fleet.first_attempts(items[:2], 1, {"temperature": 0.0, "max_tokens": 4})  # warm-up
+        actor_rates = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            table = fleet.first_attempts(items, 1, {"temperature": 0.0, "max_tokens": max_tokens})
+            actor_rates.append(sum(table["a1_length"].to_pylist()) / (time.perf_counter() - start))
+        actor_tokens = table["a1_response_ids"].to_pylist()
+
+        # --- weight sync against an in-memory copy of the same bytes ------------------------
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        weights = {n: p.detach() for n, p in model.named_parameters()}
+        nbytes = sum(t.numel() * t.element_size() for t in weights.values())
+        copies = []
+        for _ in range(3):
+            start = time.perf_counter()
+            _ = [t.clone() for t in weights.values()]
+            copies.append(time.perf_counter() - start)
+        copy_s = min(copies)
+        group, version, by_bucket = None, 0, {}
+        for mb in buckets_mb:
+            plan = plan_buckets([spec_of(n, t) for n, t in weights.items()], mb << 20)
+            times = []
+            for _ in range(max(1, repeats - 1)):
+                version += 1
+                start = time.perf_counter()
+                group, _ = local_sync(fleet, lambda: iter(weights.items()), plan, version, group=group)
+                times.append(time.perf_counter() - start)
+            by_bucket[mb] = {"seconds": min(times), "buckets": len(plan)}
+        best_mb = min(by_bucket, key=lambda m: by_bucket[m]["seconds"])
+    finally:
+        fleet.shutdown()
+        del fleet
+        gc.collect()
+
+    # --- a bare vLLM engine in this process, same prompts and sampling ----------------------
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    llm = make_llm(model_path, **kv)
+    fmt = ChatFormatter(llm.get_tokenizer())
+    prompts = [TokensPrompt(prompt_token_ids=fmt.first_prompt_ids(it["messages"])) for it in items]
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, logprobs=0)
+    llm.generate(prompts[:2], SamplingParams(temperature=0.0, max_tokens=4), use_tqdm=False)
+    bare_rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        outs = llm.generate(prompts, params, use_tqdm=False)
+        bare_rates.append(sum(len(o.outputs[0].token_ids) for o in outs) / (time.perf_counter() - start))
+    same_tokens = [list(o.outputs[0].token_ids) for o in outs] == actor_tokens
+    del llm
+    gc.collect()
+    if started_ray:
+        ray.shutdown()
+
+    result.measurements += [
+        Measurement("generator actor tokens/s", statistics.median(actor_rates), "tok/s", "bare vllm.LLM, same prompts", statistics.median(bare_rates)),
+        Measurement(f"weight sync s ({nbytes / 2**20:.0f} MiB, {best_mb} MiB buckets)", by_bucket[best_mb]["seconds"], "s",
+                    "in-memory copy of the same bytes", copy_s, higher_is_better=False),
+    ]
+    result.extra = {"identical_greedy_tokens": same_tokens, "sync_by_bucket_mb": by_bucket, "bytes": nbytes,
+                    "actor_rates": actor_rates, "bare_rates": bare_rates}
+    return result

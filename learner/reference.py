@@ -1,0 +1,88 @@
+"""The reference policy in its own actor group (``learner.reference_placement: separate``).
+
+A frozen copy of the initial weights that scores rollout batches: it adds ``a1_ref_logprobs`` and
+``a2_ref_logprobs`` (one value per response token, like the sampling log-probs) so the learner
+ranks need not hold a second model. With ``reference_placement: learner`` (the default) each
+learner rank keeps the copy itself and nothing here is used.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import ray
+import torch
+
+from learner.batch import attempt_inputs, joint_inputs, response_values
+
+
+class ReferenceScorer:
+    """Owns one frozen reference model and turns a batch into reference log-prob columns."""
+
+    def __init__(self, model_path: str, dtype: str = "auto", temperature1: float = 1.0, temperature2: float = 1.0, threads: int | None = None):
+        from transformers import AutoModelForCausalLM
+
+        gpu = torch.cuda.is_available()
+        if not gpu and threads:
+            torch.set_num_threads(threads)
+        torch_dtype = {"auto": torch.bfloat16 if gpu else torch.float32, "float32": torch.float32,
+                       "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+        self.device = torch.device("cuda") if gpu else torch.device("cpu")
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype).to(self.device).eval()
+        self.t1, self.t2 = temperature1, temperature2
+
+    @torch.no_grad()
+    def score(self, table: pa.Table, rows_per_pass: int = 8) -> pa.Table:
+        from learner.core import _take, token_logprobs
+
+        joint = joint_inputs(table) if self.t1 == self.t2 else None
+        out1, out2 = [], []
+        for start in range(0, table.num_rows, rows_per_pass):
+            rows = range(start, min(start + rows_per_pass, table.num_rows))
+            sub = table.slice(rows.start, len(rows))
+            x1 = [len(x) for x in sub["a1_prompt_ids"].to_pylist()]
+            y1 = [len(y) for y in sub["a1_response_ids"].to_pylist()]
+            x2 = [len(x) for x in sub["a2_prompt_ids"].to_pylist()]
+            y2 = [len(y) for y in sub["a2_response_ids"].to_pylist()]
+            if joint is not None:
+                lp = token_logprobs(self.model, _take(joint.inputs, rows, self.device), self.t2).float().cpu()
+                lp1 = lp2 = lp
+            else:
+                a1, a2 = attempt_inputs(sub, "a1"), attempt_inputs(sub, "a2")
+                lp1 = token_logprobs(self.model, _take(a1, range(0, len(rows)), self.device), self.t1).float().cpu()
+                lp2 = token_logprobs(self.model, _take(a2, range(0, len(rows)), self.device), self.t2).float().cpu()
+            for i in range(len(rows)):
+                out1.append(response_values(lp1[i], x1[i], y1[i]))
+                out2.append(response_values(lp2[i], x2[i], y2[i]))
+        return (table.append_column("a1_ref_logprobs", pa.array(out1, pa.list_(pa.float32())))
+                     .append_column("a2_ref_logprobs", pa.array(out2, pa.list_(pa.float32()))))
+
+
+@ray.remote(max_restarts=-1, max_task_retries=2)
+class ReferenceWorker(ReferenceScorer):
+    """A :class:`ReferenceScorer` as a Ray actor (``reference-i``); scoring is pure, so retries are safe."""
+
+
+class ReferenceGroup:
+    """Owns the reference actors and shards a batch over them."""
+
+    def __init__(self, model_path: str, num_actors: int = 1, gpus: bool = False, cpus: float = 1.0, timeout_s: float = 1800.0, **kwargs):
+        opts = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": cpus}
+        self.actors = [ReferenceWorker.options(name=f"reference-{i}", **opts).remote(model_path, **kwargs) for i in range(num_actors)]
+        self.timeout_s = timeout_s
+
+    def score(self, batch: pa.Table) -> pa.Table:
+        n = len(self.actors)
+        bounds = [round(i * batch.num_rows / n) for i in range(n + 1)]
+        refs = [a.score.remote(batch.slice(bounds[i], bounds[i + 1] - bounds[i])) for i, a in enumerate(self.actors) if bounds[i + 1] > bounds[i]]
+        try:
+            parts = ray.get(refs, timeout=self.timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            raise RuntimeError(f"timed out after {self.timeout_s:.0f} s waiting for the reference group to score a batch") from None
+        return pa.concat_tables(parts)
+
+    def shutdown(self) -> None:
+        for a in self.actors:
+            try:
+                ray.kill(a, no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone
+                pass

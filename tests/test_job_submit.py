@@ -1,0 +1,110 @@
+"""The cluster path: `ray job submit` of a tiny training run against a real local head started by
+this test on its own ports (never `ray stop`, which would stop every Ray on the machine). While the
+job runs, the named actors are read through Ray's state API and the run's custom metrics through
+the node's metrics export endpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from actors.weight_sync import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+TINY = ["algorithm.stage1_iterations=1", "algorithm.stage2_iterations=1", "rollout.problems_per_iteration=2",
+        "rollout.samples_per_problem=2", "rollout.attempt1.max_tokens=16", "rollout.attempt2.max_tokens=16",
+        "rollout.cpu_kv_cache_gb=0.25", "rollout.max_model_len=512", "eval.num_problems=2", "eval.max_tokens=16",
+        "task.train_size=20", "task.eval_size=4", "run.progress=false", "run.name=job"]
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    log = (tmp_path_factory.mktemp("head") / "ray_start.log").open("w")  # a file, not a pipe nobody drains
+    ports = {name: free_port() for name in ("gcs", "dashboard", "metrics", "client")}
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", PATH=f"{BIN}:{os.environ['PATH']}")
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", f"--port={ports['gcs']}", "--num-cpus=4",
+         "--include-dashboard=true", f"--dashboard-port={ports['dashboard']}", f"--metrics-export-port={ports['metrics']}",
+         f"--ray-client-server-port={ports['client']}", "--dashboard-host=127.0.0.1"],
+        env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{ports['dashboard']}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/api/version", timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None:
+                pytest.fail(f"ray start --head exited: {Path(log.name).read_text()[-2000:]}")
+            time.sleep(1)
+    else:
+        os.killpg(proc.pid, signal.SIGTERM)
+        pytest.fail("the local Ray head's dashboard did not come up in 120 s")
+    yield {"url": url, "env": env, "ports": ports}
+    os.killpg(proc.pid, signal.SIGTERM)  # stops only this head: its own process group
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # whatever of the group is still there (gcs_server may linger)
+    except ProcessLookupError:
+        pass
+
+
+def _job(head, command, *args, check=True) -> str:
+    """``ray job COMMAND --address URL ARGS``; returns stdout and stderr together."""
+    done = subprocess.run([str(BIN / "ray"), "job", command, "--address", head["url"], *args], env=head["env"], cwd=REPO,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, check=check)
+    return done.stdout + done.stderr
+
+
+def test_ray_job_submit_runs_training_and_exposes_actors_and_metrics(head, tmp_path, model_path):
+    out = tmp_path / "runs"
+    entry = ["python", "-m", "cluster.main", "train", "--overwrite", "--set", f"run.output_dir={out}"]
+    for o in TINY:
+        entry += ["--set", o]
+    submitted = _job(head, "submit", "--no-wait", "--working-dir", ".", "--", *entry)
+    job_id = re.search(r"raysubmit_\w+", submitted).group(0)
+
+    from ray.job_submission import JobStatus, JobSubmissionClient
+    from ray.util.state import list_actors
+
+    client = JobSubmissionClient(head["url"])
+
+    seen_actors: set[str] = set()
+    metrics_text = ""
+    status = None
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        status = client.get_job_status(job_id)
+        if status.is_terminal():
+            break
+        try:
+            seen_actors |= {a.name for a in list_actors(address=head["url"], filters=[("state", "=", "ALIVE")], timeout=10) if a.name}
+            body = urllib.request.urlopen(f"http://127.0.0.1:{head['ports']['metrics']}/metrics", timeout=5).read().decode()
+            if "score_iteration" in body:
+                metrics_text = body
+        except Exception:  # noqa: BLE001 - the head may be busy; poll again
+            pass
+        time.sleep(3)
+    logs = _job(head, "logs", job_id, check=False)
+    assert status == JobStatus.SUCCEEDED, f"job did not succeed: {status}\n{logs[-3000:]}"
+    assert "eval [final]" in logs and "Accuracy@t1" in logs
+    assert {"generator-0", "learner-rank-0", "reward-0", "driver"} <= seen_actors, seen_actors
+    assert re.search(r"score_iteration\{[^}]*\} [12]", metrics_text), metrics_text[-1500:]
+    assert "score_weight_version" in metrics_text and "score_phase_seconds" in metrics_text
+    evals = json.loads((out / "job" / "eval.json").read_text())
+    assert [e["label"] for e in evals] == ["base", "final"]
