@@ -46,7 +46,7 @@ def run(tiny: bool = False) -> BenchResult:
     result = BenchResult("generation", settings={"prompts": n_prompts, "max_tokens": max_tokens, "repeats": repeats, "buckets_mb": buckets_mb})
     started_ray = not ray.is_initialized()
     if started_ray:
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     kv = {"cpu_kv_cache_gb": 0.5, "max_model_len": 1024}
 
     # --- the generator actor -------------------------------------------------------------

@@ -35,7 +35,7 @@ def run(tiny: bool = False) -> BenchResult:
     limits = SandboxLimits(timeout_s=10.0, memory_mb=512)
     started_ray = not ray.is_initialized()
     if started_ray:
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     pool = RewardPool(num_actors=actors, max_concurrency=concurrency, limits=limits, name_prefix="reward-bench")
     try:
         for kind, n in (("math", n_math), ("code", n_code)):

@@ -54,7 +54,8 @@ def ray_connect(cfg: ScoreConfig) -> str | None:
         ctx = ray.init(address=address, log_to_driver=True)
     else:
         cpus = cfg.run.num_cpus or max(4, os.cpu_count() or 1)
-        ctx = ray.init(num_cpus=cpus, include_dashboard=cfg.run.dashboard, log_to_driver=False)
+        # address="local": always a new instance, never a stray `ray start` cluster found in /tmp/ray
+        ctx = ray.init(address="local", num_cpus=cpus, include_dashboard=cfg.run.dashboard, log_to_driver=False)
     url = getattr(ctx, "dashboard_url", None)
     return f"http://{url}" if url and not url.startswith("http") else url
 

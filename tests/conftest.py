@@ -34,6 +34,6 @@ def ray_local():
     """One local Ray instance for the whole session, on its own ports (never `ray stop`)."""
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     yield ray
     ray.shutdown()
