@@ -76,8 +76,15 @@ def test_ray_job_submit_runs_training_and_exposes_actors_and_metrics(head, tmp_p
     entry = ["python", "-m", "cluster.main", "train", "--overwrite", "--set", f"run.output_dir={out}"]
     for o in TINY:
         entry += ["--set", o]
-    submitted = _job(head, "submit", "--no-wait", "--working-dir", ".", "--", *entry)
-    job_id = re.search(r"raysubmit_\w+", submitted).group(0)
+    # the head answers HTTP before its job agent is up; on a loaded machine that can take a while
+    for _ in range(12):
+        submitted = _job(head, "submit", "--no-wait", "--working-dir", ".", "--", *entry, check=False)
+        found = re.search(r"raysubmit_\w+", submitted)
+        if found:
+            break
+        time.sleep(5)
+    assert found, f"ray job submit failed:\n{submitted[-3000:]}"
+    job_id = found.group(0)
 
     from ray.job_submission import JobStatus, JobSubmissionClient
     from ray.util.state import list_actors

@@ -139,3 +139,15 @@ def test_separate_reference_scores_equal_the_in_rank_reference(model_path, batch
         assert got[key] == pytest.approx(want[key], rel=1e-3, abs=1e-5), key
     with pytest.raises(RuntimeError, match="reference_placement"):
         LearnerCore(LearnerSettings(**common, reference_placement="separate")).update(batch, stage=1)
+
+
+def test_a_killed_learner_rank_fails_the_update_with_a_clear_error(ray_local, model_path, batch):
+    from learner.group import LearnerError
+
+    group = _group(model_path, 2)
+    try:
+        group.kill_rank(1)
+        with pytest.raises(LearnerError, match="resume from the last checkpoint"):
+            group.update(batch, stage=1)
+    finally:
+        group.shutdown()

@@ -1,0 +1,35 @@
+"""`python -m cluster.main eval` on a model folder: the paper's table, JSON, CSV and samples."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def test_eval_command_writes_the_table_and_files(model_path, tmp_path):
+    out = tmp_path / "eval"
+    done = subprocess.run(
+        [sys.executable, "-m", "cluster.main", "eval", "--model", model_path, "--out", str(out),
+         "--set", "eval.num_problems=4", "--set", "eval.max_tokens=24", "--set", "rollout.cpu_kv_cache_gb=0.25",
+         "--set", "run.dashboard=false", "--set", "run.num_cpus=2"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Accuracy@t1" in done.stdout and "Δ_c→i" in done.stdout
+    record = json.loads((out / "eval.json").read_text())
+    assert record["num_problems"] == 4
+    assert record["delta_t1_t2"] == record["accuracy_t2"] - record["accuracy_t1"]
+    rows = list(csv.DictReader((out / "eval.csv").open()))
+    assert rows[0]["num_problems"] == "4"
+    assert (out / "samples.parquet").stat().st_size > 0
+
+
+def test_eval_command_reports_a_missing_model_in_one_line(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "cluster.main", "eval", "--model", str(tmp_path / "nope")],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error:") and "Traceback" not in done.stderr
