@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -29,14 +31,20 @@ TINY = ["algorithm.stage1_iterations=1", "algorithm.stage2_iterations=1", "rollo
 
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
-    log = (tmp_path_factory.mktemp("head") / "ray_start.log").open("w")  # a file, not a pipe nobody drains
-    ports = {name: free_port() for name in ("gcs", "dashboard", "metrics", "client")}
+    where = tmp_path_factory.mktemp("head")
+    temp_dir = tempfile.mkdtemp(prefix="rayhead")  # short: Ray's socket paths must stay under 107 characters
+    log = (where / "ray_start.log").open("w")  # a file, not a pipe nobody drains
+    # every port of its own: the session's Ray (other tests) already holds the default agent port 52365,
+    # and a head whose dashboard agent cannot bind refuses every job with "No available agent"
+    ports = {name: free_port() for name in ("gcs", "dashboard", "metrics", "client", "agent_http", "agent_grpc", "runtime_env")}
     env = dict(os.environ, RAY_AUTH_MODE="disabled", PATH=f"{BIN}:{os.environ['PATH']}")
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={ports['gcs']}", "--num-cpus=4",
          "--include-dashboard=true", f"--dashboard-port={ports['dashboard']}", f"--metrics-export-port={ports['metrics']}",
-         f"--ray-client-server-port={ports['client']}", "--dashboard-host=127.0.0.1"],
+         f"--ray-client-server-port={ports['client']}", "--dashboard-host=127.0.0.1",
+         f"--dashboard-agent-listen-port={ports['agent_http']}", f"--dashboard-agent-grpc-port={ports['agent_grpc']}",
+         f"--runtime-env-agent-port={ports['runtime_env']}", f"--temp-dir={temp_dir}"],
         env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     url = f"http://127.0.0.1:{ports['dashboard']}"
@@ -52,7 +60,7 @@ def head(tmp_path_factory):
     else:
         os.killpg(proc.pid, signal.SIGTERM)
         pytest.fail("the local Ray head's dashboard did not come up in 120 s")
-    yield {"url": url, "env": env, "ports": ports}
+    yield {"url": url, "env": env, "ports": ports, "logs": temp_dir}
     os.killpg(proc.pid, signal.SIGTERM)  # stops only this head: its own process group
     try:
         proc.wait(timeout=10)
@@ -62,6 +70,7 @@ def head(tmp_path_factory):
         os.killpg(proc.pid, signal.SIGKILL)  # whatever of the group is still there (gcs_server may linger)
     except ProcessLookupError:
         pass
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _job(head, command, *args, check=True) -> str:
@@ -69,6 +78,12 @@ def _job(head, command, *args, check=True) -> str:
     done = subprocess.run([str(BIN / "ray"), "job", command, "--address", head["url"], *args], env=head["env"], cwd=REPO,
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, check=check)
     return done.stdout + done.stderr
+
+
+def _agent_log(head) -> str:
+    """The tail of the head's dashboard-agent log, for a failure message."""
+    found = sorted(Path(head["logs"]).glob("session_*/logs/dashboard_agent*.log"))
+    return f"{found[-1]}:\n{found[-1].read_text()[-2000:]}" if found else "(no dashboard agent log)"
 
 
 def test_ray_job_submit_runs_training_and_exposes_actors_and_metrics(head, tmp_path, model_path):
@@ -83,7 +98,7 @@ def test_ray_job_submit_runs_training_and_exposes_actors_and_metrics(head, tmp_p
         if found:
             break
         time.sleep(5)
-    assert found, f"ray job submit failed:\n{submitted[-3000:]}"
+    assert found, f"ray job submit failed:\n{submitted[-3000:]}\n{_agent_log(head)}"
     job_id = found.group(0)
 
     from ray.job_submission import JobStatus, JobSubmissionClient
