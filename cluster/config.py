@@ -68,6 +68,7 @@ class TaskConfig(_Section):
     difficulty: int = Field(2, ge=1, le=5)  # arithmetic only
     train_size: int = Field(2000, ge=1)  # arithmetic only: problems generated for training
     eval_size: int = Field(200, ge=1)  # arithmetic only: held-out problems
+    data_seed: int | None = Field(None, ge=0)  # arithmetic only: seed of the generated problems (default: run.seed)
     instruction: str | None = None  # overrides the task's self-correction instruction
     skip_malformed: bool = False  # count and report malformed rows instead of failing
 
@@ -154,6 +155,7 @@ class EvalConfig(_Section):
     """Held-out evaluation of both attempts."""
 
     every_iterations: int = Field(0, ge=0)  # 0: only before and after training
+    before: bool = True  # evaluate the base model before training (false: only after)
     num_problems: int = Field(100, ge=1)
     temperature: float = Field(0.0, ge=0.0)
     max_tokens: int = Field(256, ge=1)

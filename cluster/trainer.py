@@ -262,7 +262,7 @@ class ScoreTrainer:
         self._install_signals()
         if self.resume:
             self.restore()
-        else:
+        elif cfg.eval.before:
             self._say(f"evaluating the base model prompted to self-correct on {min(cfg.eval.num_problems, len(task.problems('eval')))} held-out problems")
             self._report(self.run_eval("base"))
         bar = tqdm(total=total, initial=self.iteration, desc="SCoRe", unit="it", disable=not self.progress, dynamic_ncols=True)

@@ -23,7 +23,8 @@ def build_task(cfg: "TaskConfig", seed: int = 0) -> Task:
     """The task named by a validated :class:`cluster.config.TaskConfig`."""
     common = {"instruction": cfg.instruction, "skip_malformed": cfg.skip_malformed}
     if cfg.name == "arithmetic":
-        return ArithmeticTask(cfg.difficulty, cfg.train_size, cfg.eval_size, seed=seed, **common)
+        data_seed = seed if cfg.data_seed is None else cfg.data_seed
+        return ArithmeticTask(cfg.difficulty, cfg.train_size, cfg.eval_size, seed=data_seed, **common)
     if cfg.name == "humaneval":
         return HumanEvalTask(**common)
     return TASKS[cfg.name](cfg.train_path, cfg.eval_path, **common)
