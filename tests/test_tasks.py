@@ -43,6 +43,16 @@ def test_arithmetic_is_seeded():
     assert a == b and a != c
 
 
+def test_data_seed_fixes_the_problems_across_run_seeds():
+    def questions(run_seed, overrides):
+        cfg = load_config(None, overrides)
+        return [p.question for p in build_task(cfg.task, seed=run_seed).problems("eval")]
+
+    assert questions(0, []) != questions(1, [])  # by default the run seed picks the problems
+    fixed = ["task.data_seed=7"]
+    assert questions(0, fixed) == questions(1, fixed) == questions(2, fixed)
+
+
 def test_second_turn_holds_attempt_one_and_the_instruction():
     task = build_task(load_config().task)
     problem = task.problems("eval")[0]
