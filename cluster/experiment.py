@@ -173,13 +173,14 @@ def plot(summary: dict[str, Any], out: Path, curves: dict[str, list[list[dict[st
 
     arms = [a for a in ARMS if a in summary]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.2))
-    shown = ["accuracy_t1", "accuracy_t2", "delta_i_to_c", "delta_c_to_i"]
+    shown = ["accuracy_t1", "accuracy_t2", "delta_t1_t2", "delta_i_to_c", "delta_c_to_i"]
     width = 0.8 / len(shown)
     for j, m in enumerate(shown):
         means = [100 * summary[a][m]["mean"] for a in arms]
         err = [[100 * (summary[a][m]["mean"] - summary[a][m]["lo"]) for a in arms], [100 * (summary[a][m]["hi"] - summary[a][m]["mean"]) for a in arms]]
-        ax.bar(np.arange(len(arms)) + (j - 1.5) * width, means, width, yerr=err, capsize=3, label=LABELS[m])
+        ax.bar(np.arange(len(arms)) + (j - (len(shown) - 1) / 2) * width, means, width, yerr=err, capsize=3, label=LABELS[m])
     ax.set_xticks(np.arange(len(arms)), [ARM_TITLES[a] for a in arms], fontsize=8)
+    ax.axhline(0, color="grey", lw=0.5)
     ax.set_ylabel("% of held-out problems (95% CI)")
     ax.legend(fontsize=8)
     ax.set_title(f"final evaluation, {summary[arms[0]]['problems']} problems")
