@@ -42,6 +42,12 @@ class FleetSettings:
     timeout_s: float = 1800.0  # deadline for one shard of a rollout
     start_timeout_s: float = 600.0
     namespace_prefix: str = "generator"
+    # Colocated mode: generator i shares bundle i of the learner's placement group (and its GPU,
+    # taking ``gpu_share`` of it), sleeps while the learner trains, and takes weights from learner
+    # rank i through shared buffers (CUDA IPC) instead of the broadcast group.
+    colocated: bool = False
+    placement_group: Any = None
+    gpu_share: float = 1.0
 
 
 class GeneratorFleet:
@@ -50,15 +56,20 @@ class GeneratorFleet:
     def __init__(self, model_path: str, settings: FleetSettings):
         self.settings = settings
         self.version = 0
+        if settings.colocated and settings.tensor_parallel_size != 1:
+            raise ValueError("colocated generators share one GPU with a learner rank: tensor_parallel_size must be 1")
         if settings.gpus:
-            bundle = {"GPU": settings.tensor_parallel_size, "CPU": 1}
+            gpus = settings.gpu_share if settings.colocated else settings.tensor_parallel_size
+            bundle = {"GPU": gpus, "CPU": 1}
         else:
             bundle = {"CPU": settings.cpus_per_generator}
-        self.pg = placement_group([dict(bundle) for _ in range(settings.num_generators)], strategy="PACK")
+        self.owns_pg = settings.placement_group is None
+        self.pg = settings.placement_group or placement_group([dict(bundle) for _ in range(settings.num_generators)], strategy="PACK")
         try:
             ray.get(self.pg.ready(), timeout=settings.start_timeout_s)
         except GetTimeoutError:
-            remove_placement_group(self.pg)
+            if self.owns_pg:
+                remove_placement_group(self.pg)
             raise GenerationError(
                 f"could not place {settings.num_generators} generators with {bundle} each within "
                 f"{settings.start_timeout_s:.0f} s: not enough free resources in the cluster"
@@ -70,7 +81,8 @@ class GeneratorFleet:
                 num_cpus=bundle.get("CPU", 0),
                 num_gpus=bundle.get("GPU", 0),
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
-            ).remote(model_path, name=name, seed=settings.seed + i, tensor_parallel_size=settings.tensor_parallel_size, **settings.engine_kwargs)
+            ).remote(model_path, name=name, seed=settings.seed + i, tensor_parallel_size=settings.tensor_parallel_size,
+                     colocated=settings.colocated, **settings.engine_kwargs)
             for i, name in enumerate(self.names)
         ]
         self.wait({name: a.ready.remote() for name, a in zip(self.names, self.actors)}, settings.start_timeout_s, "generator start-up")
@@ -190,6 +202,25 @@ class GeneratorFleet:
     def receive_refs(self, wire_plan: list, version: int) -> dict[str, Any]:
         return {self.names[g]: self.actors[g].receive_weights.remote(wire_plan, version) for g in self.members}
 
+    def join_shared_refs(self, endpoints: list[tuple[str, int]], timeout_s: float = 300.0) -> dict[str, Any]:
+        """Colocated mode: generator i opens learner rank i's shared buffers at ``endpoints[i]``."""
+        members = tuple(self.live())
+        if members != tuple(range(len(self.actors))):
+            dead = sorted(set(range(len(self.actors))) - set(members))
+            raise GenerationError(f"colocated weight sync needs every generator; {', '.join(self.names[g] for g in dead)} did not come back")
+        if len(endpoints) != len(members):
+            raise GenerationError(f"{len(endpoints)} learner ranks for {len(members)} colocated generators")
+        self.members = members
+        return {self.names[g]: self.actors[g].join_shared.remote(host, port, timeout_s) for g, (host, port) in zip(members, endpoints)}
+
+    def receive_shared_refs(self, wire_plan: list, version: int) -> dict[str, Any]:
+        return {self.names[g]: self.actors[g].receive_shared.remote(wire_plan, version) for g in self.members}
+
+    def sleep(self, timeout_s: float = 300.0) -> None:
+        """Colocated mode: every generator releases its GPU memory for the learner (no-op on CPU)."""
+        if self.settings.colocated:
+            self.wait({self.names[g]: self.actors[g].sleep.remote() for g in sorted(self.current)}, timeout_s, "generators going to sleep")
+
     def finish_sync(self, refs: dict[str, Any], version: int, timeout_s: float = 600.0) -> list[dict[str, Any]]:
         reports = list(self.wait(refs, timeout_s, f"generators receiving weight version {version}").values())
         self.version = version
@@ -206,7 +237,8 @@ class GeneratorFleet:
                 ray.kill(a, no_restart=True)
             except Exception:  # noqa: BLE001 - already gone
                 pass
-        remove_placement_group(self.pg)
+        if self.owns_pg:
+            remove_placement_group(self.pg)
 
 
 def local_sync(fleet: GeneratorFleet, named_tensors_fn: Callable[[], Any], plan, version: int, backend: str = "gloo", group=None):

