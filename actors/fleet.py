@@ -16,12 +16,12 @@ from typing import Any, Callable
 
 import pyarrow as pa
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.batch import check_complete, sort_problem_major
-from actors.generator import Generator
+from actors.generator import Generator, StaleWeightsError
 from actors.weight_sync import SyncEndpoint
 
 
@@ -133,6 +133,13 @@ class GeneratorFleet:
                 except RayActorError as err:
                     self.current.discard(g)
                     self.events.append(f"{self.names[g]} died during {what}: {type(err).__name__}")
+                    pending.append((idx, shard))
+                except RayTaskError as err:
+                    if not isinstance(err.cause, StaleWeightsError):
+                        raise
+                    # it died between calls and Ray restarted it with the initial weights
+                    self.current.discard(g)
+                    self.events.append(f"{self.names[g]} came back with stale weights during {what}: {err.cause}")
                     pending.append((idx, shard))
         return [results[i] for i in range(len(shards))]
 

@@ -236,7 +236,8 @@ class ScoreTrainer:
         e = self.cfg.eval
         problems = self.task.problems("eval")[: e.num_problems]
         t0 = time.monotonic()
-        metrics, batch = evaluate(self.fleet, self.pool, self.task, problems, temperature=e.temperature, max_tokens=e.max_tokens)
+        metrics, batch = self._with_generator_recovery(
+            lambda: evaluate(self.fleet, self.pool, self.task, problems, temperature=e.temperature, max_tokens=e.max_tokens), f"evaluation '{label}'")
         record = {"label": label, "iteration": self.iteration, "version": self.version, **metrics, "seconds": time.monotonic() - t0}
         self.log.write("eval", self.iteration, record)
         samples = self.run_dir / "samples"
@@ -326,16 +327,19 @@ class ScoreTrainer:
         return RunResult(self.run_dir, self.iteration, self.version, evals)
 
     def _step_with_recovery(self, iteration: int) -> dict[str, Any]:
-        """Run an iteration; if every generator died, bring the restarted ones to the current weights and retry."""
+        return self._with_generator_recovery(lambda: self.step(iteration), f"iteration {iteration + 1}")
+
+    def _with_generator_recovery(self, work, what: str):
+        """Run ``work``; if every generator died, bring the restarted ones to the current weights and retry."""
         from actors.fleet import GenerationError
 
         for attempt in range(3):
             try:
-                return self.step(iteration)
+                return work()
             except GenerationError as err:
                 if attempt == 2:
                     raise
-                self._say(f"iteration {iteration + 1}: {err}; re-syncing weight version {self.version} to restarted generators and retrying")
+                self._say(f"{what}: {err}; re-syncing weight version {self.version} to restarted generators and retrying")
                 self._sync(self.version)
         raise AssertionError("unreachable")
 

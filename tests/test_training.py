@@ -35,7 +35,7 @@ def _train_records(run_dir):
 
 @pytest.fixture(scope="module")
 def full_run(ray_local, model_path, tmp_path_factory):
-    """Four iterations uninterrupted; generator-0 (the only one) is killed during iteration 2."""
+    """Four iterations uninterrupted; generator-0 (the only one) is killed during iteration 2 and before the final evaluation."""
     tmp = tmp_path_factory.mktemp("runs")
     trainer, task = _trainer(tmp, "full", model_path)
     original_step = trainer.step
@@ -45,7 +45,15 @@ def full_run(ray_local, model_path, tmp_path_factory):
             threading.Timer(1.0, trainer.fleet.kill, args=(0,)).start()
         return original_step(iteration)
 
+    original_eval = trainer.run_eval
+
+    def eval_after_a_kill(label):
+        if label == "final":  # killed between iterations: the evaluation must re-sync the restarted engine
+            trainer.fleet.kill(0)
+        return original_eval(label)
+
     trainer.step = step_with_a_kill
+    trainer.run_eval = eval_after_a_kill
     try:
         result = trainer.run(task)
         events = list(trainer.fleet.events)
@@ -64,8 +72,9 @@ def test_tiny_score_run_end_to_end(full_run, model_path):
     assert [r["version"] for r in records] == [1, 2, 3, 4]
     for r in records:
         assert 0.0 <= r["reward_attempt1"] <= 1.0 and r["tokens"] > 0 and r["seconds_learn"] > 0 and r["sync_bytes"] > 0
-    # the killed generator was restarted, re-synced, and the run completed
-    assert any("generator-0" in e for e in events)
+    # the killed generator was restarted, re-synced, and the run completed, twice
+    assert any("generator-0" in e and "attempts" in e for e in events)
+    assert sum("generator-0" in e for e in events) >= 2, events
     evals = json.loads((run / "eval.json").read_text())
     assert [e["label"] for e in evals] == ["base", "final"] and evals[-1]["version"] == 4
     for e in evals:
