@@ -12,7 +12,8 @@ Arms (the paper's ablations):
 Every arm evaluates on the same held-out problems (``task.data_seed`` is fixed); the seed
 changes the order of training problems and the sampling. Each run is a separate
 ``python -m cluster.main`` process, so a crash loses one run, and ``run`` skips runs that
-already finished: re-running it continues the experiment.
+already finished: re-running it continues the experiment (a failed run that left a checkpoint
+continues from it with ``--resume``).
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ def run(plan: Plan, dry_run: bool = False) -> int:
         if (where / "eval.json").exists():
             print(f"[{i}/{len(todo)}] {name}: done already", flush=True)
             continue
+        if "--overwrite" in cmd and any(not c.name.endswith(".partial") for c in (where / "checkpoints").glob("iter_*")):
+            cmd = [("--resume" if c == "--overwrite" else c) for c in cmd]  # a failed run continues from its checkpoint
         print(f"[{i}/{len(todo)}] {name}: {' '.join(cmd)}", flush=True)
         if dry_run:
             continue

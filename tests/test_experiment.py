@@ -31,9 +31,14 @@ def test_run_skips_finished_runs(tmp_path, capsys):
     plan = _plan(tmp_path)
     (tmp_path / "base").mkdir()
     (tmp_path / "base" / "eval.json").write_text("{}")
+    (tmp_path / "score-seed1" / "checkpoints" / "iter_000005").mkdir(parents=True)  # failed after its last checkpoint
+    (tmp_path / "score-seed2" / "checkpoints" / "iter_000001.partial").mkdir(parents=True)
     experiment.run(plan, dry_run=True)
     out = capsys.readouterr().out
     assert "base: done already" in out and "score-seed0: " in out and "cluster.main train" in out
+    lines = {l.split(":")[0].split("] ")[-1]: l for l in out.splitlines() if l.startswith("[")}
+    assert "--resume" in lines["score-seed1"] and "--overwrite" not in lines["score-seed1"]
+    assert "--overwrite" in lines["score-seed2"] and "--overwrite" in lines["score-seed0"]
 
 
 def test_bootstrap_means_intervals_and_paired_difference():
