@@ -281,6 +281,8 @@ def receive_shared(channel: SharedBuckets, plan: list[list[ParamSpec]]) -> Itera
     for i, bucket in enumerate(plan):
         channel.store.get(channel._key("ready", i))
         flat = _bucket_view(channel.buffers[i % 2], bucket).clone()
+        if flat.is_cuda:  # the copy is asynchronous: finish it before the publisher may overwrite the buffer
+            torch.cuda.current_stream(flat.device).synchronize()
         channel.store.set(channel._key("ack", i), "1")
         offset = 0
         for spec in bucket:
