@@ -83,10 +83,7 @@ class GeneratorCore:
 
     def receive_weights(self, wire_plan: list, version: int) -> dict[str, Any]:
         start = time.monotonic()
-        counts = self.llm.collective_rpc("score_receive_weights", args=(wire_plan,))
-        self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
-        self.version = version
-        return {"name": self.name, "version": version, "tensors": counts[0], "seconds": time.monotonic() - start}
+        return self._loaded(self.llm.collective_rpc("score_receive_weights", args=(wire_plan,)), version, start)
 
     def join_shared(self, host: str, port: int, timeout_s: float = 300.0) -> bool:
         """Colocated mode: open the shared bucket buffers of the learner rank beside this engine."""
@@ -97,8 +94,11 @@ class GeneratorCore:
         """Colocated mode: load the weights from the shared buffers (the engine's weights must be awake)."""
         start = time.monotonic()
         self.wake_up(["weights"])  # only the weights: the KV cache stays free until generation
-        counts = self.llm.collective_rpc("score_receive_shared", args=(wire_plan,))
-        self.llm.reset_prefix_cache()
+        return self._loaded(self.llm.collective_rpc("score_receive_shared", args=(wire_plan,)), version, start)
+
+    def _loaded(self, counts: list[int], version: int, start: float) -> dict[str, Any]:
+        """After a weight load: drop stale KV blocks, take the version, report."""
+        self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
         self.version = version
         return {"name": self.name, "version": version, "tensors": counts[0], "seconds": time.monotonic() - start}
 
@@ -199,6 +199,7 @@ class Generator(GeneratorCore):
         return True
 
     def placement(self) -> dict[str, Any]:
-        """Where Ray put this actor: node, placement group and bundle (colocation checks, debugging)."""
-        ctx = ray.get_runtime_context()
-        return {"node": ctx.get_node_id(), "placement_group": ctx.get_placement_group_id(), "resources": ctx.get_assigned_resources()}
+        """Where Ray put this actor: node, placement group and resources (colocation checks, debugging)."""
+        from actors.weight_sync import actor_placement
+
+        return actor_placement()

@@ -94,6 +94,14 @@ def node_ip() -> str:
     return "127.0.0.1"
 
 
+def actor_placement() -> dict:
+    """Where Ray put the calling actor: node, placement group, assigned resources (colocation checks)."""
+    import ray
+
+    ctx = ray.get_runtime_context()
+    return {"node": ctx.get_node_id(), "placement_group": ctx.get_placement_group_id(), "resources": ctx.get_assigned_resources()}
+
+
 @dataclass(frozen=True)
 class SyncEndpoint:
     """Where a sync group meets: the publisher hosts the store at ``host:port``."""
@@ -134,6 +142,26 @@ class SyncGroup:
         self.pg = None
 
 
+def _pack(flat: torch.Tensor, bucket: list[ParamSpec], tensors: Iterator[tuple[str, torch.Tensor]]) -> torch.Tensor:
+    """Copy the next ``len(bucket)`` tensors into ``flat`` in plan order (checking the order); returns ``flat``."""
+    offset = 0
+    for spec in bucket:
+        name, tensor = next(tensors)
+        if name != spec.name or tuple(tensor.shape) != spec.shape:
+            raise RuntimeError(f"publish order broke: expected {spec.name}{spec.shape}, got {name}{tuple(tensor.shape)}")
+        flat[offset : offset + spec.numel].copy_(tensor.detach().reshape(-1))
+        offset += spec.numel
+    return flat
+
+
+def _unpack(flat: torch.Tensor, bucket: list[ParamSpec]) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(name, view)`` for every parameter packed in ``flat``."""
+    offset = 0
+    for spec in bucket:
+        yield spec.name, flat[offset : offset + spec.numel].view(spec.shape)
+        offset += spec.numel
+
+
 def publish(group: SyncGroup, named_tensors: Iterable[tuple[str, torch.Tensor]], plan: list[list[ParamSpec]]) -> int:
     """Rank 0: broadcast every bucket of ``plan``; tensors arrive in plan order. Returns bytes sent."""
     it = iter(named_tensors)
@@ -141,14 +169,7 @@ def publish(group: SyncGroup, named_tensors: Iterable[tuple[str, torch.Tensor]],
     sent = 0
     for bucket in plan:
         dtype = DTYPES[bucket[0].dtype]
-        flat = torch.empty(sum(s.numel for s in bucket), dtype=dtype, device=group.device)
-        offset = 0
-        for spec in bucket:
-            name, tensor = next(it)
-            if name != spec.name or tuple(tensor.shape) != spec.shape:
-                raise RuntimeError(f"publish order broke: expected {spec.name}{spec.shape}, got {name}{tuple(tensor.shape)}")
-            flat[offset : offset + spec.numel].copy_(tensor.detach().reshape(-1).to(dtype))
-            offset += spec.numel
+        flat = _pack(torch.empty(sum(s.numel for s in bucket), dtype=dtype, device=group.device), bucket, it)
         in_flight.append((group.broadcast(flat), flat))
         sent += flat.numel() * flat.element_size()
         if len(in_flight) > 1:  # two buckets in flight: pack the next while this one goes
@@ -164,10 +185,7 @@ def receive(group: SyncGroup, plan: list[list[ParamSpec]]) -> Iterator[tuple[str
     for bucket in plan:
         flat = torch.empty(sum(s.numel for s in bucket), dtype=DTYPES[bucket[0].dtype], device=group.device)
         group.broadcast(flat).wait()
-        offset = 0
-        for spec in bucket:
-            yield spec.name, flat[offset : offset + spec.numel].view(spec.shape)
-            offset += spec.numel
+        yield from _unpack(flat, bucket)
 
 
 # -- colocated mode: buckets through shared memory (CUDA IPC on a GPU) ---------------------------
@@ -258,14 +276,7 @@ def publish_shared(channel: SharedBuckets, named_tensors: Iterable[tuple[str, to
     for i, bucket in enumerate(plan):
         if i >= 2:
             channel.store.get(channel._key("ack", i - 2))  # blocks until the receiver copied bucket i-2
-        flat = _bucket_view(channel.buffers[i % 2], bucket)
-        offset = 0
-        for spec in bucket:
-            name, tensor = next(it)
-            if name != spec.name or tuple(tensor.shape) != spec.shape:
-                raise RuntimeError(f"publish order broke: expected {spec.name}{spec.shape}, got {name}{tuple(tensor.shape)}")
-            flat[offset : offset + spec.numel].copy_(tensor.detach().reshape(-1))
-            offset += spec.numel
+        flat = _pack(_bucket_view(channel.buffers[i % 2], bucket), bucket, it)
         if flat.is_cuda:
             torch.cuda.current_stream(flat.device).synchronize()
         channel.store.set(channel._key("ready", i), "1")
@@ -284,8 +295,5 @@ def receive_shared(channel: SharedBuckets, plan: list[list[ParamSpec]]) -> Itera
         if flat.is_cuda:  # the copy is asynchronous: finish it before the publisher may overwrite the buffer
             torch.cuda.current_stream(flat.device).synchronize()
         channel.store.set(channel._key("ack", i), "1")
-        offset = 0
-        for spec in bucket:
-            yield spec.name, flat[offset : offset + spec.numel].view(spec.shape)
-            offset += spec.numel
+        yield from _unpack(flat, bucket)
     channel.round += 1

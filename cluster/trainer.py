@@ -158,7 +158,7 @@ class ScoreTrainer:
                     part.shutdown()
                 except Exception:  # noqa: BLE001 - best effort on the way out
                     pass
-        if getattr(self, "shared_pg", None) is not None:
+        if self.shared_pg is not None:
             from ray.util.placement_group import remove_placement_group
 
             remove_placement_group(self.shared_pg)

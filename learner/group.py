@@ -35,9 +35,10 @@ class LearnerRank:
         self.shared = None  # colocated mode: this rank's shared bucket buffers
 
     def placement(self) -> dict[str, Any]:
-        """Where Ray put this actor: node, placement group and bundle (colocation checks, debugging)."""
-        ctx = ray.get_runtime_context()
-        return {"node": ctx.get_node_id(), "placement_group": ctx.get_placement_group_id(), "resources": ctx.get_assigned_resources()}
+        """Where Ray put this actor: node, placement group and resources (colocation checks, debugging)."""
+        from actors.weight_sync import actor_placement
+
+        return actor_placement()
 
     def address(self) -> tuple[str, int]:
         from actors.weight_sync import free_port, node_ip

@@ -186,15 +186,16 @@ def _hf_greedy(model, tok, prompt_ids, n):
     return out[0, len(prompt_ids):].tolist()
 
 
-def test_weight_sync_changes_outputs_matches_transformers_and_restores(fleet, task, model_path):
+def _perturb_then_restore(fleet, task, model_path, bucket_bytes, sync, check_perturbed=lambda perturbed: None):
+    """Publish perturbed weights through ``sync(weights, plan, version) -> reports``: the greedy outputs change
+    and equal transformers' on the same weights (a stale tied LM head would differ); publish the originals
+    and the outputs are those from before. ``check_perturbed`` runs while the perturbed weights are loaded."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from actors.fleet import local_sync
 
     tok = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
     original = {n: p.detach().clone() for n, p in model.named_parameters()}
-    plan = plan_buckets([spec_of(n, p) for n, p in original.items()], 16 << 20)
+    plan = plan_buckets([spec_of(n, p) for n, p in original.items()], bucket_bytes)
     assert len(plan) > 1  # bucketed, not one tensor
 
     items = _items(task, 3)
@@ -202,70 +203,64 @@ def test_weight_sync_changes_outputs_matches_transformers_and_restores(fleet, ta
     gen = torch.Generator().manual_seed(0)
     perturbed = {n: p + 0.01 * torch.randn(p.shape, generator=gen) * p.std() for n, p in original.items()}
     v0 = fleet.version
-    group, reports = local_sync(fleet, lambda: iter(perturbed.items()), plan, v0 + 1)
+    reports = sync(perturbed, plan, v0 + 1)
     assert fleet.version == v0 + 1 and all(r["version"] == v0 + 1 and r["tensors"] == len(original) for r in reports)
+    check_perturbed(perturbed)
     changed = fleet.first_attempts(items, 1, GREEDY)
     assert set(changed["a1_version"].to_pylist()) == {v0 + 1}
     assert changed["a1_response_ids"].to_pylist() != before["a1_response_ids"].to_pylist()
 
-    # vLLM's greedy tokens equal transformers' on the same perturbed weights (a stale tied LM head would differ)
     with torch.no_grad():
         for n, p in model.named_parameters():
             p.copy_(perturbed[n])
     for row in changed.to_pylist():
         assert row["a1_response_ids"] == _hf_greedy(model, tok, row["a1_prompt_ids"], len(row["a1_response_ids"]))
 
-    group, _ = local_sync(fleet, lambda: iter(original.items()), plan, v0 + 2, group=group)
+    sync(original, plan, v0 + 2)
     restored = fleet.first_attempts(items, 1, GREEDY)
     assert restored["a1_response_ids"].to_pylist() == before["a1_response_ids"].to_pylist()
     assert set(restored["a1_version"].to_pylist()) == {v0 + 2}
+    return changed
+
+
+def test_weight_sync_changes_outputs_matches_transformers_and_restores(fleet, task, model_path):
+    from actors.fleet import local_sync
+
+    group = None
+
+    def sync(weights, plan, version):  # the broadcast group (gloo here, NCCL on GPUs), reused after the first call
+        nonlocal group
+        group, reports = local_sync(fleet, lambda: iter(weights.items()), plan, version, group=group)
+        return reports
+
+    _perturb_then_restore(fleet, task, model_path, 16 << 20, sync)
 
 
 def test_colocated_shared_memory_sync_matches_transformers_and_restores(fleet, task, model_path):
     """Colocated mode's weight path into real vLLM workers: shared buffers (CUDA IPC on a GPU), then reload."""
     import ray
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
-    original = {n: p.detach().clone() for n, p in model.named_parameters()}
-    plan = plan_buckets([spec_of(n, p) for n, p in original.items()], 64 << 20)
-    wire = plan_to_wire(plan)
     channels, endpoints = [], []
-    for _ in fleet.actors:  # one learner-side channel per generator, as learner rank j hosts generator j's
-        port = free_port()
-        channels.append(SharedBuckets(SyncEndpoint("127.0.0.1", port, 2, "shared", 120), is_publisher=True, capacity=shared_capacity(plan)))
-        endpoints.append(("127.0.0.1", port))
-    fleet.wait(fleet.join_shared_refs(endpoints), 120, "joining shared buffers")
 
-    def sync(weights, version):
-        refs = fleet.receive_shared_refs(wire, version)
+    def sync(weights, plan, version):
+        if not channels:  # one learner-side channel per generator, as learner rank j hosts generator j's
+            for _ in fleet.actors:
+                port = free_port()
+                channels.append(SharedBuckets(SyncEndpoint("127.0.0.1", port, 2, "shared", 120), is_publisher=True,
+                                              capacity=shared_capacity(plan)))
+                endpoints.append(("127.0.0.1", port))
+            fleet.wait(fleet.join_shared_refs(endpoints), 120, "joining shared buffers")
+        refs = fleet.receive_shared_refs(plan_to_wire(plan), version)
         for ch in channels:
             publish_shared(ch, iter(weights.items()), plan)
         return fleet.finish_sync(refs, version)
 
-    items = _items(task, 3)
-    before = fleet.first_attempts(items, 1, GREEDY)
-    gen = torch.Generator().manual_seed(0)
-    perturbed = {n: p + 0.01 * torch.randn(p.shape, generator=gen) * p.std() for n, p in original.items()}
-    v0 = fleet.version
-    reports = sync(perturbed, v0 + 1)
-    assert all(r["version"] == v0 + 1 and r["tensors"] == len(original) for r in reports)
-    assert ray.get(fleet.actors[0].param_checksum.remote("model.embed_tokens.weight")) == pytest.approx(
-        float(perturbed["model.embed_tokens.weight"].double().sum()), rel=1e-9)
-    changed = fleet.first_attempts(items, 1, GREEDY)
-    assert set(changed["a1_version"].to_pylist()) == {v0 + 1}
-    assert set(changed["generator"].to_pylist()) == {"generator-0", "generator-1"}
-    assert changed["a1_response_ids"].to_pylist() != before["a1_response_ids"].to_pylist()
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            p.copy_(perturbed[n])
-    for row in changed.to_pylist():
-        assert row["a1_response_ids"] == _hf_greedy(model, tok, row["a1_prompt_ids"], len(row["a1_response_ids"]))
+    def check_perturbed(perturbed):
+        assert ray.get(fleet.actors[0].param_checksum.remote("model.embed_tokens.weight")) == pytest.approx(
+            float(perturbed["model.embed_tokens.weight"].double().sum()), rel=1e-9)
 
-    sync(original, v0 + 2)
-    restored = fleet.first_attempts(items, 1, GREEDY)
-    assert restored["a1_response_ids"].to_pylist() == before["a1_response_ids"].to_pylist()
+    changed = _perturb_then_restore(fleet, task, model_path, 64 << 20, sync, check_perturbed)
+    assert set(changed["generator"].to_pylist()) == {"generator-0", "generator-1"}
     # on CPU there is no sleep mode: sleep/wake are no-ops and generation needs no wake-up call
     assert ray.get(fleet.actors[0].sleep.remote()) is False
 
