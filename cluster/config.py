@@ -139,16 +139,26 @@ class LearnerConfig(_Section):
 
 
 class AlgorithmConfig(_Section):
-    """The SCoRe objective (defaults: the paper's MATH settings)."""
+    """The SCoRe objective (defaults: the paper's MATH settings, Table 8; see learner/objectives.py)."""
 
     stage1_iterations: int = Field(2, ge=0)
     stage2_iterations: int = Field(2, ge=0)
-    alpha: float = Field(10.0, ge=0.0)  # reward-shaping bonus in Stage II
+    alpha: float = Field(10.0, ge=0.0)  # reward-shaping bonus on attempt 2 in Stage II
     beta1: float = Field(0.01, ge=0.0)  # KL weight, both attempts
     beta2: float = Field(0.1, ge=0.0)  # strong KL weight on attempt 1 in Stage I
-    kl_estimator: Literal["k1", "k3"] = "k3"
+    # attempt 1's return in Stage II is r1 + gamma * r2_hat; the paper uses 0 (Appendix A.4),
+    # its 0.8 ablation collapsed, and 1 gives attempt 1 the whole return to go
+    gamma: float = Field(0.0, ge=0.0, le=1.0)
+    # k1: reward-side penalty (KL(pi||ref)); k2: loss (KL(pi||ref)); k3: loss (KL(ref||pi));
+    # k3+: k3's value with k2's gradient (KL(pi||ref)), the default
+    kl_estimator: Literal["k1", "k2", "k3", "k3+"] = "k3+"
+    loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "token_mean"
     normalize_advantages: bool = False
     clip_ratio: float | None = Field(None, gt=0.0)  # PPO-style clipping when set
+    # truncated importance weight min(pi_learner / pi_vllm, vllm_is_cap) on each policy-gradient token;
+    # auto: on when model.dtype is not float32 on the learner (bf16 or fp16 on either side)
+    vllm_is: Literal["auto", "on", "off"] = "auto"
+    vllm_is_cap: float = Field(2.0, ge=1.0)
 
 
 class EvalConfig(_Section):
@@ -195,6 +205,13 @@ class ScoreConfig(_Section):
                 )
             if self.rollout.tensor_parallel_size != 1:
                 raise ValueError("rollout.colocate_with_learner shares one GPU per learner rank: rollout.tensor_parallel_size must be 1")
+        for name in ("attempt1", "attempt2"):
+            sampling = getattr(self.rollout, name)
+            if sampling.top_p < 1.0:
+                raise ValueError(
+                    f"rollout.{name}.top_p={sampling.top_p}: the learner scores the full softmax and cannot reproduce "
+                    "nucleus sampling, so the policy gradient would be biased; train with top_p=1.0"
+                )
         if self.rollout.samples_per_problem < 2:
             raise ValueError("rollout.samples_per_problem must be at least 2 (the leave-one-out baseline needs siblings)")
         if self.rollout.problems_per_iteration % self.learner.num_ranks:

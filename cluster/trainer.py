@@ -119,9 +119,11 @@ class ScoreTrainer:
             warmup_steps=cfg.learner.warmup_steps, rows_per_micro_batch=cfg.learner.micro_batch_size, rows_per_rank=P * k // cfg.learner.num_ranks,
             k=k, gradient_checkpointing=cfg.learner.gradient_checkpointing, max_grad_norm=cfg.learner.max_grad_norm,
             updates_per_batch=cfg.learner.updates_per_batch, threads_per_rank=cfg.learner.threads_per_rank, alpha=alg.alpha,
-            beta1=alg.beta1, beta2=alg.beta2, kl_estimator=alg.kl_estimator, normalize_advantages=alg.normalize_advantages,
-            clip_ratio=alg.clip_ratio, temperature1=cfg.rollout.attempt1.temperature or 1.0,
-            temperature2=cfg.rollout.attempt2.temperature or 1.0, seed=cfg.run.seed, dtype=cfg.model.dtype,
+            beta1=alg.beta1, beta2=alg.beta2, gamma=alg.gamma, kl_estimator=alg.kl_estimator, loss_agg=alg.loss_agg,
+            normalize_advantages=alg.normalize_advantages, clip_ratio=alg.clip_ratio, vllm_is=alg.vllm_is,
+            vllm_is_cap=alg.vllm_is_cap, temperature1=cfg.rollout.attempt1.temperature or 1.0,
+            temperature2=cfg.rollout.attempt2.temperature or 1.0, max_tokens1=cfg.rollout.attempt1.max_tokens,
+            max_tokens2=cfg.rollout.attempt2.max_tokens, seed=cfg.run.seed, dtype=cfg.model.dtype,
             reference_placement=cfg.learner.reference_placement,
         )
         self.reference = None
@@ -211,6 +213,7 @@ class ScoreTrainer:
         # the batch was generated with the newest weights (check_complete compared every row's version)
         assert set(batch["a1_version"].to_pylist()) == {self.version}
         batch = batch.append_column("r1", pa.array(r1, pa.float32())).append_column("r2", pa.array(r2, pa.float32()))
+        self._write_samples(batch, f"train_iter{iteration + 1:06d}")
         if self.reference is not None:
             batch = self.reference.score(batch)
         self.fleet.sleep()  # colocated on a GPU: hand the generators' memory to the learner (no-op otherwise)
@@ -240,12 +243,16 @@ class ScoreTrainer:
             lambda: evaluate(self.fleet, self.pool, self.task, problems, temperature=e.temperature, max_tokens=e.max_tokens), f"evaluation '{label}'")
         record = {"label": label, "iteration": self.iteration, "version": self.version, **metrics, "seconds": time.monotonic() - t0}
         self.log.write("eval", self.iteration, record)
-        samples = self.run_dir / "samples"
-        samples.mkdir(exist_ok=True)
+        self._write_samples(batch, f"eval_iter{self.iteration:06d}")
+        return record
+
+    def _write_samples(self, batch: pa.Table, stem: str) -> None:
+        """Keep a rollout (texts, token ids, log-probs, rewards) under ``samples/`` for inspection."""
         import pyarrow.parquet as pq
 
-        pq.write_table(batch, samples / f"eval_iter{self.iteration:06d}.parquet")
-        return record
+        samples = self.run_dir / "samples"
+        samples.mkdir(exist_ok=True)
+        pq.write_table(batch, samples / f"{stem}.parquet")
 
     def checkpoint(self) -> Path:
         tmp = self.store.begin(self.iteration)

@@ -25,7 +25,7 @@ import pyarrow as pa
 import torch
 
 from learner.batch import AttemptInputs, JointInputs, attempt_inputs, joint_inputs, micro_batches, rewards
-from learner.objectives import AttemptTensors, stage1_loss, stage2_loss
+from learner.objectives import Aggregation, AttemptTensors, ObjectiveSettings, logprob_mismatch, score_loss
 
 
 @dataclass
@@ -47,11 +47,17 @@ class LearnerSettings:
     alpha: float = 10.0
     beta1: float = 0.01
     beta2: float = 0.1
-    kl_estimator: str = "k3"
+    gamma: float = 0.0  # attempt 1's return in Stage II: r1 + gamma * r2_hat (the paper: 0)
+    kl_estimator: str = "k3+"
+    loss_agg: str = "token_mean"
     normalize_advantages: bool = False
     clip_ratio: float | None = None
+    vllm_is: str = "auto"  # truncated importance weight against the sampler: on, off, auto (on when not float32)
+    vllm_is_cap: float = 2.0
     temperature1: float = 1.0
     temperature2: float = 1.0
+    max_tokens1: int = 256  # the constant length of loss_agg=seq_mean_token_sum_norm
+    max_tokens2: int = 256
     seed: int = 0
     dtype: str = "auto"
     joint_forward: bool = True  # one pass for both attempts when attempt 2 extends attempt 1
@@ -88,6 +94,49 @@ def _take(inputs: AttemptInputs, rows: range, device: torch.device) -> AttemptIn
         inputs.old_logp[sl, : length - 1].to(device),
         inputs.ref_logp[sl, : length - 1].to(device) if inputs.ref_logp is not None else None,
     )
+
+
+@dataclass
+class MicroBatch:
+    """One micro-batch on the device: the inputs of one joint pass (``joint``) or of two passes
+    (``a1``, ``a2``), and per attempt the action mask, the sampler's log-probs and, when a separate
+    reference group scored the batch, the reference log-probs, all in the layout of its pass."""
+
+    rows: range
+    joint: AttemptInputs | None
+    a1: AttemptInputs | None
+    a2: AttemptInputs | None
+    masks: tuple[torch.Tensor, torch.Tensor]
+    rollout: tuple[torch.Tensor, torch.Tensor]
+    given_ref: tuple[torch.Tensor, torch.Tensor] | None
+
+    @property
+    def num_tokens(self) -> int:
+        return self.joint.num_tokens if self.joint is not None else self.a1.num_tokens + self.a2.num_tokens
+
+
+def micro_batch(rows: range, device: torch.device, joint: JointInputs | None = None,
+                a1_all: AttemptInputs | None = None, a2_all: AttemptInputs | None = None) -> MicroBatch:
+    """Cut ``rows`` out of the batch's joint layout, or out of its two per-attempt layouts."""
+    sl = slice(rows.start, rows.stop)
+    if joint is not None:
+        seq = _take(joint.inputs, rows, device)
+        width = seq.action_mask.shape[1]
+        mask1 = joint.mask1[sl, :width].to(device)
+        old1 = joint.old_logp1[sl, :width].to(device)
+        given = (joint.ref_logp1[sl, :width].to(device), seq.ref_logp) if seq.ref_logp is not None else None
+        return MicroBatch(rows, seq, None, None, (mask1, seq.action_mask), (old1, seq.old_logp), given)
+    a1, a2 = _take(a1_all, rows, device), _take(a2_all, rows, device)
+    given = (a1.ref_logp, a2.ref_logp) if a1.ref_logp is not None and a2.ref_logp is not None else None
+    return MicroBatch(rows, None, a1, a2, (a1.action_mask, a2.action_mask), (a1.old_logp, a2.old_logp), given)
+
+
+def attempt_logprobs(model: torch.nn.Module, mb: MicroBatch, temperature1: float, temperature2: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs of both attempts: one pass over ``x2 + y2`` (which holds ``y1``), or two."""
+    if mb.joint is not None:
+        lp = token_logprobs(model, mb.joint, temperature2)
+        return lp, lp
+    return token_logprobs(model, mb.a1, temperature1), token_logprobs(model, mb.a2, temperature2)
 
 
 class LearnerCore:
@@ -192,70 +241,81 @@ class LearnerCore:
                     yield spec.name, p.data
 
     # -- the update ------------------------------------------------------------------------
+    @property
+    def objective(self) -> ObjectiveSettings:
+        s = self.settings
+        is_on = s.vllm_is == "on" or (s.vllm_is == "auto" and self.dtype != torch.float32)
+        return ObjectiveSettings(k=s.k, alpha=s.alpha, beta1=s.beta1, beta2=s.beta2, gamma=s.gamma, kl_estimator=s.kl_estimator,
+                                 clip_ratio=s.clip_ratio, normalize_advantages=s.normalize_advantages,
+                                 is_cap=s.vllm_is_cap if is_on else None)
+
+    def device_micro_batches(self, shard: pa.Table) -> list[MicroBatch]:
+        """The shard as device micro-batches of whole problems, in the joint layout when it applies."""
+        s = self.settings
+        rows = micro_batches(shard.num_rows, s.k, s.rows_per_micro_batch)
+        # Attempt 2's sequence starts with attempt 1's: one forward pass serves both attempts
+        # when they were sampled at the same temperature (the default); otherwise two passes.
+        joint = joint_inputs(shard, self.pad_id) if s.joint_forward and s.temperature1 == s.temperature2 else None
+        if joint is not None:
+            return [micro_batch(r, self.device, joint=joint) for r in rows]
+        a1_all, a2_all = attempt_inputs(shard, "a1", self.pad_id), attempt_inputs(shard, "a2", self.pad_id)
+        return [micro_batch(r, self.device, a1_all=a1_all, a2_all=a2_all) for r in rows]
+
+    def _no_grad_logprobs(self, model: torch.nn.Module, mb: MicroBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            return attempt_logprobs(model, mb, self.settings.temperature1, self.settings.temperature2)
+
     def update(self, shard: pa.Table, stage: int) -> dict[str, float]:
-        """One SCoRe update on this rank's rows (whole problems, problem-major). Returns metrics."""
+        """One SCoRe update on this rank's rows (whole problems, problem-major). Returns metrics.
+
+        The ratio's old policy is the learner's own: with one optimiser step per batch, the detached
+        log-probs of the same pass (ratio exactly 1); with more, a no-grad pass before the first
+        step. vLLM's log-probs feed only the truncated importance weight and the mismatch metrics.
+        """
         s = self.settings
         if stage not in (1, 2):
             raise ValueError(f"stage must be 1 or 2, got {stage}")
         if shard.num_rows != s.rows_per_rank:
             raise ValueError(f"learner rank {self.rank} got {shard.num_rows} rows, built for {s.rows_per_rank}")
         start = time.monotonic()
+        objective = self.objective
         r1_all, r2_all = rewards(shard, "r1"), rewards(shard, "r2")
-        micros = micro_batches(shard.num_rows, s.k, s.rows_per_micro_batch)
-        # Attempt 2's sequence starts with attempt 1's: one forward pass serves both attempts
-        # when they were sampled at the same temperature (the default); otherwise two passes.
-        joint = joint_inputs(shard, self.pad_id) if s.joint_forward and s.temperature1 == s.temperature2 else None
-        if joint is None:
-            a1_all, a2_all = attempt_inputs(shard, "a1", self.pad_id), attempt_inputs(shard, "a2", self.pad_id)
-        ref_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        sums: dict[str, float] = {}
-        tokens = 0
+        micros = self.device_micro_batches(shard)
+        n_micro = len(micros)
+        # Denominators of the whole rank batch, per micro-batch (DeepSpeed divides each micro loss by n_micro).
+        action_tokens = [sum(float(mb.masks[a].sum()) for mb in micros) for a in (0, 1)]
+        aggs = tuple(Aggregation(s.loss_agg, tokens=max(action_tokens[a], 1.0) / n_micro, sequences=shard.num_rows / n_micro,
+                                 length=float((s.max_tokens1, s.max_tokens2)[a])) for a in (0, 1))
         self.engine.train()
-        for _ in range(s.updates_per_batch):
-            for mi, rows in enumerate(micros):
-                r1, r2 = r1_all[rows.start : rows.stop].to(self.device), r2_all[rows.start : rows.stop].to(self.device)
-                if joint is not None:
-                    seq = _take(joint.inputs, rows, self.device)
-                    width = seq.action_mask.shape[1]
-                    mask1 = joint.mask1[rows.start : rows.stop, :width].to(self.device)
-                    old1 = joint.old_logp1[rows.start : rows.stop, :width].to(self.device)
-                    if mi not in ref_cache:
-                        if seq.ref_logp is not None:  # scored by the separate reference group
-                            ref1 = joint.ref_logp1[rows.start : rows.stop, :width].to(self.device)
-                            ref_cache[mi] = (ref1, seq.ref_logp)
-                        else:
-                            with torch.no_grad():
-                                ref = token_logprobs(self._reference(), seq, s.temperature2)
-                            ref_cache[mi] = (ref, ref)
-                    lp = token_logprobs(self.engine, seq, s.temperature2)
-                    t1 = AttemptTensors(lp, old1, ref_cache[mi][0], mask1)
-                    t2 = AttemptTensors(lp, seq.old_logp, ref_cache[mi][1], seq.action_mask)
-                    tokens += seq.num_tokens
-                else:
-                    a1, a2 = _take(a1_all, rows, self.device), _take(a2_all, rows, self.device)
-                    if mi not in ref_cache:
-                        if a1.ref_logp is not None and a2.ref_logp is not None:
-                            ref_cache[mi] = (a1.ref_logp, a2.ref_logp)
-                        else:
-                            with torch.no_grad():
-                                ref_cache[mi] = (token_logprobs(self._reference(), a1, s.temperature1), token_logprobs(self._reference(), a2, s.temperature2))
-                    t1 = AttemptTensors(token_logprobs(self.engine, a1, s.temperature1), a1.old_logp, ref_cache[mi][0], a1.action_mask)
-                    t2 = AttemptTensors(token_logprobs(self.engine, a2, s.temperature2), a2.old_logp, ref_cache[mi][1], a2.action_mask)
-                    tokens += a1.num_tokens + a2.num_tokens
-                common = dict(kl_estimator=s.kl_estimator, clip_ratio=s.clip_ratio, normalize_advantages=s.normalize_advantages)
-                if stage == 1:
-                    out = stage1_loss(t1, t2, r2, s.k, s.beta1, s.beta2, **common)
-                else:
-                    out = stage2_loss(t1, t2, r1, r2, s.k, s.alpha, s.beta1, **common)
+        refs = [mb.given_ref or self._no_grad_logprobs(self._reference(), mb) for mb in micros]
+        olds = [self._no_grad_logprobs(self.engine, mb) for mb in micros] if s.updates_per_batch > 1 else None
+        sums: dict[str, float] = {}
+        firsts: list[tuple[torch.Tensor, torch.Tensor]] = []  # the policy's log-probs before any step, for the mismatch
+        tokens = 0
+        for update in range(s.updates_per_batch):
+            for mi, mb in enumerate(micros):
+                lp1, lp2 = attempt_logprobs(self.engine, mb, s.temperature1, s.temperature2)
+                old1, old2 = olds[mi] if olds is not None else (lp1.detach(), lp2.detach())
+                if update == 0:
+                    firsts.append((old1, old2))
+                t1 = AttemptTensors(lp1, old1, refs[mi][0], mb.masks[0], mb.rollout[0], aggs[0])
+                t2 = AttemptTensors(lp2, old2, refs[mi][1], mb.masks[1], mb.rollout[1], aggs[1])
+                rows = mb.rows
+                out = score_loss(stage, t1, t2, r1_all[rows.start : rows.stop].to(self.device), r2_all[rows.start : rows.stop].to(self.device), objective)
                 self.engine.backward(out.loss)
                 self.engine.step()
-                for key, value in (("loss", out.loss), ("pg_loss", out.pg_loss), ("kl_attempt1", out.kl1), ("kl_attempt2", out.kl2),
-                                   ("shaped_reward", out.shaped_reward), ("clipped_fraction", out.clipped_frac)):
-                    sums[key] = sums.get(key, 0.0) + float(value.detach())
+                tokens += mb.num_tokens
+                for key, value in (("loss", out.loss.detach()), ("pg_loss", out.pg_loss), ("kl_attempt1", out.kl1), ("kl_attempt2", out.kl2),
+                                   ("clipped_fraction", out.clipped_frac), *out.metrics.items()):
+                    sums[key] = sums.get(key, 0.0) + float(value)
             self.step_count += 1
-        n = len(micros) * s.updates_per_batch
         seconds = time.monotonic() - start
-        metrics = {key: value / n for key, value in sums.items()}
+        metrics = {key: value / (n_micro * s.updates_per_batch) for key, value in sums.items()}
+        for a, name in ((0, "attempt1"), (1, "attempt2")):
+            learner = torch.cat([f[a][mb.masks[a].bool()] for f, mb in zip(firsts, micros)])
+            rollout = torch.cat([mb.rollout[a][mb.masks[a].bool()] for mb in micros])
+            for key, value in logprob_mismatch(learner, rollout, torch.ones_like(learner)).items():
+                metrics[f"mismatch_{key}_{name}"] = value
         grad_norm = self.engine.get_global_grad_norm()
         metrics.update(
             reward_attempt1=float(r1_all.mean()), reward_attempt2=float(r2_all.mean()),

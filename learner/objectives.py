@@ -1,31 +1,56 @@
 """The SCoRe objectives as pure functions of tensors (no model, no distributed state).
 
+Source: Kumar et al., "Training Language Models to Self-Correct via Reinforcement Learning"
+(arXiv 2409.12917, ICLR 2025 version), Section 5 (Stage I, Stage II), Appendix A.4 (the policy
+gradient uses "only the instantaneous reward ... equivalent to returns with discount factor
+gamma = 0"), Figure 9 ("the first attempt is always multiplied by its own correctness reward in
+Stage 2 and the reward shaping is only applied to the second attempt. In Stage 1, the first attempt
+response is constrained to that of the base model, while the second attempt is trained to optimize
+its own correctness reward") and Table 8 (alpha 10, beta1 0.01, beta2 0.1 MATH / 0.25 MBPP).
+
 Shapes: token tensors are ``[N, T]`` (N sequences = problems x k samples, grouped problem-major:
 rows ``p*k .. p*k+k-1`` belong to problem ``p``); rewards are ``[N]``; masks are 1.0 on the
 response tokens that are actions and 0.0 elsewhere (prompt, attempt-1 text inside the attempt-2
 context, the instruction, padding).
 
-Losses are averaged over each sequence's action tokens, then over sequences, so a long response
-does not weigh more than a short one.
+Invariants:
 
-- Stage I: policy gradient on attempt 2 with the attempt-2 reward; KL to the reference on
-  attempt 1 with the strong weight beta2 and on attempt 2 with beta1. Attempt 1 gets no policy
-  gradient: Stage I only teaches correction while keeping the first attempt at the base model.
-- Stage II: policy gradient on both attempts with the shaped attempt-2 reward
-  ``r2_hat = r2 + alpha * (r2 - r1)``; attempt 1 is credited with its return to go
-  ``r1 + r2_hat`` (it also causes attempt 2), attempt 2 with ``r2_hat``; KL with beta1 on both.
-- Estimator: REINFORCE with a leave-one-out baseline over the k samples of a problem, optional
-  advantage normalisation, and optional PPO-style clipping of the ratio to the sampling policy.
+- Credit: each attempt's tokens carry that attempt's own return. Stage I trains attempt 2 on
+  ``r2`` and gives attempt 1 no task reward, only its KL pin (weight ``beta2``). Stage II trains
+  attempt 1 on ``r1 + gamma * r2_hat`` (``gamma = 0``, the paper's setting, by default) and attempt
+  2 on ``r2_hat = r2 + alpha * (r2 - r1)``; the shaping bonus never reaches attempt 1 unless
+  ``gamma > 0`` asks for it (``gamma = 1`` is the return-to-go that pays a wrong first attempt at
+  ``alpha > 1``; the paper's gamma = 0.8 ablation collapsed).
+- Old policy: the ratio's denominator is the learner's own log-prob (detached, or from a no-grad
+  pass before the first of several optimiser steps), so on the first step the ratio is exactly 1.
+  The sampler's (vLLM's) log-probs enter only through the truncated importance weight
+  ``min(pi_learner / pi_sampler, cap)`` and the mismatch metrics.
+- KL: every estimator pulls toward the reference. ``k1`` is a reward-side penalty (its loss form
+  has zero expected gradient), ``k2``, ``k3`` and ``k3+`` are losses; each names the divergence its
+  gradient minimises. The log-ratio is clamped to ``+-LOG_RATIO_CLAMP``.
+- Aggregation (``loss_agg``) is one of ``token_mean`` (every action token weighs the same),
+  ``seq_mean_token_mean`` (each sequence's token mean, then the mean over sequences: short
+  sequences weigh more per token) and ``seq_mean_token_sum_norm`` (token sums divided by a constant
+  length, Dr. GRPO). Denominators may be given for the whole batch a micro-batch belongs to, so
+  that gradient accumulation yields the batch-level aggregate.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 
-KLEstimator = Literal["k1", "k3"]
+KLEstimator = Literal["k1", "k2", "k3", "k3+"]
+LossAgg = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]
+KL_ESTIMATORS: tuple[str, ...] = ("k1", "k2", "k3", "k3+")
+LOSS_AGGS: tuple[str, ...] = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
+REWARD_SIDE_KL = frozenset({"k1"})
+LOG_RATIO_CLAMP = 10.0
+
+
+# --------------------------------------------------------------------------- advantages
 
 
 def leave_one_out_advantages(rewards: torch.Tensor, k: int, normalize: bool = False, eps: float = 1e-6) -> torch.Tensor:
@@ -42,24 +67,101 @@ def leave_one_out_advantages(rewards: torch.Tensor, k: int, normalize: bool = Fa
     return adv.reshape(-1).to(rewards.dtype if rewards.is_floating_point() else torch.float32)
 
 
+def zero_variance_fraction(returns: torch.Tensor, k: int) -> float:
+    """Fraction of problem groups whose k returns are all equal: their advantages are all zero."""
+    groups = returns.detach().reshape(-1, k)
+    return float((groups.max(dim=1).values == groups.min(dim=1).values).float().mean())
+
+
+def shaped_reward(r1: torch.Tensor, r2: torch.Tensor, alpha: float) -> torch.Tensor:
+    """``r2 + alpha * (r2 - r1)``: a bonus for changing a wrong answer to a right one (attempt 2 only)."""
+    return r2 + alpha * (r2 - r1)
+
+
+# --------------------------------------------------------------------------- KL to the reference
+
+
+def clamped_log_ratio(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """``log pi - log pi_ref`` per token, clamped to ``+-LOG_RATIO_CLAMP`` (no exp() overflow)."""
+    return torch.clamp(logp - ref_logp, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+
+
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: KLEstimator = "k3") -> torch.Tensor:
-    """Per-token estimate of KL(pi || pi_ref) from samples of pi.
+    """Per-token KL estimates from tokens sampled from pi, ``d = log pi - log pi_ref`` (clamped).
 
-    k1: ``logp - ref_logp`` (unbiased, can be negative); k3: ``exp(d) - d - 1`` with
-    ``d = ref_logp - logp`` (unbiased, never negative, lower variance).
+    - ``k1 = d``: an unbiased *value* of KL(pi || pi_ref); as a loss its expected gradient is zero
+      (``E_pi[grad log pi] = 0``), so it is used on the reward side only
+      (:func:`sequence_kl_penalty`), where the score-function gradient of ``-beta * sum d``
+      is ``-beta * grad KL(pi || pi_ref)``.
+    - ``k2 = d^2 / 2``: as a loss, its expected gradient ``E_pi[d grad log pi]`` is
+      ``grad KL(pi || pi_ref)``.
+    - ``k3 = exp(-d) + d - 1`` (non-negative, low variance): as a loss, its expected gradient
+      ``E_pi[(1 - pi_ref/pi) grad log pi]`` is ``grad KL(pi_ref || pi)``, the reverse KL.
+    - ``k3+``: the value of ``k3`` with the gradient of ``k2`` (straight-through): a low-variance
+      value and the gradient of KL(pi || pi_ref).
     """
+    d = clamped_log_ratio(logp, ref_logp)
     if estimator == "k1":
-        return logp - ref_logp
+        return d
+    if estimator == "k2":
+        return 0.5 * d.square()
     if estimator == "k3":
-        d = ref_logp - logp
-        return torch.exp(d) - d - 1
-    raise ValueError(f"unknown KL estimator {estimator!r}")
+        return torch.exp(-d) + d - 1
+    if estimator == "k3+":
+        k2 = 0.5 * d.square()
+        return (torch.exp(-d) + d - 1).detach() + k2 - k2.detach()
+    raise ValueError(f"unknown KL estimator {estimator!r}; choose one of {', '.join(KL_ESTIMATORS)}")
 
 
-def sequence_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over each sequence's masked tokens, then over sequences (empty sequences count as 0)."""
-    per_seq = (values * mask).sum(dim=-1) / mask.sum(dim=-1).clamp(min=1)
-    return per_seq.mean()
+def sequence_kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The reward-side KL of each sequence: ``sum_t d_t`` over its action tokens, detached ``[N]``.
+
+    Subtracted (times beta) from the attempt's reward before the leave-one-out baseline; its
+    policy gradient is then ``-beta * grad KL(pi(.|x) || pi_ref(.|x))`` of the whole response.
+    """
+    return (clamped_log_ratio(logp, ref_logp) * mask).sum(dim=-1).detach()
+
+
+# --------------------------------------------------------------------------- aggregation
+
+
+@dataclass(frozen=True)
+class Aggregation:
+    """How per-token values become one loss.
+
+    ``tokens`` and ``sequences`` are the denominators; ``None`` means "this tensor's own" (its mask
+    sum, its row count). The learner passes the whole batch's counts divided by the number of
+    micro-batches, because DeepSpeed divides each micro-batch loss by that number again.
+    ``length`` is the constant of ``seq_mean_token_sum_norm`` (default: the tensor's width).
+    """
+
+    mode: LossAgg = "token_mean"
+    tokens: float | None = None
+    sequences: float | None = None
+    length: float | None = None
+
+    def __post_init__(self):
+        if self.mode not in LOSS_AGGS:
+            raise ValueError(f"unknown loss aggregation {self.mode!r}; choose one of {', '.join(LOSS_AGGS)}")
+
+    def __call__(self, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        masked = values * mask
+        if self.mode == "token_mean":
+            denom = self.tokens if self.tokens is not None else mask.sum().clamp(min=1)
+            return masked.sum() / denom
+        sequences = self.sequences if self.sequences is not None else values.shape[0]
+        if self.mode == "seq_mean_token_mean":
+            return (masked.sum(dim=-1) / mask.sum(dim=-1).clamp(min=1)).sum() / sequences
+        length = self.length if self.length is not None else values.shape[-1]
+        return masked.sum() / (sequences * length)
+
+
+# --------------------------------------------------------------------------- policy gradient
+
+
+def truncated_importance_weight(old_logp: torch.Tensor, rollout_logp: torch.Tensor, cap: float) -> torch.Tensor:
+    """``min(pi_learner / pi_sampler, cap)`` per token, detached (OpenRLHF's vLLM IS correction)."""
+    return torch.exp(torch.clamp(old_logp - rollout_logp, max=LOG_RATIO_CLAMP)).clamp(max=cap).detach()
 
 
 def policy_gradient_loss(
@@ -68,32 +170,61 @@ def policy_gradient_loss(
     advantages: torch.Tensor,
     mask: torch.Tensor,
     clip_ratio: float | None = None,
+    agg: Aggregation = Aggregation(),
+    is_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """REINFORCE surrogate ``-ratio * A`` (its gradient at ratio 1 is ``-A * grad logp``).
 
-    With ``clip_ratio`` set, PPO's pessimistic clipped surrogate. Returns the loss and the
-    fraction of action tokens whose ratio was clipped.
+    ``old_logp`` is the learner's own log-prob before this batch's first step. With ``clip_ratio``
+    set, PPO's pessimistic clipped surrogate; ``is_weight`` (detached) multiplies each token's
+    surrogate. Returns the loss and the fraction of action tokens whose ratio was clipped.
     """
-    ratio = torch.exp(logp - old_logp)
-    adv = advantages.unsqueeze(-1)
+    ratio = torch.exp(torch.clamp(logp - old_logp, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+    adv = advantages.unsqueeze(-1).to(logp.dtype)
     surrogate = ratio * adv
-    clipped_frac = torch.zeros((), dtype=logp.dtype)
+    clipped_frac = torch.zeros((), dtype=logp.dtype, device=logp.device)
     if clip_ratio is not None:
         clipped = torch.clamp(ratio, 1.0 - clip_ratio, 1.0 + clip_ratio) * adv
         took_clip = (clipped < surrogate).to(logp.dtype)
         surrogate = torch.minimum(surrogate, clipped)
         clipped_frac = (took_clip * mask).sum() / mask.sum().clamp(min=1)
-    return -sequence_mean(surrogate, mask), clipped_frac.detach()
+    if is_weight is not None:
+        surrogate = surrogate * is_weight
+    return -agg(surrogate, mask), clipped_frac.detach()
+
+
+# --------------------------------------------------------------------------- the two stages
 
 
 @dataclass
 class AttemptTensors:
-    """One attempt's per-token tensors, ``[N, T]`` each."""
+    """One attempt's per-token tensors, ``[N, T]`` each, and its aggregation."""
 
     logp: torch.Tensor  # current policy (requires grad)
-    old_logp: torch.Tensor  # sampling policy (vLLM's log-probs)
+    old_logp: torch.Tensor  # the learner's own log-probs before this batch's first step (detached)
     ref_logp: torch.Tensor  # frozen reference policy
     mask: torch.Tensor  # 1.0 on action tokens
+    rollout_logp: torch.Tensor | None = None  # the sampler's (vLLM's); only for the IS weight
+    agg: Aggregation = field(default_factory=Aggregation)
+
+
+@dataclass(frozen=True)
+class ObjectiveSettings:
+    """The SCoRe hyperparameters one loss needs (defaults: the paper's MATH settings, gamma = 0)."""
+
+    k: int
+    alpha: float = 10.0
+    beta1: float = 0.01
+    beta2: float = 0.1
+    gamma: float = 0.0
+    kl_estimator: KLEstimator = "k3+"
+    clip_ratio: float | None = None
+    normalize_advantages: bool = False
+    is_cap: float | None = None  # truncated importance weight against the sampler; None: off
+
+    def __post_init__(self):
+        if self.kl_estimator not in KL_ESTIMATORS:
+            raise ValueError(f"unknown KL estimator {self.kl_estimator!r}; choose one of {', '.join(KL_ESTIMATORS)}")
 
 
 @dataclass
@@ -102,60 +233,93 @@ class ScoreLoss:
 
     loss: torch.Tensor
     pg_loss: torch.Tensor
-    kl1: torch.Tensor
+    kl1: torch.Tensor  # aggregated per-token KL estimate of attempt 1
     kl2: torch.Tensor
-    shaped_reward: torch.Tensor
     clipped_frac: torch.Tensor
+    metrics: dict[str, float] = field(default_factory=dict)  # advantages, zero-variance groups, shaped reward, IS
 
 
-def attempt_kl(attempt: AttemptTensors, estimator: KLEstimator) -> torch.Tensor:
-    """The attempt's KL to the reference, averaged over its action tokens."""
-    return sequence_mean(kl_penalty(attempt.logp, attempt.ref_logp, estimator), attempt.mask)
+def _attempt_terms(
+    a: AttemptTensors, returns: torch.Tensor, s: ObjectiveSettings
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, float]]:
+    adv = leave_one_out_advantages(returns, s.k, s.normalize_advantages)
+    is_w = None
+    if s.is_cap is not None and a.rollout_logp is not None:
+        is_w = truncated_importance_weight(a.old_logp, a.rollout_logp, s.is_cap)
+    pg, clipped = policy_gradient_loss(a.logp, a.old_logp, adv, a.mask, s.clip_ratio, a.agg, is_w)
+    stats = {"advantage_mean": float(adv.mean()), "advantage_abs_mean": float(adv.abs().mean()),
+             "zero_variance_groups": zero_variance_fraction(returns, s.k)}
+    if is_w is not None:
+        stats["is_weight_mean"] = float((is_w * a.mask).sum() / a.mask.sum().clamp(min=1))
+    return pg, clipped, adv, stats
 
 
-def shaped_reward(r1: torch.Tensor, r2: torch.Tensor, alpha: float) -> torch.Tensor:
-    """``r2 + alpha * (r2 - r1)``: a bonus for changing a wrong answer to a right one."""
-    return r2 + alpha * (r2 - r1)
+def _score_loss(a1: AttemptTensors, a2: AttemptTensors, returns1: torch.Tensor | None, returns2: torch.Tensor,
+                beta_a1: float, s: ObjectiveSettings, extra: dict[str, float]) -> ScoreLoss:
+    """``pg(a1 on returns1) + pg(a2 on returns2) + KL terms``; ``returns1 = None``: attempt 1 gets no task reward."""
+    reward_side = s.kl_estimator in REWARD_SIDE_KL
+    kl1_tok, kl2_tok = kl_penalty(a1.logp, a1.ref_logp, s.kl_estimator), kl_penalty(a2.logp, a2.ref_logp, s.kl_estimator)
+    kl1, kl2 = a1.agg(kl1_tok, a1.mask), a2.agg(kl2_tok, a2.mask)
+    if reward_side:  # the KL penalty enters each attempt's own return; attempt 1 is then always trained
+        pen1 = -beta_a1 * sequence_kl_penalty(a1.logp, a1.ref_logp, a1.mask)
+        pen2 = -s.beta1 * sequence_kl_penalty(a2.logp, a2.ref_logp, a2.mask)
+        returns2 = returns2 + pen2
+        returns1 = pen1 if returns1 is None else returns1 + pen1 + s.gamma * pen2
+    metrics = dict(extra)
+    pg = torch.zeros((), dtype=a2.logp.dtype, device=a2.logp.device)
+    clipped = []
+    for name, a, returns in (("attempt1", a1, returns1), ("attempt2", a2, returns2)):
+        if returns is None:
+            continue
+        pg_a, clip_a, _, stats = _attempt_terms(a, returns, s)
+        pg = pg + pg_a
+        clipped.append(clip_a)
+        metrics.update({f"{key}_{name}": value for key, value in stats.items()})
+    loss = pg if reward_side else pg + beta_a1 * kl1 + s.beta1 * kl2
+    return ScoreLoss(loss, pg.detach(), kl1.detach(), kl2.detach(), torch.stack(clipped).mean(), metrics)
 
 
-def stage1_loss(
-    a1: AttemptTensors,
-    a2: AttemptTensors,
-    r2: torch.Tensor,
-    k: int,
-    beta1: float,
-    beta2: float,
-    kl_estimator: KLEstimator = "k3",
-    clip_ratio: float | None = None,
-    normalize_advantages: bool = False,
-) -> ScoreLoss:
-    """Stage I: ``-E[r2] + beta2 * KL(attempt 1) + beta1 * KL(attempt 2)``."""
-    adv2 = leave_one_out_advantages(r2, k, normalize_advantages)
-    pg, clipped = policy_gradient_loss(a2.logp, a2.old_logp, adv2, a2.mask, clip_ratio)
-    kl1, kl2 = attempt_kl(a1, kl_estimator), attempt_kl(a2, kl_estimator)
-    loss = pg + beta2 * kl1 + beta1 * kl2
-    return ScoreLoss(loss, pg.detach(), kl1.detach(), kl2.detach(), r2.float().mean(), clipped)
+def stage1_loss(a1: AttemptTensors, a2: AttemptTensors, r1: torch.Tensor, r2: torch.Tensor, s: ObjectiveSettings) -> ScoreLoss:
+    """Stage I (Section 5.1): ``max E[r2] - beta2 * KL(attempt 1) - beta1 * KL(attempt 2)``.
+
+    Attempt 1 has no task reward: it is held at the base model by the strong KL weight ``beta2``.
+    ``r1`` only feeds the log.
+    """
+    del r1  # attempt 1 earns nothing in Stage I
+    return _score_loss(a1, a2, None, r2.float(), s.beta2, s, {})
 
 
-def stage2_loss(
-    a1: AttemptTensors,
-    a2: AttemptTensors,
-    r1: torch.Tensor,
-    r2: torch.Tensor,
-    k: int,
-    alpha: float,
-    beta1: float,
-    kl_estimator: KLEstimator = "k3",
-    clip_ratio: float | None = None,
-    normalize_advantages: bool = False,
-) -> ScoreLoss:
-    """Stage II: ``-E[r1 + r2_hat] + beta1 * (KL(attempt 1) + KL(attempt 2))``."""
-    r2_hat = shaped_reward(r1, r2, alpha)
-    adv1 = leave_one_out_advantages(r1 + r2_hat, k, normalize_advantages)
-    adv2 = leave_one_out_advantages(r2_hat, k, normalize_advantages)
-    pg1, clipped1 = policy_gradient_loss(a1.logp, a1.old_logp, adv1, a1.mask, clip_ratio)
-    pg2, clipped2 = policy_gradient_loss(a2.logp, a2.old_logp, adv2, a2.mask, clip_ratio)
-    kl1, kl2 = attempt_kl(a1, kl_estimator), attempt_kl(a2, kl_estimator)
-    pg = pg1 + pg2
-    loss = pg + beta1 * (kl1 + kl2)
-    return ScoreLoss(loss, pg.detach(), kl1.detach(), kl2.detach(), r2_hat.float().mean(), (clipped1 + clipped2) / 2)
+def stage2_loss(a1: AttemptTensors, a2: AttemptTensors, r1: torch.Tensor, r2: torch.Tensor, s: ObjectiveSettings) -> ScoreLoss:
+    """Stage II (Section 5.2): ``max E[r1 + r2_hat] - beta1 * (KL(attempt 1) + KL(attempt 2))``.
+
+    Attempt 1's return is ``r1 + gamma * r2_hat`` (gamma = 0: its own reward, Appendix A.4 and
+    Figure 9); attempt 2's is ``r2_hat = r2 + alpha * (r2 - r1)``.
+    """
+    r1, r2 = r1.float(), r2.float()
+    r2_hat = shaped_reward(r1, r2, s.alpha)
+    return _score_loss(a1, a2, r1 + s.gamma * r2_hat, r2_hat, s.beta1, s, {"shaped_reward": float(r2_hat.mean())})
+
+
+def score_loss(stage: int, a1: AttemptTensors, a2: AttemptTensors, r1: torch.Tensor, r2: torch.Tensor, s: ObjectiveSettings) -> ScoreLoss:
+    if stage == 1:
+        return stage1_loss(a1, a2, r1, r2, s)
+    if stage == 2:
+        return stage2_loss(a1, a2, r1, r2, s)
+    raise ValueError(f"stage must be 1 or 2, got {stage}")
+
+
+# --------------------------------------------------------------------------- sampler mismatch
+
+
+def logprob_mismatch(learner_logp: torch.Tensor, rollout_logp: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """How far the sampler's log-probs are from the learner's on the same tokens.
+
+    ``mean_abs`` and ``max_abs`` of the per-token difference over action tokens, and ``kl``: the
+    k3 estimate of KL(pi_sampler || pi_learner) from the sampler's own tokens (non-negative).
+    """
+    m = mask.bool()
+    if not bool(m.any()):
+        return {"mean_abs": 0.0, "max_abs": 0.0, "kl": 0.0}
+    d = (learner_logp.detach() - rollout_logp)[m].double()  # log(pi_learner / pi_sampler)
+    kl = torch.exp(d.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)) - d - 1
+    return {"mean_abs": float(d.abs().mean()), "max_abs": float(d.abs().max()), "kl": float(kl.mean())}

@@ -38,6 +38,11 @@ def test_dotted_overrides_are_typed():
         ("rollout.attempt1.top_p=2", "rollout.attempt1.top_p"),
         ("learner.updates_per_batch=4", "set algorithm.clip_ratio"),
         ("task.name=gsm8k", "needs task.train_path"),
+        ("rollout.attempt2.top_p=0.9", "rollout.attempt2.top_p=0.9: the learner scores the full softmax"),
+        ("algorithm.kl_estimator=k4", "algorithm.kl_estimator"),
+        ("algorithm.loss_agg=mean", "algorithm.loss_agg"),
+        ("algorithm.gamma=1.5", "algorithm.gamma"),
+        ("algorithm.vllm_is=maybe", "algorithm.vllm_is"),
     ],
 )
 def test_bad_values_name_the_key(override, expected):

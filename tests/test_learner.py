@@ -4,6 +4,7 @@ real model: learning a rewarded completion, exact resume, and export."""
 from __future__ import annotations
 
 import json
+import math
 
 import pyarrow as pa
 import pytest
@@ -151,3 +152,73 @@ def test_a_killed_learner_rank_fails_the_update_with_a_clear_error(ray_local, mo
             group.update(batch, stage=1)
     finally:
         group.shutdown()
+
+
+def test_one_joint_pass_gives_the_loss_and_gradients_of_two_passes(model_path, batch):
+    """Attempt 2's sequence holds attempt 1: the joint layout must score both attempts exactly as two passes do."""
+    from transformers import AutoModelForCausalLM
+
+    from learner.batch import attempt_inputs, joint_inputs
+    from learner.core import attempt_logprobs, micro_batch
+    from learner.objectives import AttemptTensors, ObjectiveSettings, score_loss
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    reference = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    with torch.no_grad():  # move the policy away from the reference so that the KL terms are not zero
+        for p in model.parameters():
+            p.add_(1e-3 * torch.randn_like(p))
+    rows, cpu = range(0, batch.num_rows), torch.device("cpu")
+    joint = micro_batch(rows, cpu, joint=joint_inputs(batch))
+    split = micro_batch(rows, cpu, a1_all=attempt_inputs(batch, "a1"), a2_all=attempt_inputs(batch, "a2"))
+    assert joint.joint is not None and split.joint is None
+    r1, r2 = torch.tensor(batch["r1"].to_pylist()), torch.tensor(batch["r2"].to_pylist())
+    results = []
+    for mb in (joint, split):
+        model.zero_grad()
+        lp1, lp2 = attempt_logprobs(model, mb, 1.0, 1.0)
+        with torch.no_grad():
+            ref1, ref2 = attempt_logprobs(reference, mb, 1.0, 1.0)
+        t1 = AttemptTensors(lp1, lp1.detach(), ref1, mb.masks[0], mb.rollout[0])
+        t2 = AttemptTensors(lp2, lp2.detach(), ref2, mb.masks[1], mb.rollout[1])
+        out = score_loss(2, t1, t2, r1, r2, ObjectiveSettings(k=2))
+        out.loss.backward()
+        results.append((out, {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (jo, jg), (so, sg) = results
+    for key in ("loss", "pg_loss", "kl1", "kl2"):
+        assert getattr(jo, key).item() == pytest.approx(getattr(so, key).item(), rel=1e-4, abs=1e-6), key
+    assert jo.kl1.item() > 0 and jo.kl2.item() > 0
+    worst = max(float((g - sg[n]).norm() / sg[n].norm().clamp(min=1e-12)) for n, g in jg.items())
+    assert worst < 1e-3  # float32 sums in another order: each parameter's gradient agrees to 0.1% in norm
+
+
+def test_update_uses_the_learners_own_old_policy_not_vllms(model_path, batch):
+    """The ratio's old policy is the learner's: an update on a batch whose vLLM log-probs are shifted by 0.3 is
+    identical (truncated IS off), nothing is clipped although the shift is beyond the clip range, the mismatch
+    metrics report the shift, and with the IS weight on the update differs."""
+    from learner.core import LearnerCore, LearnerSettings
+
+    shifted = batch
+    for prefix in ("a1", "a2"):
+        col = f"{prefix}_logprobs"
+        values = [[v - 0.3 for v in row] for row in batch[col].to_pylist()]
+        shifted = shifted.set_column(shifted.schema.get_field_index(col), col, pa.array(values, pa.list_(pa.float32())))
+    common = dict(model_path=model_path, lr=1e-5, rows_per_micro_batch=2, rows_per_rank=4, k=2, clip_ratio=0.2)
+    out = {}
+    for name, table, extra in (("same", batch, {"vllm_is": "off"}), ("shifted", shifted, {"vllm_is": "off"}),
+                               ("is_on", shifted, {"vllm_is": "on", "vllm_is_cap": 1.2})):
+        core = LearnerCore(LearnerSettings(**common, **extra))
+        metrics = core.update(table, stage=2)
+        out[name] = (metrics, core.sequence_logprob(batch, "a2"))
+        del core
+    (same, lp_same), (shf, lp_shf), (ison, lp_ison) = out["same"], out["shifted"], out["is_on"]
+    assert same["clipped_fraction"] == 0 and shf["clipped_fraction"] == 0  # the first step's ratio is exactly 1
+    assert shf["loss"] == same["loss"] and lp_shf == lp_same  # vLLM's numbers did not enter the update
+    # the batch's log-probs are the base model's own: the mismatch is ~0 unshifted and 0.3 shifted
+    for a in ("attempt1", "attempt2"):
+        assert same[f"mismatch_max_abs_{a}"] < 1e-3
+        assert shf[f"mismatch_mean_abs_{a}"] == pytest.approx(0.3, abs=1e-3)
+        assert shf[f"mismatch_kl_{a}"] == pytest.approx(math.exp(0.3) - 0.3 - 1, abs=1e-3)
+    # pi_learner / pi_vllm = exp(0.3) = 1.35 is capped at 1.2: every policy-gradient token is scaled by 1.2,
+    # and since the policy starts at the reference (KL gradient 0), so is the whole gradient
+    assert ison["is_weight_mean_attempt1"] == pytest.approx(1.2, abs=1e-6) == ison["is_weight_mean_attempt2"]
+    assert ison["grad_norm"] == pytest.approx(1.2 * same["grad_norm"], rel=1e-4)
