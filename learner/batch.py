@@ -64,12 +64,28 @@ def rewards(table: pa.Table, column: str) -> torch.Tensor:
     return torch.tensor(table[column].to_pylist(), dtype=torch.float32)
 
 
-def micro_batches(num_rows: int, k: int, rows_per_micro: int) -> list[range]:
-    """Consecutive row ranges holding whole problems (groups of k), about ``rows_per_micro`` rows each."""
-    if num_rows % k:
-        raise ValueError(f"{num_rows} rows do not split into problems of k={k}")
-    per = max(1, rows_per_micro // k) * k
-    return [range(s, min(s + per, num_rows)) for s in range(0, num_rows, per)]
+def num_micro_batches(num_rows: int, rows_per_micro: int) -> int:
+    """How many micro-batches of at most ``rows_per_micro`` rows a batch of ``num_rows`` takes."""
+    if rows_per_micro < 1:
+        raise ValueError(f"rows_per_micro must be at least 1, got {rows_per_micro}")
+    return -(-num_rows // rows_per_micro)
+
+
+def length_sorted_micro_batches(lengths: list[int], rows_per_micro: int) -> list[list[int]]:
+    """Row indices in micro-batches of similar length: rows sorted by length (longest first), then cut
+    into ``num_micro_batches`` consecutive chunks, so each micro-batch pads little to its longest row.
+
+    Advantages are computed over the whole batch before it is cut (problem groups need not stay
+    together), so any order is allowed.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[s : s + rows_per_micro] for s in range(0, len(order), rows_per_micro)]
+
+
+def padded_fraction(lengths: list[int], micros: list[list[int]]) -> float:
+    """The share of computed positions that are padding when each micro-batch pads to its longest row."""
+    computed = sum(len(m) * max(lengths[i] for i in m) for m in micros)
+    return 1.0 - sum(lengths) / computed if computed else 0.0
 
 
 @dataclass

@@ -24,8 +24,10 @@ from typing import Any, Iterator
 import pyarrow as pa
 import torch
 
-from learner.batch import AttemptInputs, JointInputs, attempt_inputs, joint_inputs, micro_batches, rewards
-from learner.objectives import Aggregation, AttemptTensors, ObjectiveSettings, logprob_mismatch, score_loss
+from learner.batch import (AttemptInputs, JointInputs, attempt_inputs, joint_inputs, length_sorted_micro_batches, num_micro_batches,
+                           padded_fraction, rewards)
+from learner.objectives import (REWARD_SIDE_KL, Aggregation, AttemptTensors, ObjectiveSettings, logprob_mismatch, score_advantages,
+                               score_loss, sequence_kl_penalty)
 
 
 @dataclass
@@ -65,7 +67,7 @@ class LearnerSettings:
 
     @property
     def gradient_accumulation_steps(self) -> int:
-        return len(micro_batches(self.rows_per_rank, self.k, self.rows_per_micro_batch))
+        return num_micro_batches(self.rows_per_rank, self.rows_per_micro_batch)
 
 
 def on_gpu() -> bool:
@@ -82,27 +84,27 @@ def token_logprobs(model: torch.nn.Module, inputs: AttemptInputs, temperature: f
     return picked - torch.logsumexp(logits, dim=-1)
 
 
-def _take(inputs: AttemptInputs, rows: range, device: torch.device) -> AttemptInputs:
-    """Rows of a padded batch, trimmed to their longest sequence."""
-    length = int(inputs.attention_mask[rows.start : rows.stop].sum(dim=1).max())
-    sl = slice(rows.start, rows.stop)
+def _take(inputs: AttemptInputs, rows: torch.Tensor, device: torch.device) -> AttemptInputs:
+    """Rows (an index tensor) of a padded batch, trimmed to their longest sequence."""
+    length = int(inputs.attention_mask[rows].sum(dim=1).max())
     return AttemptInputs(
-        inputs.input_ids[sl, :length].to(device),
-        inputs.attention_mask[sl, :length].to(device),
-        inputs.targets[sl, : length - 1].to(device),
-        inputs.action_mask[sl, : length - 1].to(device),
-        inputs.old_logp[sl, : length - 1].to(device),
-        inputs.ref_logp[sl, : length - 1].to(device) if inputs.ref_logp is not None else None,
+        inputs.input_ids[rows, :length].to(device),
+        inputs.attention_mask[rows, :length].to(device),
+        inputs.targets[rows, : length - 1].to(device),
+        inputs.action_mask[rows, : length - 1].to(device),
+        inputs.old_logp[rows, : length - 1].to(device),
+        inputs.ref_logp[rows, : length - 1].to(device) if inputs.ref_logp is not None else None,
     )
 
 
 @dataclass
 class MicroBatch:
-    """One micro-batch on the device: the inputs of one joint pass (``joint``) or of two passes
-    (``a1``, ``a2``), and per attempt the action mask, the sampler's log-probs and, when a separate
-    reference group scored the batch, the reference log-probs, all in the layout of its pass."""
+    """One micro-batch on the device: the batch rows it holds (``rows``, an index tensor), the inputs of
+    one joint pass (``joint``) or of two passes (``a1``, ``a2``), and per attempt the action mask, the
+    sampler's log-probs and, when a separate reference group scored the batch, the reference log-probs,
+    all in the layout of its pass."""
 
-    rows: range
+    rows: torch.Tensor
     joint: AttemptInputs | None
     a1: AttemptInputs | None
     a2: AttemptInputs | None
@@ -114,17 +116,23 @@ class MicroBatch:
     def num_tokens(self) -> int:
         return self.joint.num_tokens if self.joint is not None else self.a1.num_tokens + self.a2.num_tokens
 
+    @property
+    def computed_positions(self) -> int:
+        """Positions the forward pass computes, padding included."""
+        passes = (self.joint,) if self.joint is not None else (self.a1, self.a2)
+        return sum(p.input_ids.numel() for p in passes)
 
-def micro_batch(rows: range, device: torch.device, joint: JointInputs | None = None,
+
+def micro_batch(rows, device: torch.device, joint: JointInputs | None = None,
                 a1_all: AttemptInputs | None = None, a2_all: AttemptInputs | None = None) -> MicroBatch:
-    """Cut ``rows`` out of the batch's joint layout, or out of its two per-attempt layouts."""
-    sl = slice(rows.start, rows.stop)
+    """Cut ``rows`` (indices) out of the batch's joint layout, or out of its two per-attempt layouts."""
+    rows = torch.as_tensor(list(rows), dtype=torch.long)
     if joint is not None:
         seq = _take(joint.inputs, rows, device)
         width = seq.action_mask.shape[1]
-        mask1 = joint.mask1[sl, :width].to(device)
-        old1 = joint.old_logp1[sl, :width].to(device)
-        given = (joint.ref_logp1[sl, :width].to(device), seq.ref_logp) if seq.ref_logp is not None else None
+        mask1 = joint.mask1[rows, :width].to(device)
+        old1 = joint.old_logp1[rows, :width].to(device)
+        given = (joint.ref_logp1[rows, :width].to(device), seq.ref_logp) if seq.ref_logp is not None else None
         return MicroBatch(rows, seq, None, None, (mask1, seq.action_mask), (old1, seq.old_logp), given)
     a1, a2 = _take(a1_all, rows, device), _take(a2_all, rows, device)
     given = (a1.ref_logp, a2.ref_logp) if a1.ref_logp is not None and a2.ref_logp is not None else None
@@ -249,17 +257,24 @@ class LearnerCore:
                                  clip_ratio=s.clip_ratio, normalize_advantages=s.normalize_advantages,
                                  is_cap=s.vllm_is_cap if is_on else None)
 
-    def device_micro_batches(self, shard: pa.Table) -> list[MicroBatch]:
-        """The shard as device micro-batches of whole problems, in the joint layout when it applies."""
+    def device_micro_batches(self, shard: pa.Table) -> tuple[list[MicroBatch], float]:
+        """The shard as device micro-batches of similar-length rows, in the joint layout when it applies,
+        and the fraction of computed positions that are padding."""
         s = self.settings
-        rows = micro_batches(shard.num_rows, s.k, s.rows_per_micro_batch)
         # Attempt 2's sequence starts with attempt 1's: one forward pass serves both attempts
         # when they were sampled at the same temperature (the default); otherwise two passes.
         joint = joint_inputs(shard, self.pad_id) if s.joint_forward and s.temperature1 == s.temperature2 else None
         if joint is not None:
-            return [micro_batch(r, self.device, joint=joint) for r in rows]
-        a1_all, a2_all = attempt_inputs(shard, "a1", self.pad_id), attempt_inputs(shard, "a2", self.pad_id)
-        return [micro_batch(r, self.device, a1_all=a1_all, a2_all=a2_all) for r in rows]
+            lengths = joint.inputs.attention_mask.sum(dim=1).tolist()
+            groups = length_sorted_micro_batches(lengths, s.rows_per_micro_batch)
+            micros = [micro_batch(g, self.device, joint=joint) for g in groups]
+        else:
+            a1_all, a2_all = attempt_inputs(shard, "a1", self.pad_id), attempt_inputs(shard, "a2", self.pad_id)
+            lengths = a2_all.attention_mask.sum(dim=1).tolist()
+            groups = length_sorted_micro_batches(lengths, s.rows_per_micro_batch)
+            micros = [micro_batch(g, self.device, a1_all=a1_all, a2_all=a2_all) for g in groups]
+        computed = sum(mb.computed_positions for mb in micros)
+        return micros, 1.0 - sum(mb.num_tokens for mb in micros) / max(computed, 1)
 
     def _no_grad_logprobs(self, model: torch.nn.Module, mb: MicroBatch) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
@@ -268,8 +283,10 @@ class LearnerCore:
     def update(self, shard: pa.Table, stage: int) -> dict[str, float]:
         """One SCoRe update on this rank's rows (whole problems, problem-major). Returns metrics.
 
-        The ratio's old policy is the learner's own: with one optimiser step per batch, the detached
-        log-probs of the same pass (ratio exactly 1); with more, a no-grad pass before the first
+        Advantages are computed over the whole shard first (leave-one-out within each problem's k
+        rows), then the rows are cut into micro-batches of similar length. The ratio's old policy is
+        the learner's own: with one optimiser step per batch, the detached log-probs of the same pass
+        (ratio exactly 1); with more, or with the reward-side KL, a no-grad pass before the first
         step. vLLM's log-probs feed only the truncated importance weight and the mismatch metrics.
         """
         s = self.settings
@@ -280,7 +297,7 @@ class LearnerCore:
         start = time.monotonic()
         objective = self.objective
         r1_all, r2_all = rewards(shard, "r1"), rewards(shard, "r2")
-        micros = self.device_micro_batches(shard)
+        micros, padded = self.device_micro_batches(shard)
         n_micro = len(micros)
         # Denominators of the whole rank batch, per micro-batch (DeepSpeed divides each micro loss by n_micro).
         action_tokens = [sum(float(mb.masks[a].sum()) for mb in micros) for a in (0, 1)]
@@ -288,7 +305,15 @@ class LearnerCore:
                                  length=float((s.max_tokens1, s.max_tokens2)[a])) for a in (0, 1))
         self.engine.train()
         refs = [mb.given_ref or self._no_grad_logprobs(self._reference(), mb) for mb in micros]
-        olds = [self._no_grad_logprobs(self.engine, mb) for mb in micros] if s.updates_per_batch > 1 else None
+        reward_side = s.kl_estimator in REWARD_SIDE_KL
+        olds = [self._no_grad_logprobs(self.engine, mb) for mb in micros] if s.updates_per_batch > 1 or reward_side else None
+        kl_seq = (None, None)
+        if reward_side:  # each row's sequence KL, in batch order, for the returns
+            kl_seq = tuple(torch.zeros(shard.num_rows, device=self.device) for _ in (0, 1))
+            for mb, old, ref in zip(micros, olds, refs):
+                for a in (0, 1):
+                    kl_seq[a][mb.rows.to(self.device)] = sequence_kl_penalty(old[a], ref[a], mb.masks[a])
+        adv = score_advantages(stage, r1_all.to(self.device), r2_all.to(self.device), objective, *kl_seq)
         sums: dict[str, float] = {}
         firsts: list[tuple[torch.Tensor, torch.Tensor]] = []  # the policy's log-probs before any step, for the mismatch
         tokens = 0
@@ -300,8 +325,8 @@ class LearnerCore:
                     firsts.append((old1, old2))
                 t1 = AttemptTensors(lp1, old1, refs[mi][0], mb.masks[0], mb.rollout[0], aggs[0])
                 t2 = AttemptTensors(lp2, old2, refs[mi][1], mb.masks[1], mb.rollout[1], aggs[1])
-                rows = mb.rows
-                out = score_loss(stage, t1, t2, r1_all[rows.start : rows.stop].to(self.device), r2_all[rows.start : rows.stop].to(self.device), objective)
+                rows = mb.rows.to(self.device)
+                out = score_loss(stage, t1, t2, adv.attempt1[rows] if adv.attempt1 is not None else None, adv.attempt2[rows], objective)
                 self.engine.backward(out.loss)
                 self.engine.step()
                 tokens += mb.num_tokens
@@ -310,7 +335,9 @@ class LearnerCore:
                     sums[key] = sums.get(key, 0.0) + float(value)
             self.step_count += 1
         seconds = time.monotonic() - start
+        # the mean over micro-batches of losses with batch denominators / n_micro is the batch aggregate
         metrics = {key: value / (n_micro * s.updates_per_batch) for key, value in sums.items()}
+        metrics.update(adv.metrics)
         for a, name in ((0, "attempt1"), (1, "attempt2")):
             learner = torch.cat([f[a][mb.masks[a].bool()] for f, mb in zip(firsts, micros)])
             rollout = torch.cat([mb.rollout[a][mb.masks[a].bool()] for mb in micros])
@@ -320,7 +347,7 @@ class LearnerCore:
         metrics.update(
             reward_attempt1=float(r1_all.mean()), reward_attempt2=float(r2_all.mean()),
             grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
-            tokens=tokens, seconds=seconds, tokens_per_second=tokens / max(seconds, 1e-9),
+            tokens=tokens, padded_fraction=padded, seconds=seconds, tokens_per_second=tokens / max(seconds, 1e-9),
             lr=float(self.engine.lr_scheduler.get_last_lr()[0]), optimizer_steps=self.step_count,
         )
         return metrics

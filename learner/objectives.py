@@ -236,76 +236,113 @@ class ScoreLoss:
     kl1: torch.Tensor  # aggregated per-token KL estimate of attempt 1
     kl2: torch.Tensor
     clipped_frac: torch.Tensor
-    metrics: dict[str, float] = field(default_factory=dict)  # advantages, zero-variance groups, shaped reward, IS
+    metrics: dict[str, float] = field(default_factory=dict)  # IS weights (and, whole-batch, the advantages' stats)
 
 
-def _attempt_terms(
-    a: AttemptTensors, returns: torch.Tensor, s: ObjectiveSettings
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, float]]:
-    adv = leave_one_out_advantages(returns, s.k, s.normalize_advantages)
-    is_w = None
-    if s.is_cap is not None and a.rollout_logp is not None:
-        is_w = truncated_importance_weight(a.old_logp, a.rollout_logp, s.is_cap)
-    pg, clipped = policy_gradient_loss(a.logp, a.old_logp, adv, a.mask, s.clip_ratio, a.agg, is_w)
-    stats = {"advantage_mean": float(adv.mean()), "advantage_abs_mean": float(adv.abs().mean()),
-             "zero_variance_groups": zero_variance_fraction(returns, s.k)}
-    if is_w is not None:
-        stats["is_weight_mean"] = float((is_w * a.mask).sum() / a.mask.sum().clamp(min=1))
-    return pg, clipped, adv, stats
+@dataclass
+class Advantages:
+    """Per-row advantages of both attempts over a whole batch (grouped problem-major), computed before it
+    is cut into micro-batches. ``attempt1`` is None when attempt 1 has no policy-gradient term (Stage I
+    with a loss-side KL)."""
+
+    attempt1: torch.Tensor | None
+    attempt2: torch.Tensor
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
-def _score_loss(a1: AttemptTensors, a2: AttemptTensors, returns1: torch.Tensor | None, returns2: torch.Tensor,
-                beta_a1: float, s: ObjectiveSettings, extra: dict[str, float]) -> ScoreLoss:
-    """``pg(a1 on returns1) + pg(a2 on returns2) + KL terms``; ``returns1 = None``: attempt 1 gets no task reward."""
-    reward_side = s.kl_estimator in REWARD_SIDE_KL
-    kl1_tok, kl2_tok = kl_penalty(a1.logp, a1.ref_logp, s.kl_estimator), kl_penalty(a2.logp, a2.ref_logp, s.kl_estimator)
-    kl1, kl2 = a1.agg(kl1_tok, a1.mask), a2.agg(kl2_tok, a2.mask)
-    if reward_side:  # the KL penalty enters each attempt's own return; attempt 1 is then always trained
-        pen1 = -beta_a1 * sequence_kl_penalty(a1.logp, a1.ref_logp, a1.mask)
-        pen2 = -s.beta1 * sequence_kl_penalty(a2.logp, a2.ref_logp, a2.mask)
-        returns2 = returns2 + pen2
-        returns1 = pen1 if returns1 is None else returns1 + pen1 + s.gamma * pen2
-    metrics = dict(extra)
-    pg = torch.zeros((), dtype=a2.logp.dtype, device=a2.logp.device)
-    clipped = []
-    for name, a, returns in (("attempt1", a1, returns1), ("attempt2", a2, returns2)):
-        if returns is None:
+def kl_weights(stage: int, s: ObjectiveSettings) -> tuple[float, float]:
+    """The KL weights of attempt 1 and attempt 2: ``(beta2, beta1)`` in Stage I, ``(beta1, beta1)`` in Stage II."""
+    if stage not in (1, 2):
+        raise ValueError(f"stage must be 1 or 2, got {stage}")
+    return (s.beta2, s.beta1) if stage == 1 else (s.beta1, s.beta1)
+
+
+def score_advantages(stage: int, r1: torch.Tensor, r2: torch.Tensor, s: ObjectiveSettings,
+                     kl_seq1: torch.Tensor | None = None, kl_seq2: torch.Tensor | None = None) -> Advantages:
+    """Each attempt's return and its leave-one-out advantage (Section 5, Appendix A.4, Figure 9).
+
+    Stage I: attempt 2's return is ``r2``; attempt 1 has none (its KL pin is a loss term). Stage II:
+    attempt 1's return is ``r1 + gamma * r2_hat``, attempt 2's is ``r2_hat = r2 + alpha * (r2 - r1)``.
+    With the reward-side ``k1`` estimator, ``kl_seq1``/``kl_seq2`` (:func:`sequence_kl_penalty` of each
+    row) enter each attempt's own return times its KL weight, so attempt 1 then has a return in Stage I
+    too: ``-beta2 * kl_seq1``.
+    """
+    beta_a1, beta_a2 = kl_weights(stage, s)
+    r1, r2 = r1.float(), r2.float()
+    metrics: dict[str, float] = {}
+    if stage == 1:
+        u1, u2 = None, r2
+    else:
+        r2_hat = shaped_reward(r1, r2, s.alpha)
+        u1, u2 = r1 + s.gamma * r2_hat, r2_hat
+        metrics["shaped_reward"] = float(r2_hat.mean())
+    if s.kl_estimator in REWARD_SIDE_KL:
+        if kl_seq1 is None or kl_seq2 is None:
+            raise ValueError(f"the reward-side KL estimator {s.kl_estimator!r} needs each sequence's KL (kl_seq1, kl_seq2)")
+        pen1, pen2 = -beta_a1 * kl_seq1.float(), -beta_a2 * kl_seq2.float()
+        u2 = u2 + pen2
+        u1 = pen1 if u1 is None else u1 + pen1 + s.gamma * pen2
+    out = []
+    for name, u in (("attempt1", u1), ("attempt2", u2)):
+        if u is None:
+            out.append(None)
             continue
-        pg_a, clip_a, _, stats = _attempt_terms(a, returns, s)
+        adv = leave_one_out_advantages(u, s.k, s.normalize_advantages)
+        metrics.update({f"advantage_mean_{name}": float(adv.mean()), f"advantage_abs_mean_{name}": float(adv.abs().mean()),
+                        f"zero_variance_groups_{name}": zero_variance_fraction(u, s.k)})
+        out.append(adv)
+    return Advantages(out[0], out[1], metrics)
+
+
+def score_loss(stage: int, a1: AttemptTensors, a2: AttemptTensors, adv1: torch.Tensor | None, adv2: torch.Tensor,
+               s: ObjectiveSettings) -> ScoreLoss:
+    """The loss of one micro-batch: the policy-gradient term of each attempt that has advantages (rows of
+    :func:`score_advantages`' output, in the micro-batch's order), plus the KL loss terms (none for ``k1``,
+    which lives in the returns)."""
+    beta_a1, beta_a2 = kl_weights(stage, s)
+    kl1 = a1.agg(kl_penalty(a1.logp, a1.ref_logp, s.kl_estimator), a1.mask)
+    kl2 = a2.agg(kl_penalty(a2.logp, a2.ref_logp, s.kl_estimator), a2.mask)
+    pg = torch.zeros((), dtype=a2.logp.dtype, device=a2.logp.device)
+    clipped, metrics = [], {}
+    for name, a, adv in (("attempt1", a1, adv1), ("attempt2", a2, adv2)):
+        if adv is None:
+            continue
+        is_w = None
+        if s.is_cap is not None and a.rollout_logp is not None:
+            is_w = truncated_importance_weight(a.old_logp, a.rollout_logp, s.is_cap)
+            metrics[f"is_weight_mean_{name}"] = float((is_w * a.mask).sum() / a.mask.sum().clamp(min=1))
+        pg_a, clip_a = policy_gradient_loss(a.logp, a.old_logp, adv, a.mask, s.clip_ratio, a.agg, is_w)
         pg = pg + pg_a
         clipped.append(clip_a)
-        metrics.update({f"{key}_{name}": value for key, value in stats.items()})
-    loss = pg if reward_side else pg + beta_a1 * kl1 + s.beta1 * kl2
+    loss = pg if s.kl_estimator in REWARD_SIDE_KL else pg + beta_a1 * kl1 + beta_a2 * kl2
     return ScoreLoss(loss, pg.detach(), kl1.detach(), kl2.detach(), torch.stack(clipped).mean(), metrics)
 
 
+def _whole_batch_loss(stage: int, a1: AttemptTensors, a2: AttemptTensors, r1: torch.Tensor, r2: torch.Tensor,
+                      s: ObjectiveSettings) -> ScoreLoss:
+    kl_seq = (sequence_kl_penalty(a1.logp, a1.ref_logp, a1.mask), sequence_kl_penalty(a2.logp, a2.ref_logp, a2.mask)) \
+        if s.kl_estimator in REWARD_SIDE_KL else (None, None)
+    adv = score_advantages(stage, r1, r2, s, *kl_seq)
+    out = score_loss(stage, a1, a2, adv.attempt1, adv.attempt2, s)
+    out.metrics = {**adv.metrics, **out.metrics}
+    return out
+
+
 def stage1_loss(a1: AttemptTensors, a2: AttemptTensors, r1: torch.Tensor, r2: torch.Tensor, s: ObjectiveSettings) -> ScoreLoss:
-    """Stage I (Section 5.1): ``max E[r2] - beta2 * KL(attempt 1) - beta1 * KL(attempt 2)``.
+    """Stage I (Section 5.1) on one whole batch: ``max E[r2] - beta2 * KL(attempt 1) - beta1 * KL(attempt 2)``.
 
     Attempt 1 has no task reward: it is held at the base model by the strong KL weight ``beta2``.
-    ``r1`` only feeds the log.
     """
-    del r1  # attempt 1 earns nothing in Stage I
-    return _score_loss(a1, a2, None, r2.float(), s.beta2, s, {})
+    return _whole_batch_loss(1, a1, a2, r1, r2, s)
 
 
 def stage2_loss(a1: AttemptTensors, a2: AttemptTensors, r1: torch.Tensor, r2: torch.Tensor, s: ObjectiveSettings) -> ScoreLoss:
-    """Stage II (Section 5.2): ``max E[r1 + r2_hat] - beta1 * (KL(attempt 1) + KL(attempt 2))``.
+    """Stage II (Section 5.2) on one whole batch: ``max E[r1 + r2_hat] - beta1 * (KL(attempt 1) + KL(attempt 2))``.
 
     Attempt 1's return is ``r1 + gamma * r2_hat`` (gamma = 0: its own reward, Appendix A.4 and
     Figure 9); attempt 2's is ``r2_hat = r2 + alpha * (r2 - r1)``.
     """
-    r1, r2 = r1.float(), r2.float()
-    r2_hat = shaped_reward(r1, r2, s.alpha)
-    return _score_loss(a1, a2, r1 + s.gamma * r2_hat, r2_hat, s.beta1, s, {"shaped_reward": float(r2_hat.mean())})
-
-
-def score_loss(stage: int, a1: AttemptTensors, a2: AttemptTensors, r1: torch.Tensor, r2: torch.Tensor, s: ObjectiveSettings) -> ScoreLoss:
-    if stage == 1:
-        return stage1_loss(a1, a2, r1, r2, s)
-    if stage == 2:
-        return stage2_loss(a1, a2, r1, r2, s)
-    raise ValueError(f"stage must be 1 or 2, got {stage}")
+    return _whole_batch_loss(2, a1, a2, r1, r2, s)
 
 
 # --------------------------------------------------------------------------- sampler mismatch

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from learner.batch import attempt_inputs, joint_inputs, micro_batches
+from learner.batch import attempt_inputs, joint_inputs, length_sorted_micro_batches, num_micro_batches, padded_fraction
 from tests.batches import ONE_REWARDED, build_batch
 
 
@@ -36,11 +36,18 @@ def test_masks_cover_exactly_the_response_tokens():
     assert joint_inputs(pa.Table.from_pylist([_row([1, 2], [3], [1, 2, 4], [5])])) is None
 
 
-def test_micro_batches_keep_problems_whole():
-    assert micro_batches(8, 2, 4) == [range(0, 4), range(4, 8)]
-    assert micro_batches(8, 4, 2) == [range(0, 4), range(4, 8)]  # never splits a group of k
+def test_micro_batches_group_rows_of_similar_length():
+    lengths = [10, 50, 12, 48, 30, 11, 49, 29]
+    micros = length_sorted_micro_batches(lengths, 2)
+    assert len(micros) == num_micro_batches(8, 2) == 4
+    assert micros == [[1, 6], [3, 4], [7, 2], [5, 0]]  # longest first, then cut
+    assert sorted(i for m in micros for i in m) == list(range(8))
+    # padding only to each micro-batch's longest row: 50+50 + 48+48 + 29+29 + 11+11 = 276 computed for 239 real
+    assert padded_fraction(lengths, micros) == pytest.approx(1 - 239 / 276)
+    assert padded_fraction(lengths, [list(range(8))]) == pytest.approx(1 - 239 / 400)  # one padded block
+    assert num_micro_batches(7, 2) == 4
     with pytest.raises(ValueError):
-        micro_batches(7, 2, 4)
+        num_micro_batches(8, 0)
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +167,7 @@ def test_one_joint_pass_gives_the_loss_and_gradients_of_two_passes(model_path, b
 
     from learner.batch import attempt_inputs, joint_inputs
     from learner.core import attempt_logprobs, micro_batch
-    from learner.objectives import AttemptTensors, ObjectiveSettings, score_loss
+    from learner.objectives import AttemptTensors, ObjectiveSettings, stage2_loss
 
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     reference = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
@@ -180,7 +187,7 @@ def test_one_joint_pass_gives_the_loss_and_gradients_of_two_passes(model_path, b
             ref1, ref2 = attempt_logprobs(reference, mb, 1.0, 1.0)
         t1 = AttemptTensors(lp1, lp1.detach(), ref1, mb.masks[0], mb.rollout[0])
         t2 = AttemptTensors(lp2, lp2.detach(), ref2, mb.masks[1], mb.rollout[1])
-        out = score_loss(2, t1, t2, r1, r2, ObjectiveSettings(k=2))
+        out = stage2_loss(t1, t2, r1, r2, ObjectiveSettings(k=2))
         out.loss.backward()
         results.append((out, {n: p.grad.clone() for n, p in model.named_parameters()}))
     (jo, jg), (so, sg) = results
@@ -222,3 +229,21 @@ def test_update_uses_the_learners_own_old_policy_not_vllms(model_path, batch):
     # and since the policy starts at the reference (KL gradient 0), so is the whole gradient
     assert ison["is_weight_mean_attempt1"] == pytest.approx(1.2, abs=1e-6) == ison["is_weight_mean_attempt2"]
     assert ison["grad_norm"] == pytest.approx(1.2 * same["grad_norm"], rel=1e-4)
+
+
+@pytest.mark.parametrize("loss_agg", ["token_mean", "seq_mean_token_mean"])
+def test_micro_batches_of_one_row_give_the_whole_batch_update(model_path, batch, loss_agg):
+    """Rows are cut into length-sorted micro-batches after the advantages are computed over the whole shard:
+    four micro-batches of one row (gradient accumulation) give the loss and the gradient of one of four rows."""
+    from learner.core import LearnerCore, LearnerSettings
+
+    got = {}
+    for rows_per_micro in (4, 1):
+        core = LearnerCore(LearnerSettings(model_path=model_path, lr=1e-5, rows_per_micro_batch=rows_per_micro, rows_per_rank=4, k=2,
+                                           loss_agg=loss_agg))
+        got[rows_per_micro] = core.update(batch, stage=2)
+        del core
+    whole, split = got[4], got[1]
+    assert split["padded_fraction"] == 0.0 < whole["padded_fraction"]
+    for key in ("loss", "pg_loss", "kl_attempt1", "kl_attempt2", "advantage_abs_mean_attempt1", "grad_norm"):
+        assert split[key] == pytest.approx(whole[key], rel=1e-4, abs=1e-7), key
