@@ -32,7 +32,7 @@ setup(
     version="0.1.0",
     description="SCoRe (Kumar et al., 2024) self-correction RL on Ray, vLLM and DeepSpeed",
     python_requires=">=3.10",
-    packages=find_packages(include=["actors*", "learner*", "rewards*", "cluster*", "bench*"]),
+    packages=find_packages(include=["actors*", "learner*", "rewards*", "cluster*", "common*", "bench*"]),
     package_data={"": ["*.yaml"]},
     install_requires=COMMON,
     extras_require={

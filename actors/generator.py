@@ -46,7 +46,8 @@ class GeneratorCore:
                  colocated: bool = False, **engine_kwargs: Any):
         import torch
 
-        from actors.engine import make_llm, on_gpu
+        from actors.engine import make_llm
+        from common.devices import on_gpu
         from actors.prompts import ChatFormatter
 
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")

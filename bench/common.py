@@ -49,11 +49,22 @@ def machine() -> dict[str, Any]:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             pass
+    from common.devices import NATIVE_BF16_FLAGS, cpu_flags, resolve_dtype
+
+    model_name = ""
+    try:
+        model_name = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), "")
+    except OSError:
+        pass
+    interesting = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8", *NATIVE_BF16_FLAGS)
     return {
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": model_name,
+        "cpu_flags": sorted({f for f in cpu_flags() if f in interesting}),
+        "auto_dtype": resolve_dtype("auto"),
         "versions": versions,
     }
 

@@ -26,7 +26,7 @@ from typing import Any
 from bench.common import BenchResult, Measurement
 
 
-def trl_grpo(problems: int, k: int, max_tokens: int, steps: int, temperature: float, lr: float, beta: float) -> dict[str, Any]:
+def trl_grpo(problems: int, k: int, max_tokens: int, steps: int, temperature: float, lr: float, beta: float, bf16: bool) -> dict[str, Any]:
     """Seconds per step and completion tokens per step of TRL's GRPOTrainer, warm-up excluded."""
     warnings.filterwarnings("ignore", message="TRL currently supports vLLM")
     import torch
@@ -68,7 +68,7 @@ def trl_grpo(problems: int, k: int, max_tokens: int, steps: int, temperature: fl
         args = GRPOConfig(
             output_dir=out, per_device_train_batch_size=problems * k, num_generations=k, gradient_accumulation_steps=1,
             max_completion_length=max_tokens, temperature=temperature, learning_rate=lr, beta=beta, max_steps=steps + 1,
-            logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, bf16=False, seed=0, disable_tqdm=True,
+            logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, bf16=bf16, seed=0, disable_tqdm=True,
             dataloader_num_workers=0,
         )
         trainer = GRPOTrainer(model=model_path, reward_funcs=correctness, args=args, train_dataset=data, callbacks=[clock])
@@ -90,15 +90,21 @@ def run(tiny: bool = False) -> BenchResult:
     steps = 1 if tiny else 2
     temperature, lr, beta = cfg.rollout.attempt1.temperature, cfg.learner.lr, cfg.algorithm.beta1
 
+    # each system in its fastest supported dtype on this CPU: ours bf16 (DeepSpeed bf16, vLLM bf16) where the CPU
+    # computes bf16 natively, TRL with bf16 mixed precision (autocast) there; float32 for both elsewhere
+    from common.devices import resolve_dtype
+
+    dtype = resolve_dtype("auto")
     ours = measure(problems, tiny=tiny, measured=steps)
-    peer = trl_grpo(problems, k, max_tokens, steps, temperature, lr, beta)
+    peer = trl_grpo(problems, k, max_tokens, steps, temperature, lr, beta, bf16=dtype == "bfloat16")
 
     ours_eps = ours["samples"] / ours["iteration"]
     peer_eps = peer["episodes"] / peer["step_seconds"]
     ours_tok = ours["generated_tokens"] / ours["iteration"]
     peer_tok = peer["completion_tokens"] / peer["step_seconds"]
     result = BenchResult("grpo_trl", settings={"problems": problems, "samples_per_problem": k, "max_tokens": max_tokens,
-                                               "measured_steps": steps, "temperature": temperature, "lr": lr, "kl_beta": beta})
+                                               "measured_steps": steps, "temperature": temperature, "lr": lr, "kl_beta": beta,
+                                               "score_dtype": dtype, "trl_dtype": "bf16 autocast" if dtype == "bfloat16" else "float32"})
     result.extra = {"score": ours, "trl_grpo": peer}
     result.measurements += [
         Measurement("SCoRe episodes/s (2 attempts each)", ours_eps, "ep/s", "TRL GRPOTrainer episodes/s (1 attempt)", peer_eps),

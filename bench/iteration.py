@@ -8,7 +8,8 @@ from ``configs/local_cpu.yaml`` with ``problems_per_iteration`` set, runs one wa
 and then measures (the tiny smoke setting skips the warm-up). The fit is ``seconds = fixed + per_problem * problems`` by least squares,
 per phase and for the whole iteration.
 
-Ratios reported (both measured in this run):
+Ratios reported (all measured in this run; the breakdown is in the dtype ``auto`` picks here):
+- one iteration at the middle size in that dtype against the other dtype;
 - seconds per problem at the largest batch against the smallest (below 1: the fixed costs of
   an iteration are amortised by larger batches);
 - the time outside the learner (generate + grade + sync) against the learner's own time.
@@ -28,34 +29,34 @@ from bench.common import BenchResult, Measurement
 PHASES = ("generate", "grade", "learn", "sync")
 
 
-_MEASURED: dict[tuple[int, bool, int], dict[str, Any]] = {}  # `bench all` measures a size once
+_MEASURED: dict[tuple[int, bool, int, str], dict[str, Any]] = {}  # `bench all` measures a size once
 
 
-def measure(problems: int, *, tiny: bool, measured: int) -> dict[str, Any]:
+def measure(problems: int, *, tiny: bool, measured: int, dtype: str = "auto") -> dict[str, Any]:
     """Mean phase seconds of ``measured`` iterations (after one warm-up) at ``problems`` per iteration."""
     import ray
 
-    key = (problems, tiny, measured)
+    key = (problems, tiny, measured, dtype)
     if key not in _MEASURED:
         started = not ray.is_initialized()
         if started:
             ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
         try:
-            _MEASURED[key] = _measure(problems, tiny=tiny, measured=measured)
+            _MEASURED[key] = _measure(problems, tiny=tiny, measured=measured, dtype=dtype)
         finally:
             if started:
                 ray.shutdown()
     return _MEASURED[key]
 
 
-def _measure(problems: int, *, tiny: bool, measured: int) -> dict[str, Any]:
+def _measure(problems: int, *, tiny: bool, measured: int, dtype: str) -> dict[str, Any]:
     from cluster.config import DEFAULT_CONFIG, load_config
     from cluster.model_prep import prepare_model
     from cluster.trainer import ScoreTrainer
     from rewards.tasks import build_task
 
     sets = [f"rollout.problems_per_iteration={problems}", "run.progress=false", "run.dashboard=false",
-            "algorithm.stage1_iterations=1", "algorithm.stage2_iterations=100"]
+            "algorithm.stage1_iterations=1", "algorithm.stage2_iterations=100", f"model.dtype={dtype}"]
     if tiny:
         sets += ["rollout.samples_per_problem=2", "rollout.attempt1.max_tokens=16", "rollout.attempt2.max_tokens=16",
                  "rollout.cpu_kv_cache_gb=0.25", "rollout.max_model_len=512", "task.train_size=20", "task.eval_size=4"]
@@ -104,7 +105,16 @@ def run(tiny: bool = False) -> BenchResult:
                                                 "config": "configs/local_cpu.yaml", "tiny": tiny})
     result.extra = {"points": {str(p): v for p, v in points.items()}, "fit": fits}
     outside = points[mid]["generate"] + points[mid]["grade"] + points[mid]["sync"]
+    from common.devices import resolve_dtype
+
+    auto = resolve_dtype("auto")
+    other = "float32" if auto != "float32" else "bfloat16"
+    contrast = measure(mid, tiny=tiny, measured=measured, dtype=other)
+    result.extra["contrast"] = {"dtype": other, "problems": mid, **contrast}
+    result.settings["dtype"] = auto
     result.measurements += [
+        Measurement(f"iteration s at P={mid}, {auto} vs {other}", points[mid]["iteration"], "s", f"{other}, same iteration",
+                    contrast["iteration"], higher_is_better=False),
         Measurement(f"iteration s/problem at P={large}", points[large]["iteration"] / large, "s",
                     f"s/problem at P={small}", points[small]["iteration"] / small, higher_is_better=False),
         Measurement(f"generate+grade+sync s at P={mid}", outside, "s", f"learn s at P={mid}", points[mid]["learn"], higher_is_better=False),

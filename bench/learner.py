@@ -1,12 +1,21 @@
-"""Learner benchmark: the SCoRe update against a plain DeepSpeed forward/backward/step.
+"""Learner benchmark: the SCoRe update in bf16 against float32, and against plain DeepSpeed doing the same work.
 
     python -m bench learner [--tiny]
 
-Both run in this process on the same model, the same batch (the attempt-2 sequences, which
-contain attempt 1) and the same ZeRO config; the learner core is built without Ray, as on a
-lone device. The plain baseline computes a mean log-likelihood loss on the same tokens; the SCoRe
-update also runs the frozen reference policy for the KL terms. Also reported: the time to gather
-and pack the full weights for publishing, and, on a GPU, the model FLOPs utilisation.
+Everything runs in this process on the same model and the same batch (the attempt-2 sequences,
+which contain attempt 1), with the learner core built without Ray, as on a lone device.
+
+- "learner tokens/s, bf16 vs float32": the SCoRe update (DeepSpeed bf16 with fp32 master weights
+  against DeepSpeed float32);
+- "SCoRe update vs DeepSpeed doing the same work": in the dtype ``auto`` picks on this machine,
+  against a plain DeepSpeed engine (same ZeRO config and dtype) that runs, per step, a frozen
+  reference forward and the policy forward+backward+step on the same length-sorted micro-batches
+  with a mean log-likelihood loss. The difference is the SCoRe bookkeeping (advantages, KL, IS
+  weight, metrics);
+- one pass for both attempts against two passes;
+- the padded fraction of the computed positions;
+- gathering and packing the full weights for publishing, against an in-memory copy.
+On a GPU it also reports the model FLOPs utilisation.
 """
 
 from __future__ import annotations
@@ -30,55 +39,70 @@ def _batch(model_path: str, problems: int, k: int):
     return build_batch(model_path, base)
 
 
+def _score_rate(core, batch, steps: int, warm: bool) -> tuple[float, float, dict]:
+    """SCoRe update tokens/s and s/step, after an optional warm-up step."""
+    if warm:
+        core.update(batch, stage=2)
+    start = time.perf_counter()
+    tokens, metrics = 0, {}
+    for _ in range(steps):
+        metrics = core.update(batch, stage=2)
+        tokens += metrics["tokens"]
+    seconds = (time.perf_counter() - start) / steps
+    return tokens / (seconds * steps), seconds, metrics
+
+
 def run(tiny: bool = False) -> BenchResult:
     import deepspeed
+    from transformers import AutoModelForCausalLM
 
     from actors.weight_sync import SyncEndpoint, SyncGroup, free_port, plan_buckets, publish
     from cluster.model_prep import prepare_model
-    from learner.batch import attempt_inputs
-    from learner.core import LearnerCore, LearnerSettings, token_logprobs
+    from common.devices import resolve_dtype
+    from learner.core import LearnerCore, LearnerSettings, attempt_logprobs
 
     problems, k, steps = (2, 2, 1) if tiny else (4, 4, 3)
     model_path = prepare_model("embedded")
     batch = _batch(model_path, problems, k)
     rows = problems * k
-    settings = LearnerSettings(model_path=model_path, lr=1e-6, rows_per_micro_batch=rows, rows_per_rank=rows, k=k,
-                               threads_per_rank=torch.get_num_threads())
-    core = LearnerCore(settings)
-    if not tiny:
-        core.update(batch, stage=2)  # warm-up
-    start = time.perf_counter()
-    tokens = 0
-    for _ in range(steps):
-        tokens += core.update(batch, stage=2)["tokens"]
-    score_seconds = (time.perf_counter() - start) / steps
-    score_rate = tokens / (score_seconds * steps)
-    # the same update with two forward passes (attempt 1 and attempt 2 separately)
-    core.settings.joint_forward = False
-    if not tiny:
-        core.update(batch, stage=2)
-    start = time.perf_counter()
-    for _ in range(steps):
-        core.update(batch, stage=2)
-    two_pass_seconds = (time.perf_counter() - start) / steps
-    core.settings.joint_forward = True
+    micro = rows if tiny else rows // 2
+    auto = resolve_dtype("auto")
+    common = dict(model_path=model_path, lr=1e-6, rows_per_micro_batch=micro, rows_per_rank=rows, k=k, threads_per_rank=torch.get_num_threads())
 
-    # plain DeepSpeed on the same sequences and config
-    from transformers import AutoModelForCausalLM
+    rates: dict[str, float] = {}
+    for dtype in ("float32", "bfloat16"):
+        core = LearnerCore(LearnerSettings(**common, dtype=dtype))
+        rates[dtype], seconds, metrics = _score_rate(core, batch, steps, warm=not tiny)
+        if dtype == auto:
+            score_seconds, padded, kept = seconds, metrics["padded_fraction"], core
+            # the same update with two forward passes (attempt 1 and attempt 2 separately)
+            core.settings.joint_forward = False
+            _, two_pass_seconds, _ = _score_rate(core, batch, steps, warm=not tiny)
+            core.settings.joint_forward = True
+        else:
+            del core
+    core = kept
 
+    # plain DeepSpeed doing the same work: reference forward + policy forward/backward/step, same micro-batches
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=core.dtype)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
     engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config={
-        "train_micro_batch_size_per_gpu": rows, "gradient_accumulation_steps": 1, "gradient_clipping": 1.0,
-        "zero_optimization": {"stage": 2}, "zero_allow_untested_optimizer": True, "steps_per_print": 10**9})
-    inputs = attempt_inputs(batch, "a2")
+        "train_micro_batch_size_per_gpu": micro, "gradient_accumulation_steps": core.settings.gradient_accumulation_steps,
+        "gradient_clipping": 1.0, "zero_optimization": {"stage": 2}, "bf16": {"enabled": core.dtype == torch.bfloat16},
+        "zero_allow_untested_optimizer": True, "steps_per_print": 10**9})
+    micros, _ = core.device_micro_batches(batch)
 
     def plain_step() -> int:
-        lp = token_logprobs(engine, inputs, 1.0)
-        loss = -(lp * inputs.action_mask).sum() / inputs.action_mask.sum()
-        engine.backward(loss)
-        engine.step()
-        return inputs.num_tokens
+        tokens = 0
+        for mb in micros:
+            with torch.no_grad():
+                attempt_logprobs(core.reference, mb, 1.0, 1.0)
+            lp, _ = attempt_logprobs(engine, mb, 1.0, 1.0)
+            mask = mb.masks[1]
+            engine.backward(-(lp * mask).sum() / mask.sum())
+            engine.step()
+            tokens += mb.num_tokens
+        return tokens
 
     if not tiny:
         plain_step()
@@ -97,18 +121,23 @@ def run(tiny: bool = False) -> BenchResult:
     copy_s = time.perf_counter() - start
 
     result = BenchResult("learner", settings={"problems": problems, "k": k, "steps": steps, "zero_stage": 2, "ranks": 1,
-                                              "threads": torch.get_num_threads()})
+                                              "rows_per_micro_batch": micro, "threads": torch.get_num_threads(), "auto_dtype": auto})
     result.measurements += [
-        Measurement("SCoRe update tokens/s (incl. reference)", score_rate, "tok/s", "plain DeepSpeed fwd/bwd/step", plain_rate),
+        Measurement("learner tokens/s, bf16 vs float32", rates["bfloat16"], "tok/s", "float32 SCoRe update", rates["float32"]),
+        Measurement(f"SCoRe update vs DeepSpeed doing the same work ({auto})", rates[auto], "tok/s",
+                    "plain DeepSpeed: reference fwd + fwd/bwd/step", plain_rate),
         Measurement("SCoRe update s/step, one pass for both attempts", score_seconds, "s", "two passes (attempt 1, attempt 2)",
                     two_pass_seconds, higher_is_better=False),
-        Measurement(f"publish gather+pack s ({sent / 2**20:.0f} MiB)", publish_s, "s", "in-memory copy of the weights", copy_s, higher_is_better=False),
+        Measurement("padded fraction of computed positions", padded, "", "no padding", 1.0, higher_is_better=False),
+        Measurement(f"publish gather+pack s ({sent / 2**20:.0f} MiB, {auto})", publish_s, "s", "in-memory copy of the weights", copy_s,
+                    higher_is_better=False),
     ]
+    result.extra = {"tokens_per_second": rates, "padded_fraction": padded}
     if torch.cuda.is_available():
         params = sum(p.numel() for p in model.parameters())
         peak = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
         name = torch.cuda.get_device_name()
         flops = next((v for key, v in peak.items() if key in name), None)
         if flops:
-            result.extra["mfu"] = 6 * params * score_rate / flops
+            result.extra["mfu"] = 6 * params * rates[auto] / flops
     return result

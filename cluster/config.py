@@ -54,6 +54,8 @@ class ModelConfig(_Section):
     """
 
     path: str = "embedded"
+    # auto: bfloat16 on GPUs and on CPUs with native bf16 (amx_bf16 or avx512_bf16), float32 elsewhere;
+    # one dtype for the generators, the learner (DeepSpeed bf16 keeps fp32 master weights) and the reference
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     cache_dir: str | None = None  # default: $SCORE_CACHE_DIR or ~/.cache/score-on-ray
     trust_remote_code: bool = False
@@ -156,7 +158,7 @@ class AlgorithmConfig(_Section):
     normalize_advantages: bool = False
     clip_ratio: float | None = Field(None, gt=0.0)  # PPO-style clipping when set
     # truncated importance weight min(pi_learner / pi_vllm, vllm_is_cap) on each policy-gradient token;
-    # auto: on when model.dtype is not float32 on the learner (bf16 or fp16 on either side)
+    # auto: on when model.dtype resolves to bf16 or fp16 (generators and learner then round differently)
     vllm_is: Literal["auto", "on", "off"] = "auto"
     vllm_is_cap: float = Field(2.0, ge=1.0)
 

@@ -84,6 +84,7 @@ class ScoreTrainer:
         import ray
 
         from actors.fleet import FleetSettings, GeneratorFleet
+        from common.devices import dtype_choice, resolve_dtype
         from learner.core import LearnerSettings
         from learner.group import LearnerGroup
         from rewards.pool import RewardPool
@@ -100,7 +101,12 @@ class ScoreTrainer:
             limits=SandboxLimits(timeout_s=sb.timeout_s, memory_mb=sb.memory_mb, max_processes=sb.max_processes, max_output_bytes=sb.max_output_bytes),
             allow_weak_isolation=sb.allow_weak_isolation,
         )
-        engine_kwargs = {"max_model_len": cfg.rollout.max_model_len, "dtype": cfg.model.dtype}
+        # one dtype for generators, learner and reference, decided here once (driver and workers share a
+        # node in local mode; on a GPU cluster the answer is bf16 whatever the driver's CPU)
+        dtype = resolve_dtype(cfg.model.dtype, gpu=gpus)
+        self.dtype = dtype
+        self._say(dtype_choice(cfg.model.dtype, gpu=gpus))
+        engine_kwargs = {"max_model_len": cfg.rollout.max_model_len, "dtype": dtype}
         if gpus:
             engine_kwargs["gpu_memory_utilization"] = cfg.rollout.gpu_memory_utilization
         else:
@@ -123,7 +129,7 @@ class ScoreTrainer:
             normalize_advantages=alg.normalize_advantages, clip_ratio=alg.clip_ratio, vllm_is=alg.vllm_is,
             vllm_is_cap=alg.vllm_is_cap, temperature1=cfg.rollout.attempt1.temperature or 1.0,
             temperature2=cfg.rollout.attempt2.temperature or 1.0, max_tokens1=cfg.rollout.attempt1.max_tokens,
-            max_tokens2=cfg.rollout.attempt2.max_tokens, seed=cfg.run.seed, dtype=cfg.model.dtype,
+            max_tokens2=cfg.rollout.attempt2.max_tokens, seed=cfg.run.seed, dtype=dtype,
             reference_placement=cfg.learner.reference_placement,
         )
         self.reference = None
@@ -131,7 +137,7 @@ class ScoreTrainer:
             from learner.reference import ReferenceGroup
 
             self.reference = ReferenceGroup(self.model_path, cfg.learner.reference_actors, gpus=gpus, cpus=cfg.learner.cpus_per_rank,
-                                            dtype=cfg.model.dtype, temperature1=settings.temperature1, temperature2=settings.temperature2,
+                                            dtype=dtype, temperature1=settings.temperature1, temperature2=settings.temperature2,
                                             threads=cfg.learner.threads_per_rank)
         self.learner = LearnerGroup(settings, cfg.learner.num_ranks, gpus=gpus, cpus_per_rank=cfg.learner.cpus_per_rank,
                                     pg=self.shared_pg, gpu_share=COLOCATED_GPU_SHARE if colocated else 1.0)

@@ -24,6 +24,7 @@ from typing import Any, Iterator
 import pyarrow as pa
 import torch
 
+from common.devices import on_gpu, torch_dtype
 from learner.batch import (AttemptInputs, JointInputs, attempt_inputs, joint_inputs, length_sorted_micro_batches, num_micro_batches,
                            padded_fraction, rewards)
 from learner.objectives import (REWARD_SIDE_KL, Aggregation, AttemptTensors, ObjectiveSettings, logprob_mismatch, score_advantages,
@@ -70,10 +71,6 @@ class LearnerSettings:
         return num_micro_batches(self.rows_per_rank, self.rows_per_micro_batch)
 
 
-def on_gpu() -> bool:
-    return torch.cuda.is_available() and torch.cuda.device_count() > 0
-
-
 def token_logprobs(model: torch.nn.Module, inputs: AttemptInputs, temperature: float) -> torch.Tensor:
     """Log-probs ``[N, L-1]`` of each target token under ``model`` at the sampling temperature."""
     out = model(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, use_cache=False)
@@ -85,7 +82,8 @@ def token_logprobs(model: torch.nn.Module, inputs: AttemptInputs, temperature: f
 
 
 def _take(inputs: AttemptInputs, rows: torch.Tensor, device: torch.device) -> AttemptInputs:
-    """Rows (an index tensor) of a padded batch, trimmed to their longest sequence."""
+    """Rows (indices) of a padded batch, trimmed to their longest sequence."""
+    rows = torch.as_tensor(list(rows), dtype=torch.long) if not torch.is_tensor(rows) else rows
     length = int(inputs.attention_mask[rows].sum(dim=1).max())
     return AttemptInputs(
         inputs.input_ids[rows, :length].to(device),
@@ -126,7 +124,7 @@ class MicroBatch:
 def micro_batch(rows, device: torch.device, joint: JointInputs | None = None,
                 a1_all: AttemptInputs | None = None, a2_all: AttemptInputs | None = None) -> MicroBatch:
     """Cut ``rows`` (indices) out of the batch's joint layout, or out of its two per-attempt layouts."""
-    rows = torch.as_tensor(list(rows), dtype=torch.long)
+    rows = torch.as_tensor(list(rows), dtype=torch.long) if not torch.is_tensor(rows) else rows
     if joint is not None:
         seq = _take(joint.inputs, rows, device)
         width = seq.action_mask.shape[1]
@@ -171,8 +169,9 @@ class LearnerCore:
         deepspeed.init_distributed(dist_backend="nccl" if self.gpu else "gloo", auto_mpi_discovery=False)
         self._seed_everything(settings.seed + rank)
 
-        dtype = {"auto": torch.bfloat16 if self.gpu else torch.float32, "float32": torch.float32,
-                 "bfloat16": torch.bfloat16, "float16": torch.float16}[settings.dtype]
+        # bf16: DeepSpeed's bf16 mode, bf16 weights for compute and fp32 master weights and Adam state
+        # in the ZeRO optimizer (small updates accumulate in fp32); the reference runs in bf16 too.
+        dtype = torch_dtype(settings.dtype, self.gpu)
         self.dtype = dtype
         policy = AutoModelForCausalLM.from_pretrained(settings.model_path, dtype=dtype)
         if settings.gradient_checkpointing:

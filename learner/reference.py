@@ -12,6 +12,7 @@ import pyarrow as pa
 import ray
 import torch
 
+from common.devices import on_gpu, torch_dtype
 from learner.batch import attempt_inputs, joint_inputs, response_values
 
 
@@ -21,13 +22,11 @@ class ReferenceScorer:
     def __init__(self, model_path: str, dtype: str = "auto", temperature1: float = 1.0, temperature2: float = 1.0, threads: int | None = None):
         from transformers import AutoModelForCausalLM
 
-        gpu = torch.cuda.is_available()
+        gpu = on_gpu()
         if not gpu and threads:
             torch.set_num_threads(threads)
-        torch_dtype = {"auto": torch.bfloat16 if gpu else torch.float32, "float32": torch.float32,
-                       "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
         self.device = torch.device("cuda") if gpu else torch.device("cpu")
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype).to(self.device).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype(dtype, gpu)).to(self.device).eval()
         self.t1, self.t2 = temperature1, temperature2
 
     @torch.no_grad()

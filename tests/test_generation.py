@@ -158,7 +158,7 @@ def _sum_of_handle(handle) -> float:
 def fleet(ray_local, model_path):
     from actors.fleet import FleetSettings, GeneratorFleet
 
-    f = GeneratorFleet(model_path, FleetSettings(num_generators=2, cpus_per_generator=1, engine_kwargs={"cpu_kv_cache_gb": 0.25, "max_model_len": 1024}))
+    f = GeneratorFleet(model_path, FleetSettings(num_generators=2, cpus_per_generator=1, engine_kwargs={"cpu_kv_cache_gb": 0.25, "max_model_len": 1024, "dtype": "float32"}))
     yield f
     f.shutdown()
 

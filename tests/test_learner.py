@@ -55,17 +55,17 @@ def batch(model_path):
     return build_batch(model_path, ONE_REWARDED)
 
 
-def _group(model_path, zero_stage, lr=2e-5):
+def _group(model_path, zero_stage, lr=2e-5, dtype="float32"):
     from learner.core import LearnerSettings
     from learner.group import LearnerGroup
 
-    settings = LearnerSettings(model_path=model_path, zero_stage=zero_stage, lr=lr, rows_per_micro_batch=2, rows_per_rank=2, k=2)
+    settings = LearnerSettings(model_path=model_path, zero_stage=zero_stage, lr=lr, rows_per_micro_batch=2, rows_per_rank=2, k=2, dtype=dtype)
     return LearnerGroup(settings, num_ranks=2, cpus_per_rank=1)
 
 
-@pytest.mark.parametrize("zero_stage", [2, 3])
-def test_two_rank_zero_group_raises_the_rewarded_completion(ray_local, model_path, batch, zero_stage, tmp_path):
-    group = _group(model_path, zero_stage)
+@pytest.mark.parametrize("zero_stage,dtype", [(2, "float32"), (3, "float32"), (2, "bfloat16")])
+def test_two_rank_zero_group_raises_the_rewarded_completion(ray_local, model_path, batch, zero_stage, dtype, tmp_path):
+    group = _group(model_path, zero_stage, dtype=dtype)
     try:
         before = group.sequence_logprob(batch, "a2")
         for _ in range(2):
@@ -83,12 +83,12 @@ def test_two_rank_zero_group_raises_the_rewarded_completion(ray_local, model_pat
         from transformers import AutoModelForCausalLM
 
         exported = group.export_hf(str(tmp_path / "hf"))
-        model = AutoModelForCausalLM.from_pretrained(exported, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(exported, dtype=getattr(torch, dtype))
         full = group.full_state()
         params = dict(model.named_parameters())
         assert set(full) == set(params)
         for name, tensor in full.items():
-            assert torch.equal(params[name].detach(), tensor), name
+            assert tensor.dtype == getattr(torch, dtype) and torch.equal(params[name].detach(), tensor), name
         assert json.loads((tmp_path / "hf" / "score_export.json").read_text())["optimizer_steps"] == 2
     finally:
         group.shutdown()
@@ -247,3 +247,27 @@ def test_micro_batches_of_one_row_give_the_whole_batch_update(model_path, batch,
     assert split["padded_fraction"] == 0.0 < whole["padded_fraction"]
     for key in ("loss", "pg_loss", "kl_attempt1", "kl_attempt2", "advantage_abs_mean_attempt1", "grad_norm"):
         assert split[key] == pytest.approx(whole[key], rel=1e-4, abs=1e-7), key
+
+
+def test_bf16_learner_keeps_small_updates_in_fp32_master_weights(model_path, batch):
+    """bf16 compute with DeepSpeed's fp32 master weights: at lr 1e-6 one step moves most master weights by ~1e-6,
+    an update that bf16 weights alone would lose (it moves under 2% of them); the bf16 weights the forward pass
+    and the generators use are the master's rounding."""
+    from learner.core import LearnerCore, LearnerSettings
+
+    core = LearnerCore(LearnerSettings(model_path=model_path, lr=1e-6, rows_per_micro_batch=4, rows_per_rank=4, k=2, dtype="bfloat16"))
+    assert core.dtype == torch.bfloat16 and core.reference.dtype == torch.bfloat16
+    masters = core.engine.optimizer.single_partition_of_fp32_groups
+    assert all(m.dtype == torch.float32 for m in masters)
+    before = [m.clone() for m in masters]
+    weights = {n: p.detach().clone() for n, p in core.engine.module.named_parameters()}
+    metrics = core.update(batch, stage=2)
+    moved = torch.cat([(m - b).abs() for m, b in zip(masters, before)])
+    assert (moved > 5e-7).float().mean() > 0.5 and moved.max() < 2e-6  # AdamW's first step is ~lr per weight
+    params = list(core.engine.module.named_parameters())
+    changed = sum(int((p.detach() != weights[n]).sum()) for n, p in params) / sum(p.numel() for _, p in params)
+    assert changed < 0.02
+    flat = torch.cat([p.detach().reshape(-1) for _, p in params])
+    assert torch.equal(flat, torch.cat([m for m in masters]).to(torch.bfloat16)[: flat.numel()])
+    # bf16 on the learner side: the truncated importance weight is on by default (vllm_is: auto)
+    assert "is_weight_mean_attempt1" in metrics and metrics["mismatch_max_abs_attempt1"] > 0

@@ -19,6 +19,7 @@ TINY = [
     "rollout.attempt1.max_tokens=24", "rollout.attempt2.max_tokens=24", "rollout.cpu_kv_cache_gb=0.25",
     "rollout.max_model_len=512", "learner.lr=1e-5", "learner.micro_batch_size=4",
     "eval.num_problems=4", "eval.max_tokens=24", "task.train_size=40", "task.eval_size=8", "run.progress=false",
+    "model.dtype=bfloat16",  # bf16 generators, learner and sync on every CPU (slow where the CPU lacks bf16; the run is tiny)
 ]
 
 
@@ -66,6 +67,7 @@ def full_run(ray_local, model_path, tmp_path_factory):
 
 
 CHECKED_PARAM = "model.embed_tokens.weight"
+MISMATCH_MEAN_BF16 = 0.1  # nats per token, vLLM bf16 against DeepSpeed bf16 (float32: ~1e-5, test_generation)
 
 
 def test_tiny_score_run_end_to_end(full_run, model_path):
@@ -93,8 +95,10 @@ def test_tiny_score_run_end_to_end(full_run, model_path):
         assert r["reward_attempt1"] == pytest.approx(sum(batch["r1"].to_pylist()) / batch.num_rows)
         assert r["reward_attempt2"] == pytest.approx(sum(batch["r2"].to_pylist()) / batch.num_rows)
         assert ("shaped_reward" in r) == (r["stage"] == 2)
-        # vLLM sampled what the learner scores: float32 on both sides, the same temperature
-        assert r["mismatch_max_abs_attempt1"] < 1e-3 and r["mismatch_max_abs_attempt2"] < 1e-3
+        # vLLM sampled what the learner scores (the same temperature), up to bf16 rounding on both sides,
+        # and the truncated importance weight is on by default in bf16
+        assert 0 < r["mismatch_mean_abs_attempt1"] < MISMATCH_MEAN_BF16 and 0 < r["mismatch_mean_abs_attempt2"] < MISMATCH_MEAN_BF16
+        assert 0 < r["is_weight_mean_attempt2"] <= 2.0 and 0 <= r["padded_fraction"] < 0.5
     # the killed generator was restarted, re-synced, and the run completed, twice
     assert any("generator-0" in e and "attempts" in e for e in events)
     assert sum("generator-0" in e for e in events) >= 2, events
@@ -109,10 +113,12 @@ def test_tiny_score_run_end_to_end(full_run, model_path):
     # the exported model is what the generator held at the end (the last sync reached it), and training moved it
     from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    trained = AutoModelForCausalLM.from_pretrained(run / "hf_model", dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16)
+    trained = AutoModelForCausalLM.from_pretrained(run / "hf_model", dtype=torch.bfloat16)
     exported = trained.get_parameter(CHECKED_PARAM).detach()
-    assert held == pytest.approx(float(exported.double().sum()), rel=1e-9)
+    assert held == pytest.approx(float(exported.double().sum()), rel=1e-9)  # bf16 buckets, bit-exact
+    numel = sum(p.numel() for p in base.parameters())
+    assert all(r["sync_bytes"] == 2 * numel for r in records)  # bf16 on the wire: half of float32's bytes
     assert not torch.equal(exported, base.get_parameter(CHECKED_PARAM).detach())
     assert len(list((run / "checkpoints").glob("iter_000004"))) == 1
 
@@ -157,7 +163,8 @@ def test_colocated_run_shares_bundles_and_syncs_through_shared_buffers(ray_local
     import ray
 
     trainer, task = _trainer(tmp_path, "colocated", model_path,
-                             ["rollout.colocate_with_learner=true", "algorithm.stage1_iterations=1", "algorithm.stage2_iterations=1"])
+                             ["rollout.colocate_with_learner=true", "algorithm.stage1_iterations=1", "algorithm.stage2_iterations=1",
+                              "model.dtype=float32"])  # forced float32 still works end to end
     try:
         trainer.build(task)
         pg = trainer.shared_pg.id.hex()
@@ -166,6 +173,7 @@ def test_colocated_run_shares_bundles_and_syncs_through_shared_buffers(ray_local
         records = [trainer.step(i) for i in range(2)]
         assert [r["stage"] for r in records] == [1, 2] and [r["version"] for r in records] == [1, 2] and trainer.version == 2
         assert all(r["sync_bytes"] > 0 and r["tokens"] > 0 for r in records)
+        assert all(r["mismatch_max_abs_attempt1"] < 1e-3 and "is_weight_mean_attempt2" not in r for r in records)  # float32: no IS weight
         full = trainer.learner.full_state()
         name = "model.embed_tokens.weight"
         got = ray.get(trainer.fleet.actors[0].param_checksum.remote(name))
@@ -174,5 +182,6 @@ def test_colocated_run_shares_bundles_and_syncs_through_shared_buffers(ray_local
 
         base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
         assert not torch.equal(base.get_parameter(name).detach(), full[name])  # and they moved
+        assert all(r["sync_bytes"] == 4 * sum(p.numel() for p in base.parameters()) for r in records)  # float32 buckets
     finally:
         trainer.shutdown()

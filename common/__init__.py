@@ -1,0 +1,1 @@
+"""Small helpers that actors/, learner/, rewards/ and cluster/ all use (devices, dtypes)."""
