@@ -39,19 +39,6 @@ def _batch(model_path: str, problems: int, k: int):
     return build_batch(model_path, base)
 
 
-def _score_rate(core, batch, steps: int, warm: bool) -> tuple[float, float, dict]:
-    """SCoRe update tokens/s and s/step, after an optional warm-up step."""
-    if warm:
-        core.update(batch, stage=2)
-    start = time.perf_counter()
-    tokens, metrics = 0, {}
-    for _ in range(steps):
-        metrics = core.update(batch, stage=2)
-        tokens += metrics["tokens"]
-    seconds = (time.perf_counter() - start) / steps
-    return tokens / (seconds * steps), seconds, metrics
-
-
 def run(tiny: bool = False) -> BenchResult:
     import deepspeed
     from transformers import AutoModelForCausalLM
@@ -68,20 +55,8 @@ def run(tiny: bool = False) -> BenchResult:
     micro = rows if tiny else rows // 2
     auto = resolve_dtype("auto")
     common = dict(model_path=model_path, lr=1e-6, rows_per_micro_batch=micro, rows_per_rank=rows, k=k, threads_per_rank=torch.get_num_threads())
-
-    rates: dict[str, float] = {}
-    for dtype in ("float32", "bfloat16"):
-        core = LearnerCore(LearnerSettings(**common, dtype=dtype))
-        rates[dtype], seconds, metrics = _score_rate(core, batch, steps, warm=not tiny)
-        if dtype == auto:
-            score_seconds, padded, kept = seconds, metrics["padded_fraction"], core
-            # the same update with two forward passes (attempt 1 and attempt 2 separately)
-            core.settings.joint_forward = False
-            _, two_pass_seconds, _ = _score_rate(core, batch, steps, warm=not tiny)
-            core.settings.joint_forward = True
-        else:
-            del core
-    core = kept
+    cores = {dtype: LearnerCore(LearnerSettings(**common, dtype=dtype)) for dtype in ("float32", "bfloat16")}
+    core = cores[auto]
 
     # plain DeepSpeed doing the same work: reference forward + policy forward/backward/step, same micro-batches
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=core.dtype)
@@ -90,7 +65,8 @@ def run(tiny: bool = False) -> BenchResult:
         "train_micro_batch_size_per_gpu": micro, "gradient_accumulation_steps": core.settings.gradient_accumulation_steps,
         "gradient_clipping": 1.0, "zero_optimization": {"stage": 2}, "bf16": {"enabled": core.dtype == torch.bfloat16},
         "zero_allow_untested_optimizer": True, "steps_per_print": 10**9})
-    micros, _ = core.device_micro_batches(batch)
+    engine.train()
+    micros, padded = core.device_micro_batches(batch)
 
     def plain_step() -> int:
         tokens = 0
@@ -104,11 +80,30 @@ def run(tiny: bool = False) -> BenchResult:
             tokens += mb.num_tokens
         return tokens
 
-    if not tiny:
-        plain_step()
-    start = time.perf_counter()
-    tokens = sum(plain_step() for _ in range(steps))
-    plain_rate = tokens / (time.perf_counter() - start)
+    def two_pass_step() -> int:
+        core.settings.joint_forward = False
+        try:
+            return core.update(batch, stage=2)["tokens"]
+        finally:
+            core.settings.joint_forward = True
+
+    # each contender runs once to warm up, then all take turns, step by step (these machines are noisy)
+    contenders = {"float32": lambda: cores["float32"].update(batch, stage=2)["tokens"],
+                  "bfloat16": lambda: cores["bfloat16"].update(batch, stage=2)["tokens"],
+                  "plain": plain_step, "two_pass": two_pass_step}
+    seconds = {name: 0.0 for name in contenders}
+    tokens = {name: 0 for name in contenders}
+    for round_ in range(steps + (0 if tiny else 1)):
+        for name, step in contenders.items():
+            start = time.perf_counter()
+            n = step()
+            if tiny or round_ > 0:
+                seconds[name] += time.perf_counter() - start
+                tokens[name] += n
+    rates = {name: tokens[name] / seconds[name] for name in contenders}
+    score_seconds, two_pass_seconds = seconds[auto] / steps, seconds["two_pass"] / steps
+    plain_rate = rates["plain"]
+    del cores[{"float32": "bfloat16", "bfloat16": "float32"}[auto]]
 
     # gather + pack + broadcast the full weights (a group of one: the publisher's own cost)
     plan = plan_buckets(core.param_specs(), 64 << 20)
@@ -132,7 +127,7 @@ def run(tiny: bool = False) -> BenchResult:
         Measurement(f"publish gather+pack s ({sent / 2**20:.0f} MiB, {auto})", publish_s, "s", "in-memory copy of the weights", copy_s,
                     higher_is_better=False),
     ]
-    result.extra = {"tokens_per_second": rates, "padded_fraction": padded}
+    result.extra = {"tokens_per_second": rates, "seconds_per_step": {n: v / steps for n, v in seconds.items()}, "padded_fraction": padded}
     if torch.cuda.is_available():
         params = sum(p.numel() for p in model.parameters())
         peak = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
