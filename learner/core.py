@@ -71,14 +71,30 @@ class LearnerSettings:
         return num_micro_batches(self.rows_per_rank, self.rows_per_micro_batch)
 
 
-def token_logprobs(model: torch.nn.Module, inputs: AttemptInputs, temperature: float) -> torch.Tensor:
-    """Log-probs ``[N, L-1]`` of each target token under ``model`` at the sampling temperature."""
-    out = model(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, use_cache=False)
-    logits = out.logits[:, :-1].float()
+def token_logprobs(model: torch.nn.Module, inputs: AttemptInputs, temperature: float, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Log-probs ``[N, L-1]`` of each target token under ``model`` at the sampling temperature.
+
+    With ``keep`` (a ``[N, L-1]`` mask of the targets that matter, the action tokens), the LM head
+    and the softmax run only at those positions and the others are 0: the vocabulary projection
+    (49k columns for the embedded model) is then paid for response tokens only, not for the
+    prompt, the instruction and the padding.
+    """
+    if keep is None:
+        out = model(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, use_cache=False)
+        logits = out.logits[:, :-1].float()
+        if temperature > 0 and temperature != 1.0:
+            logits = logits / temperature
+        picked = logits.gather(-1, inputs.targets.unsqueeze(-1)).squeeze(-1)
+        return picked - torch.logsumexp(logits, dim=-1)
+    lm = getattr(model, "module", model)  # a DeepSpeed engine wraps the Hugging Face model
+    hidden = lm.model(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, use_cache=False).last_hidden_state
+    sel = keep.bool()
+    logits = lm.lm_head(hidden[:, :-1][sel]).float()  # [M, V] for the M kept positions
     if temperature > 0 and temperature != 1.0:
         logits = logits / temperature
-    picked = logits.gather(-1, inputs.targets.unsqueeze(-1)).squeeze(-1)
-    return picked - torch.logsumexp(logits, dim=-1)
+    picked = logits.gather(-1, inputs.targets[sel].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    out = torch.zeros(sel.shape, dtype=picked.dtype, device=picked.device)
+    return out.masked_scatter(sel, picked)
 
 
 def _take(inputs: AttemptInputs, rows: torch.Tensor, device: torch.device) -> AttemptInputs:
@@ -140,9 +156,10 @@ def micro_batch(rows, device: torch.device, joint: JointInputs | None = None,
 def attempt_logprobs(model: torch.nn.Module, mb: MicroBatch, temperature1: float, temperature2: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-probs of both attempts: one pass over ``x2 + y2`` (which holds ``y1``), or two."""
     if mb.joint is not None:
-        lp = token_logprobs(model, mb.joint, temperature2)
+        lp = token_logprobs(model, mb.joint, temperature2, keep=(mb.masks[0] + mb.masks[1]) > 0)
         return lp, lp
-    return token_logprobs(model, mb.a1, temperature1), token_logprobs(model, mb.a2, temperature2)
+    return (token_logprobs(model, mb.a1, temperature1, keep=mb.masks[0] > 0),
+            token_logprobs(model, mb.a2, temperature2, keep=mb.masks[1] > 0))
 
 
 class LearnerCore:

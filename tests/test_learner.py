@@ -123,7 +123,7 @@ def test_separate_reference_scores_equal_the_in_rank_reference(model_path, batch
     from learner.core import LearnerCore, LearnerSettings
     from learner.reference import ReferenceScorer
 
-    scored = ReferenceScorer(model_path).score(batch, rows_per_pass=3)
+    scored = ReferenceScorer(model_path, dtype="float32").score(batch, rows_per_pass=3)
     assert scored.num_rows == batch.num_rows
     for prefix in ("a1", "a2"):
         lens = [len(r) for r in batch[f"{prefix}_response_ids"].to_pylist()]
@@ -136,7 +136,7 @@ def test_separate_reference_scores_equal_the_in_rank_reference(model_path, batch
     assert joint.ref_logp1 is not None and torch.equal(joint.ref_logp1 != 0, joint.mask1 != 0)
 
     # one optimiser step: a rank without its own reference, fed the columns, matches a rank with one
-    common = dict(model_path=model_path, lr=1e-5, rows_per_micro_batch=4, rows_per_rank=4, k=2)
+    common = dict(model_path=model_path, lr=1e-5, rows_per_micro_batch=4, rows_per_rank=4, k=2, dtype="float32")
     with_columns = LearnerCore(LearnerSettings(**common, reference_placement="separate"))
     assert with_columns.reference is None
     got = [with_columns.update(scored, stage=1) for _ in range(2)][-1]
@@ -209,7 +209,7 @@ def test_update_uses_the_learners_own_old_policy_not_vllms(model_path, batch):
         col = f"{prefix}_logprobs"
         values = [[v - 0.3 for v in row] for row in batch[col].to_pylist()]
         shifted = shifted.set_column(shifted.schema.get_field_index(col), col, pa.array(values, pa.list_(pa.float32())))
-    common = dict(model_path=model_path, lr=1e-5, rows_per_micro_batch=2, rows_per_rank=4, k=2, clip_ratio=0.2)
+    common = dict(model_path=model_path, lr=1e-5, rows_per_micro_batch=2, rows_per_rank=4, k=2, clip_ratio=0.2, dtype="float32")
     out = {}
     for name, table, extra in (("same", batch, {"vllm_is": "off"}), ("shifted", shifted, {"vllm_is": "off"}),
                                ("is_on", shifted, {"vllm_is": "on", "vllm_is_cap": 1.2})):
@@ -240,7 +240,7 @@ def test_micro_batches_of_one_row_give_the_whole_batch_update(model_path, batch,
     got = {}
     for rows_per_micro in (4, 1):
         core = LearnerCore(LearnerSettings(model_path=model_path, lr=1e-5, rows_per_micro_batch=rows_per_micro, rows_per_rank=4, k=2,
-                                           loss_agg=loss_agg))
+                                           loss_agg=loss_agg, dtype="float32"))
         got[rows_per_micro] = core.update(batch, stage=2)
         del core
     whole, split = got[4], got[1]
