@@ -108,7 +108,14 @@ class SandboxConfig(_Section):
     memory_mb: int = Field(1024, ge=64)
     max_processes: int = Field(64, ge=1)
     max_output_bytes: int = Field(64 * 1024, ge=1024)
+    tmpfs_mb: int = Field(64, ge=1)  # the writable /tmp and working directory, counted within memory_mb
     allow_weak_isolation: bool = False
+
+    @model_validator(mode="after")
+    def _tmpfs_within_memory(self) -> "SandboxConfig":
+        if self.tmpfs_mb >= self.memory_mb:
+            raise ValueError(f"rewards.sandbox.tmpfs_mb ({self.tmpfs_mb}) must be below rewards.sandbox.memory_mb ({self.memory_mb}): it is part of that budget")
+        return self
 
 
 class RewardsConfig(_Section):

@@ -98,7 +98,8 @@ class ScoreTrainer:
         self._say(f"starting {cfg.rewards.num_actors} reward actor(s), {cfg.rollout.num_generators} generator(s), {cfg.learner.num_ranks} learner rank(s) ({'GPU' if gpus else 'CPU'})")
         self.pool = RewardPool(
             num_actors=cfg.rewards.num_actors, max_concurrency=cfg.rewards.max_concurrency,
-            limits=SandboxLimits(timeout_s=sb.timeout_s, memory_mb=sb.memory_mb, max_processes=sb.max_processes, max_output_bytes=sb.max_output_bytes),
+            limits=SandboxLimits(timeout_s=sb.timeout_s, memory_mb=sb.memory_mb, max_processes=sb.max_processes, max_output_bytes=sb.max_output_bytes,
+                                 tmpfs_mb=sb.tmpfs_mb),
             allow_weak_isolation=sb.allow_weak_isolation,
         )
         # one dtype for generators, learner and reference, decided here once (driver and workers share a

@@ -2,13 +2,22 @@
 
 Each run gets, through bubblewrap (``bwrap``) and rlimits:
 
-- a fresh scratch directory (its working directory, the only writable place besides a private /tmp);
-- a read-only view of the rest of the file system;
+- a file system that is denied by default: read-only, only the interpreter's prefix (for the
+  Debian interpreter, ``/usr``), the directories of the shared libraries it loads, the loader's
+  ``/etc/ld.so.*`` files and ``/etc/localtime``, plus private ``/dev`` and ``/proc``. Nothing else
+  of the host exists inside: not the checkout, the task data, checkpoints, ``/home``, ``/root``,
+  ``/mnt``, ``/opt``, ``/srv`` or ``/var`` (see :func:`visible_paths`);
+- one writable place, a private tmpfs on ``/tmp`` of ``tmpfs_mb`` (default 64 MiB) whose
+  ``/tmp/sandbox`` is the working directory and holds the program (copied in from a memfd: the
+  host disk is never written). Its pages are memory, so they are counted in the run's budget: the
+  address-space limit is ``memory_mb - tmpfs_mb``. Filling it ends the run as ``disk_full``;
 - no network at all: its own network namespace, so not even the host's loopback;
 - its own PID namespace and process session: when the call ends, bwrap (PID 1 inside) dies and
   the kernel kills everything the program started, daemons and new sessions included;
 - limits on CPU time, address space, processes, file size and open files; when the host runs as
-  root, the program runs under a throw-away unprivileged uid so that the process limit applies;
+  root, the program runs under a throw-away unprivileged uid so that the process limit applies.
+  A non-root host gets the same file system, tmpfs and namespaces (bwrap creates a user
+  namespace), without the uid switch;
 - a scrubbed environment (the host's secrets are invisible) and capped output.
 
 Where bubblewrap is unavailable, :func:`run_python` refuses with ``sandbox_error`` unless weak
@@ -17,6 +26,7 @@ isolation (rlimits and a process group only) is explicitly allowed, and then war
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import resource
@@ -30,12 +40,13 @@ import warnings
 from dataclasses import dataclass
 from typing import Literal
 
-Status = Literal["ok", "error", "timeout", "memory", "killed", "sandbox_error"]
-STATUSES: tuple[Status, ...] = ("ok", "error", "timeout", "memory", "killed", "sandbox_error")
+Status = Literal["ok", "error", "timeout", "memory", "disk_full", "killed", "sandbox_error"]
+STATUSES: tuple[Status, ...] = ("ok", "error", "timeout", "memory", "disk_full", "killed", "sandbox_error")
 
 #: Interpreter inside the sandbox: must be readable by an unprivileged uid (a venv under /root is not).
 SANDBOX_PYTHON = os.environ.get("SCORE_SANDBOX_PYTHON", "/usr/bin/python3")
 _UID_RANGE = (200_000, 260_000)  # throw-away uids, one per run, when the host is root
+PROGRAM = "program.py"
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,15 @@ class SandboxLimits:
     max_output_bytes: int = 64 * 1024
     max_file_bytes: int = 16 * 1024 * 1024
     max_open_files: int = 64
+    tmpfs_mb: int = 64  # the writable /tmp (and working directory), counted in memory_mb
+
+    def __post_init__(self):
+        if not 0 < self.tmpfs_mb < self.memory_mb:
+            raise ValueError(f"sandbox tmpfs_mb ({self.tmpfs_mb}) must be positive and below memory_mb ({self.memory_mb}): it is part of that budget")
+
+    @property
+    def address_space_bytes(self) -> int:
+        return (self.memory_mb - self.tmpfs_mb) * 1024 * 1024
 
 
 _BWRAP_OK: bool | None = None  # probed once per process
@@ -85,17 +105,53 @@ def _interpreter() -> str:
     return SANDBOX_PYTHON if os.path.exists(SANDBOX_PYTHON) else shutil.which("python3") or "python3"
 
 
-def _bwrap_command(scratch: str, script: str) -> list[str]:
-    return [
+@functools.lru_cache(maxsize=4)
+def visible_paths(interpreter: str) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """What the sandbox shows read-only for ``interpreter``: directories to bind at the same path, and
+    ``(target, link)`` symlinks to recreate (merged-/usr hosts: ``/lib -> usr/lib``).
+
+    The interpreter's prefixes (asked of it, with ``-I -S``), the directories of the libraries
+    ``ldd`` says it loads, and the loader's configuration under /etc.
+    """
+    out = subprocess.run([interpreter, "-I", "-S", "-c", "import sys; print(sys.base_prefix); print(sys.base_exec_prefix)"],
+                         capture_output=True, text=True, timeout=30, check=True).stdout.split()
+    dirs: set[str] = {os.path.realpath(p) for p in out}
+    links: dict[str, str] = {}
+    ldd = subprocess.run(["ldd", os.path.realpath(interpreter)], capture_output=True, text=True, timeout=30).stdout
+    for line in ldd.splitlines():
+        path = next((w for w in line.split() if w.startswith("/")), None)
+        if path is None:
+            continue
+        for top in ("/lib", "/lib64"):  # the loader is named by its /lib64 path: keep the link
+            if path.startswith(top + "/") and os.path.islink(top):
+                links[top] = os.readlink(top)
+        dirs.add(os.path.dirname(os.path.realpath(path)))
+    for etc in ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime"):
+        if os.path.exists(etc):
+            dirs.add(etc)
+    # a directory inside another one that is already bound adds nothing
+    kept = sorted(d for d in dirs if not any(d != o and d.startswith(o.rstrip("/") + "/") for o in dirs))
+    return tuple(kept), tuple(sorted((target, link) for link, target in links.items()))
+
+
+def _bwrap_command(program_fd: int, limits: SandboxLimits) -> list[str]:
+    binds, links = visible_paths(_interpreter())
+    cmd = [
         shutil.which("bwrap") or "bwrap",
         "--unshare-all",  # user, ipc, pid, net, uts, cgroup namespaces: no network, own PIDs
         "--die-with-parent",
         "--new-session",
-        "--ro-bind", "/", "/",
-        "--tmpfs", "/tmp",
+    ]
+    for path in binds:
+        cmd += ["--ro-bind", path, path]
+    for target, link in links:
+        cmd += ["--symlink", target, link]
+    cmd += [
         "--dev", "/dev",
         "--proc", "/proc",
-        "--bind", scratch, "/tmp/sandbox",
+        "--size", str(limits.tmpfs_mb * 1024 * 1024), "--tmpfs", "/tmp",
+        "--dir", "/tmp/sandbox",
+        "--file", str(program_fd), f"/tmp/sandbox/{PROGRAM}",
         "--chdir", "/tmp/sandbox",
         "--clearenv",
         "--setenv", "PATH", "/usr/local/bin:/usr/bin:/bin",
@@ -103,19 +159,20 @@ def _bwrap_command(scratch: str, script: str) -> list[str]:
         "--setenv", "LANG", "C.UTF-8",
         "--setenv", "PYTHONDONTWRITEBYTECODE", "1",
         "--setenv", "PYTHONHASHSEED", "0",
-        _interpreter(), "-I", "-S", f"/tmp/sandbox/{script}",
+        _interpreter(), "-I", "-S", f"/tmp/sandbox/{PROGRAM}",
     ]
+    return cmd
 
 
-def _weak_command(scratch: str, script: str) -> list[str]:
-    return [_interpreter(), "-I", "-S", os.path.join(scratch, script)]
+def _weak_command(scratch: str) -> list[str]:
+    return [_interpreter(), "-I", "-S", os.path.join(scratch, PROGRAM)]
 
 
 def _limit_child(limits: SandboxLimits, uid: int | None):
     """Runs in the child between fork and exec: new session, rlimits, then drop to ``uid``."""
 
     cpu = int(limits.timeout_s) + 1
-    memory = limits.memory_mb * 1024 * 1024
+    memory = limits.address_space_bytes
 
     def apply() -> None:
         os.setsid()
@@ -203,28 +260,35 @@ def run_python(
             stacklevel=2,
         )
     uid = random.randint(*_UID_RANGE) if os.geteuid() == 0 else None
-    scratch = tempfile.mkdtemp(prefix="score-sandbox-")
+    scratch = None if isolated else tempfile.mkdtemp(prefix="score-sandbox-")
+    program_fd = -1
     try:
-        script = "program.py"
-        with open(os.path.join(scratch, script), "w") as fh:
-            fh.write(source)
-        if uid is not None:
-            os.chown(scratch, uid, uid)
-            os.chmod(scratch, 0o700)
-            os.chown(os.path.join(scratch, script), uid, uid)
-        cmd = _bwrap_command(scratch, script) if isolated else _weak_command(scratch, script)
+        if isolated:  # the program reaches the sandbox's tmpfs through a memfd: nothing on the host disk
+            program_fd = os.memfd_create("score-program", 0)
+            os.write(program_fd, source.encode())
+            os.lseek(program_fd, 0, os.SEEK_SET)
+            cmd, cwd, fds = _bwrap_command(program_fd, limits), "/", (program_fd,)
+        else:
+            with open(os.path.join(scratch, PROGRAM), "w") as fh:
+                fh.write(source)
+            if uid is not None:
+                os.chown(scratch, uid, uid)
+                os.chmod(scratch, 0o700)
+                os.chown(os.path.join(scratch, PROGRAM), uid, uid)
+            cmd, cwd, fds = _weak_command(scratch), scratch, ()
         try:
             proc = subprocess.Popen(
                 cmd,
-                cwd=scratch,
+                cwd=cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
                 preexec_fn=_limit_child(limits, uid),
                 close_fds=True,
+                pass_fds=fds,
             )
-        except OSError as err:
+        except (OSError, subprocess.SubprocessError) as err:
             return SandboxResult("sandbox_error", None, "", f"cannot start the sandbox: {err}", time.monotonic() - start)
         out = _CappedReader(proc.stdout, limits.max_output_bytes)
         err = _CappedReader(proc.stderr, limits.max_output_bytes)
@@ -256,7 +320,10 @@ def run_python(
                 stderr += f"\n[the sandbox itself was killed from outside by signal {-returncode}; not the program's fault]"
         return SandboxResult(status, returncode, stdout, stderr, time.monotonic() - start)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        if program_fd >= 0:
+            os.close(program_fd)
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _classify(returncode: int, stderr: str, isolated: bool) -> Status:
@@ -266,6 +333,8 @@ def _classify(returncode: int, stderr: str, isolated: bool) -> Status:
         return "sandbox_error"
     if "MemoryError" in stderr or "Cannot allocate memory" in stderr:
         return "memory"
+    if "No space left on device" in stderr or returncode in (-signal.SIGXFSZ, 128 + signal.SIGXFSZ):
+        return "disk_full"  # the tmpfs is full, or a file hit max_file_bytes
     if returncode in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
         return "timeout"
     if returncode < 0 and isolated:

@@ -43,6 +43,7 @@ def test_dotted_overrides_are_typed():
         ("algorithm.loss_agg=mean", "algorithm.loss_agg"),
         ("algorithm.gamma=1.5", "algorithm.gamma"),
         ("algorithm.vllm_is=maybe", "algorithm.vllm_is"),
+        ("rewards.sandbox.tmpfs_mb=2048", "rewards.sandbox.tmpfs_mb (2048) must be below rewards.sandbox.memory_mb"),
     ],
 )
 def test_bad_values_name_the_key(override, expected):

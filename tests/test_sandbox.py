@@ -1,6 +1,7 @@
 """The hostile-program suite: each case is contained and the call returns within its deadline."""
 
 import os
+import shutil
 import socket
 import subprocess
 import threading
@@ -62,14 +63,10 @@ def test_output_flood():
 
 @pytest.mark.parametrize("folder", ["/var/tmp", "/work", str(REPO)])
 def test_writing_outside_scratch(folder):
+    """Deny by default: the host's folders do not exist inside, so nothing can be written to them."""
     target = os.path.join(folder, "score-sandbox-owned.txt")
     r = run(f"open({target!r}, 'w').write('x')")
-    assert r.status == "error"
-    if os.path.realpath(folder).startswith("/tmp/"):
-        # inside the sandbox /tmp is a private tmpfs: the host's folder is not even visible
-        assert "No such file or directory" in r.stderr, r.stderr
-    else:
-        assert "Read-only file system" in r.stderr or "Permission denied" in r.stderr, r.stderr
+    assert r.status == "error" and "No such file or directory" in r.stderr, r.stderr
     assert not os.path.exists(target)
 
 
@@ -161,3 +158,126 @@ def test_program_killing_itself_is_killed_but_an_outside_kill_is_a_sandbox_error
 
     assert sb._classify(-9, "", isolated=True) == "sandbox_error"
     assert sb._classify(-9, "", isolated=False) == "killed"
+
+
+# ----------------------------------------------------------------------------- deny by default, bounded space
+
+HIDDEN = [str(REPO / "README.md"), str(REPO / "rewards" / "sandbox.py"), os.path.expanduser("~"), "/root", "/home", "/mnt", "/opt",
+          "/srv", "/var", "/var/log", "/etc/passwd", "/etc/hostname"]
+PROBE = "import json, os\nprint(json.dumps({p: os.path.exists(p) for p in %r}))\nopen(%r).read()\n"
+
+
+def _as_nobody(source: str) -> dict:
+    """Run ``source`` through the sandbox from a process of the unprivileged user 'nobody' (what a Ray
+    worker of an ordinary user does): the system interpreter loads rewards/sandbox.py by its path."""
+    import json
+
+    module = REPO / "rewards" / "sandbox.py"
+    driver = ("import importlib.util, json, sys\n"
+              f"spec = importlib.util.spec_from_file_location('sandbox', {str(module)!r})\n"
+              "sb = sys.modules['sandbox'] = importlib.util.module_from_spec(spec); spec.loader.exec_module(sb)\n"
+              "r = sb.run_python(sys.stdin.read(), timeout_s=5, memory_mb=256)\n"
+              "print(json.dumps(r.__dict__))\n")
+    done = subprocess.run(["runuser", "-u", "nobody", "--", "env", "-i", "PATH=/usr/bin:/bin", "/usr/bin/python3", "-c", driver],
+                          input=source, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def _nobody_can_run_the_module() -> str | None:
+    if os.geteuid() != 0:
+        return "the tests already run as a non-root user (the other cases cover it)"
+    if not os.path.exists("/usr/bin/python3") or shutil.which("runuser") is None:
+        return "needs /usr/bin/python3 and runuser"
+    check = subprocess.run(["runuser", "-u", "nobody", "--", "test", "-r", str(REPO / "rewards" / "sandbox.py")])
+    return None if check.returncode == 0 else f"user 'nobody' cannot read {REPO} (a checkout under a private home)"
+
+
+@pytest.mark.parametrize("host_user", ["this", "nobody"])
+def test_host_files_are_invisible(host_user):
+    """The checkout, the host user's home, /mnt, /opt, /srv, /var and /etc's other files do not exist inside,
+    as the host's own user (root here) and as an ordinary user; the interpreter still runs."""
+    source = PROBE % (HIDDEN, str(REPO / "README.md"))
+    if host_user == "nobody":
+        reason = _nobody_can_run_the_module()
+        if reason:
+            pytest.skip(reason)
+        r = _as_nobody(source)
+        status, stdout, stderr = r["status"], r["stdout"], r["stderr"]
+    else:
+        r = run(source)
+        status, stdout, stderr = r.status, r.stdout, r.stderr
+    import json
+
+    seen = json.loads(stdout.splitlines()[0])
+    assert seen == {p: False for p in HIDDEN}, seen
+    assert status == "error" and "No such file or directory" in stderr
+
+
+@pytest.mark.parametrize("where", ["/tmp", "."])
+def test_filling_the_writable_space_ends_the_run_and_costs_the_host_at_most_the_limit(where):
+    """A program that writes 8 MB files until it fails, in /tmp or in its working directory: the run ends as
+    disk_full, and the host's available memory and free disk, sampled while it runs, drop by at most the
+    tmpfs limit plus a small slack (before: 2.7 GB of memory and 1.9 GB of disk in 4 s)."""
+    limits = SandboxLimits(timeout_s=10.0, memory_mb=512, tmpfs_mb=64)
+    slack = 96 * 2**20  # the interpreter itself, page cache, the rest of the machine's noise
+
+    def available() -> int:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no MemAvailable")
+
+    def free_disk() -> int:
+        return min(shutil.disk_usage(p).free for p in ("/", "/tmp", str(REPO)))
+
+    mem0, disk0 = available(), free_disk()
+    lowest = {"mem": mem0, "disk": disk0}
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            lowest["mem"], lowest["disk"] = min(lowest["mem"], available()), min(lowest["disk"], free_disk())
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    source = f"i = 0\nwhile True:\n    open('{where}/f%d' % i, 'wb').write(b'x' * 8_000_000)\n    i += 1\n"
+    try:
+        r = run_python(source, limits=limits)
+    finally:
+        stop.set()
+        watcher.join()
+    assert r.status == "disk_full", r
+    assert mem0 - lowest["mem"] <= limits.tmpfs_mb * 2**20 + slack, (mem0 - lowest["mem"]) / 2**20
+    assert disk0 - lowest["disk"] <= 16 * 2**20, (disk0 - lowest["disk"]) / 2**20
+
+
+def test_tmpfs_is_part_of_the_memory_budget():
+    with pytest.raises(ValueError, match="part of that budget"):
+        SandboxLimits(memory_mb=64, tmpfs_mb=64)
+    r = run_python("import os\nst = os.statvfs('/tmp')\nprint(st.f_blocks * st.f_frsize)", limits=SandboxLimits(memory_mb=256, tmpfs_mb=16))
+    assert r.status == "ok" and int(r.stdout) == 16 * 2**20
+
+
+def test_eight_programs_at_their_memory_limit_leave_the_host_responsive():
+    limits = SandboxLimits(timeout_s=8.0, memory_mb=256, tmpfs_mb=32)
+    source = "import time\nx = bytearray(200 * 2**20)\nfor i in range(0, len(x), 4096):\n    x[i] = 1\ntime.sleep(1)\nprint('held')\n"
+    results, latencies = [None] * 8, []
+
+    def one(i):
+        results[i] = run_python(source, limits=limits)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        start = time.monotonic()
+        subprocess.run(["true"], check=True)
+        latencies.append(time.monotonic() - start)
+        time.sleep(0.1)
+    for t in threads:
+        t.join()
+    assert all(r is not None and r.status in ("ok", "memory") for r in results), [r.status for r in results]
+    assert sum(r.status == "ok" and r.stdout == "held\n" for r in results) >= 1  # 200 MB fit in 256 - 32 MB
+    assert max(latencies) < 2.0, max(latencies)  # the host still forks and runs a program promptly
