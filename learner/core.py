@@ -377,6 +377,18 @@ class LearnerCore:
         mask = inputs.action_mask[:, : lp.shape[1]].to(lp.device)
         return (lp * mask).sum(dim=1).tolist()
 
+    def close(self) -> None:
+        """Free the engine, its optimiser state and the reference now: DeepSpeed keeps references that
+        ``del`` alone leaves alive (about 2 GB per core of the embedded model in one process)."""
+        import gc
+
+        if self.engine is not None:
+            self.engine.destroy()
+            self.engine.optimizer = None
+            self.engine.module = None
+        self.engine = self.reference = None
+        gc.collect()
+
     # -- state -----------------------------------------------------------------------------
     def save(self, directory: str, client_state: dict[str, Any] | None = None) -> None:
         """All ranks: write model, optimiser, schedule and this rank's random state under ``directory``."""

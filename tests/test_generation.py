@@ -220,6 +220,7 @@ def test_vllm_logprobs_match_the_learner_at_the_sampling_temperature(fleet, task
     core = LearnerCore(LearnerSettings(model_path=model_path, rows_per_micro_batch=4, rows_per_rank=8, k=2,
                                        temperature1=0.7, temperature2=0.7, dtype="float32"))
     metrics = core.update(batch, stage=1)
+    core.close()
     for prefix, name in (("a1", "attempt1"), ("a2", "attempt2")):
         assert metrics[f"mismatch_max_abs_{name}"] == pytest.approx(float(diffs[prefix].abs().max()), abs=1e-6)
         assert metrics[f"mismatch_mean_abs_{name}"] == pytest.approx(float(diffs[prefix].abs().mean()), abs=1e-6)

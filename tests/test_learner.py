@@ -140,13 +140,18 @@ def test_separate_reference_scores_equal_the_in_rank_reference(model_path, batch
     with_columns = LearnerCore(LearnerSettings(**common, reference_placement="separate"))
     assert with_columns.reference is None
     got = [with_columns.update(scored, stage=1) for _ in range(2)][-1]
-    del with_columns
+    with_columns.close()
     in_rank = LearnerCore(LearnerSettings(**common))
     want = [in_rank.update(batch, stage=1) for _ in range(2)][-1]
+    in_rank.close()
     for key in ("loss", "kl_attempt1", "kl_attempt2", "pg_loss"):
         assert got[key] == pytest.approx(want[key], rel=1e-3, abs=1e-5), key
-    with pytest.raises(RuntimeError, match="reference_placement"):
-        LearnerCore(LearnerSettings(**common, reference_placement="separate")).update(batch, stage=1)
+    without = LearnerCore(LearnerSettings(**common, reference_placement="separate"))
+    try:
+        with pytest.raises(RuntimeError, match="reference_placement"):
+            without.update(batch, stage=1)
+    finally:
+        without.close()
 
 
 def test_a_killed_learner_rank_fails_the_update_with_a_clear_error(ray_local, model_path, batch):
@@ -216,7 +221,7 @@ def test_update_uses_the_learners_own_old_policy_not_vllms(model_path, batch):
         core = LearnerCore(LearnerSettings(**common, **extra))
         metrics = core.update(table, stage=2)
         out[name] = (metrics, core.sequence_logprob(batch, "a2"))
-        del core
+        core.close()
     (same, lp_same), (shf, lp_shf), (ison, lp_ison) = out["same"], out["shifted"], out["is_on"]
     assert same["clipped_fraction"] == 0 and shf["clipped_fraction"] == 0  # the first step's ratio is exactly 1
     assert shf["loss"] == same["loss"] and lp_shf == lp_same  # vLLM's numbers did not enter the update
@@ -242,7 +247,7 @@ def test_micro_batches_of_one_row_give_the_whole_batch_update(model_path, batch,
         core = LearnerCore(LearnerSettings(model_path=model_path, lr=1e-5, rows_per_micro_batch=rows_per_micro, rows_per_rank=4, k=2,
                                            loss_agg=loss_agg, dtype="float32"))
         got[rows_per_micro] = core.update(batch, stage=2)
-        del core
+        core.close()
     whole, split = got[4], got[1]
     assert split["padded_fraction"] == 0.0 < whole["padded_fraction"]
     for key in ("loss", "pg_loss", "kl_attempt1", "kl_attempt2", "advantage_abs_mean_attempt1", "grad_norm"):
@@ -269,5 +274,6 @@ def test_bf16_learner_keeps_small_updates_in_fp32_master_weights(model_path, bat
     assert changed < 0.02
     flat = torch.cat([p.detach().reshape(-1) for _, p in params])
     assert torch.equal(flat, torch.cat([m for m in masters]).to(torch.bfloat16)[: flat.numel()])
+    core.close()
     # bf16 on the learner side: the truncated importance weight is on by default (vllm_is: auto)
     assert "is_weight_mean_attempt1" in metrics and metrics["mismatch_max_abs_attempt1"] > 0
