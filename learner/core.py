@@ -25,8 +25,7 @@ import pyarrow as pa
 import torch
 
 from common.devices import on_gpu, torch_dtype
-from learner.batch import (AttemptInputs, JointInputs, attempt_inputs, joint_inputs, length_sorted_micro_batches, num_micro_batches,
-                           padded_fraction, rewards)
+from learner.batch import AttemptInputs, JointInputs, attempt_inputs, joint_inputs, length_sorted_micro_batches, num_micro_batches, rewards
 from learner.objectives import (REWARD_SIDE_KL, Aggregation, AttemptTensors, ObjectiveSettings, logprob_mismatch, score_advantages,
                                score_loss, sequence_kl_penalty)
 
@@ -80,21 +79,20 @@ def token_logprobs(model: torch.nn.Module, inputs: AttemptInputs, temperature: f
     prompt, the instruction and the padding.
     """
     if keep is None:
-        out = model(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, use_cache=False)
-        logits = out.logits[:, :-1].float()
-        if temperature > 0 and temperature != 1.0:
-            logits = logits / temperature
-        picked = logits.gather(-1, inputs.targets.unsqueeze(-1)).squeeze(-1)
-        return picked - torch.logsumexp(logits, dim=-1)
-    lm = getattr(model, "module", model)  # a DeepSpeed engine wraps the Hugging Face model
-    hidden = lm.model(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, use_cache=False).last_hidden_state
-    sel = keep.bool()
-    logits = lm.lm_head(hidden[:, :-1][sel]).float()  # [M, V] for the M kept positions
+        logits = model(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, use_cache=False).logits[:, :-1].float()
+        targets = inputs.targets
+    else:
+        lm = getattr(model, "module", model)  # a DeepSpeed engine wraps the Hugging Face model
+        hidden = lm.model(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, use_cache=False).last_hidden_state
+        sel = keep.bool()
+        logits = lm.lm_head(hidden[:, :-1][sel]).float()  # [M, V] for the M kept positions
+        targets = inputs.targets[sel]
     if temperature > 0 and temperature != 1.0:
         logits = logits / temperature
-    picked = logits.gather(-1, inputs.targets[sel].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    out = torch.zeros(sel.shape, dtype=picked.dtype, device=picked.device)
-    return out.masked_scatter(sel, picked)
+    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    if keep is None:
+        return picked
+    return torch.zeros(sel.shape, dtype=picked.dtype, device=picked.device).masked_scatter(sel, picked)
 
 
 def _take(inputs: AttemptInputs, rows: torch.Tensor, device: torch.device) -> AttemptInputs:
@@ -281,14 +279,12 @@ class LearnerCore:
         # when they were sampled at the same temperature (the default); otherwise two passes.
         joint = joint_inputs(shard, self.pad_id) if s.joint_forward and s.temperature1 == s.temperature2 else None
         if joint is not None:
-            lengths = joint.inputs.attention_mask.sum(dim=1).tolist()
-            groups = length_sorted_micro_batches(lengths, s.rows_per_micro_batch)
-            micros = [micro_batch(g, self.device, joint=joint) for g in groups]
+            layout, longest = {"joint": joint}, joint.inputs
         else:
-            a1_all, a2_all = attempt_inputs(shard, "a1", self.pad_id), attempt_inputs(shard, "a2", self.pad_id)
-            lengths = a2_all.attention_mask.sum(dim=1).tolist()
-            groups = length_sorted_micro_batches(lengths, s.rows_per_micro_batch)
-            micros = [micro_batch(g, self.device, a1_all=a1_all, a2_all=a2_all) for g in groups]
+            layout = {"a1_all": attempt_inputs(shard, "a1", self.pad_id), "a2_all": attempt_inputs(shard, "a2", self.pad_id)}
+            longest = layout["a2_all"]
+        groups = length_sorted_micro_batches(longest.attention_mask.sum(dim=1).tolist(), s.rows_per_micro_batch)
+        micros = [micro_batch(g, self.device, **layout) for g in groups]
         computed = sum(mb.computed_positions for mb in micros)
         return micros, 1.0 - sum(mb.num_tokens for mb in micros) / max(computed, 1)
 
