@@ -4,7 +4,8 @@ A checkpoint is ``<run>/checkpoints/iter_NNNNNN/``: the learner's DeepSpeed stat
 ``score_checkpoint.json`` (stage, iteration, weight version, the run's metric history length).
 It is written under ``iter_NNNNNN.partial`` and renamed only when complete, so a crash mid-write
 leaves a ``.partial`` folder that is never loaded. A folder whose manifest is missing or
-unreadable, or whose DeepSpeed files are gone, is reported and skipped.
+unreadable, or whose DeepSpeed files are gone, is reported and skipped. ``checkpoints/best/`` holds
+the checkpoint that ``checkpoint.select=best_train_reward`` chose so far, written the same way.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST = "score_checkpoint.json"
+BEST = "best"  # the checkpoint chosen by checkpoint.select=best_train_reward; never pruned
 
 
 @dataclass
@@ -36,8 +38,9 @@ class CheckpointStore:
         self.keep = keep
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def begin(self, iteration: int) -> Path:
-        tmp = self.root / f"iter_{iteration:06d}.partial"
+    def begin(self, iteration: int | None = None) -> Path:
+        """A fresh ``.partial`` folder for the checkpoint of ``iteration``, or for the best one (``None``)."""
+        tmp = self.root / (f"iter_{iteration:06d}.partial" if iteration is not None else f"{BEST}.partial")
         if tmp.exists():
             shutil.rmtree(tmp)
         return tmp
@@ -50,6 +53,13 @@ class CheckpointStore:
         tmp.rename(final)
         self.prune()
         return final
+
+    def best(self) -> Checkpoint | None:
+        """The kept best checkpoint (``begin(None)`` ... ``commit``), if one is complete."""
+        try:
+            return Checkpoint(self.root / BEST, json.loads((self.root / BEST / MANIFEST).read_text()))
+        except (OSError, ValueError):
+            return None
 
     def valid(self) -> tuple[list[Checkpoint], list[str]]:
         """Complete checkpoints, oldest first, and one message per skipped folder."""

@@ -70,6 +70,9 @@ class TaskConfig(_Section):
     difficulty: int = Field(2, ge=1, le=5)  # arithmetic only
     train_size: int = Field(2000, ge=1)  # arithmetic only: problems generated for training
     eval_size: int = Field(200, ge=1)  # arithmetic only: held-out problems
+    # validation problems taken out of the training set (seeded); periodic evaluations use them
+    # when set, so settings are chosen without looking at the held-out eval split
+    val_size: int = Field(0, ge=0)
     data_seed: int | None = Field(None, ge=0)  # arithmetic only: seed of the generated problems (default: run.seed)
     instruction: str | None = None  # overrides the task's self-correction instruction
     skip_malformed: bool = False  # count and report malformed rows instead of failing
@@ -99,6 +102,10 @@ class RolloutConfig(_Section):
     cpus_per_generator: float = Field(1.0, gt=0.0)  # CPU-only machines: Ray CPUs reserved per generator
     cpu_kv_cache_gb: float = Field(1.0, gt=0.0)  # CPU-only machines: vLLM KV cache per generator
     max_model_len: int = Field(2048, ge=64)
+    # DAPO's dynamic sampling: drop problem groups where no attempt's task return varies (they teach
+    # only the KL term) and draw more problems, up to max_sampling_rounds rounds, until the batch is full
+    skip_zero_variance_groups: bool = False
+    max_sampling_rounds: int = Field(4, ge=1)
 
 
 class SandboxConfig(_Section):
@@ -174,10 +181,16 @@ class EvalConfig(_Section):
     """Held-out evaluation of both attempts."""
 
     every_iterations: int = Field(0, ge=0)  # 0: only before and after training
+    # problems of each periodic evaluation, from the validation split when task.val_size > 0
+    # (else from the held-out split); two attempts each
+    periodic_problems: int = Field(100, ge=1)
     before: bool = True  # evaluate the base model before training (false: only after)
     num_problems: int = Field(100, ge=1)
     temperature: float = Field(0.0, ge=0.0)
     max_tokens: int = Field(256, ge=1)
+    # attempts in the before/final evaluations: the self-correction instruction follows each of the
+    # first attempts - 1 (the paper's Figure 8); Accuracy@t3 ... are reported beside the usual metrics
+    attempts: int = Field(2, ge=2, le=10)
 
 
 class CheckpointConfig(_Section):
@@ -185,6 +198,11 @@ class CheckpointConfig(_Section):
 
     every_iterations: int = Field(0, ge=0)  # 0: only at the end and on interruption
     keep: int = Field(2, ge=1)
+    # which weights the final evaluation and the exported model use: the last, or (as in the paper)
+    # those with the highest training reward, the mean final-attempt reward over each window of
+    # select_window iterations (kept in <run>/checkpoints/best)
+    select: Literal["last", "best_train_reward"] = "last"
+    select_window: int = Field(10, ge=1)
 
 
 class ScoreConfig(_Section):

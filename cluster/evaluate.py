@@ -1,8 +1,14 @@
-"""The paper's self-correction metrics, and evaluating a model's two attempts on held-out problems.
+"""The paper's self-correction metrics, and evaluating a model's attempts on held-out problems.
 
 Accuracy@t1 and Accuracy@t2 are the fractions right at each attempt; Δ(t1,t2) is their
 difference; Δ_i→c is the fraction of problems wrong at attempt 1 and right at attempt 2, and
 Δ_c→i the fraction right at attempt 1 and wrong at attempt 2 (so Δ = Δ_i→c − Δ_c→i).
+
+The collapse diagnostic of the paper's Figure 5b: ``answer_changed`` is the fraction of problems
+whose attempt 2 gives a different final answer from attempt 1 (a model that collapsed to
+repeating itself drives it towards 0), ``text_identical`` the fraction whose attempt-2 text is
+attempt 1's verbatim. With ``attempts`` N > 2 the self-correction instruction is repeated after
+every attempt (the paper's Figure 8) and Accuracy@t3 … Accuracy@tN are added.
 """
 
 from __future__ import annotations
@@ -28,6 +34,22 @@ def self_correction_metrics(r1: Sequence[float], r2: Sequence[float]) -> dict[st
     return {"accuracy_t1": acc1, "accuracy_t2": acc2, "delta_t1_t2": acc2 - acc1, "delta_i_to_c": i2c, "delta_c_to_i": c2i, "num_problems": n}
 
 
+def final_answer_of(grader: str, text: str) -> str:
+    """What a response answers, for comparing two attempts: the extracted final answer (math) or program (code)."""
+    from rewards.extract import extract_program, final_answer
+
+    found = final_answer(text) if grader == "math" else extract_program(text)
+    return (found or "").strip()
+
+
+def collapse_metrics(grader: str, a1_texts: Sequence[str], a2_texts: Sequence[str]) -> dict[str, float]:
+    """``answer_changed`` and ``text_identical`` over paired attempt-1 and attempt-2 responses."""
+    n = max(1, len(a1_texts))
+    changed = sum(final_answer_of(grader, a) != final_answer_of(grader, b) for a, b in zip(a1_texts, a2_texts))
+    identical = sum(a.strip() == b.strip() for a, b in zip(a1_texts, a2_texts))
+    return {"answer_changed": changed / n, "text_identical": identical / n}
+
+
 def wilson_interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
     """95% Wilson score interval of a proportion."""
     if n == 0:
@@ -50,18 +72,39 @@ def format_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
     return "\n".join(out)
 
 
-def evaluate(fleet, pool, task, problems, *, temperature: float, max_tokens: int) -> tuple[dict[str, float], Any]:
-    """Both attempts, one sample each, on ``problems``; returns the metrics and the graded batch."""
+def evaluate(fleet, pool, task, problems, *, temperature: float, max_tokens: int, attempts: int = 2) -> tuple[dict[str, float], Any]:
+    """``attempts`` attempts, one sample each, on ``problems``; returns the metrics and the graded batch.
+
+    The batch has the rollout columns of attempts 1 and 2 with rewards ``r1``/``r2``; attempts 3 and
+    later add ``a{t}_text`` and ``r{t}``. Attempt t+1 is conditioned on attempt t's exact tokens.
+    """
     import pyarrow as pa
 
     from rewards.pool import GradeRequest
 
+    if attempts < 2:
+        raise ValueError(f"attempts must be at least 2, got {attempts}")
     sampling = {"temperature": temperature, "max_tokens": max_tokens}
     items = [{"uid": p.uid, "problem_index": i, "messages": task.first_turn(p)} for i, p in enumerate(problems)]
     first = fleet.first_attempts(items, 1, sampling)
     batch = fleet.second_attempts(first, task.instruction, sampling, num_problems=len(problems), k=1)
     golds = [problems[i].gold for i in batch["problem_index"].to_pylist()]
-    r1 = [g.reward for g in pool.grade([GradeRequest(task.grader, t, gold) for t, gold in zip(batch["a1_text"].to_pylist(), golds)])]
-    r2 = [g.reward for g in pool.grade([GradeRequest(task.grader, t, gold) for t, gold in zip(batch["a2_text"].to_pylist(), golds)])]
-    batch = batch.append_column("r1", pa.array(r1, pa.float32())).append_column("r2", pa.array(r2, pa.float32()))
-    return self_correction_metrics(r1, r2), batch
+    texts = [batch["a1_text"].to_pylist(), batch["a2_text"].to_pylist()]
+    previous = batch
+    for _ in range(2, attempts):
+        # the previous attempt stands in for attempt 1: its prompt already holds the conversation so far
+        chained = first.select(["uid", "problem_index", "sample_index", "generator", "a1_messages"])
+        for name in ("prompt_ids", "response_ids", "logprobs", "finish_reason", "length", "text", "version"):
+            chained = chained.append_column(f"a1_{name}", previous[f"a2_{name}"])
+        previous = fleet.second_attempts(chained, task.instruction, sampling, num_problems=len(problems), k=1)
+        texts.append(previous["a2_text"].to_pylist())
+    rewards = [[g.reward for g in pool.grade([GradeRequest(task.grader, t, gold) for t, gold in zip(ts, golds)])] for ts in texts]
+    for t, (ts, rs) in enumerate(zip(texts, rewards), 1):
+        if t > 2:
+            batch = batch.append_column(f"a{t}_text", pa.array(ts, pa.string()))
+        batch = batch.append_column(f"r{t}", pa.array(rs, pa.float32()))
+    metrics = self_correction_metrics(rewards[0], rewards[1])
+    metrics.update(collapse_metrics(task.grader, texts[0], texts[1]))
+    for t, rs in enumerate(rewards[2:], 3):
+        metrics[f"accuracy_t{t}"] = sum(r >= 0.5 for r in rs) / len(rs)
+    return metrics, batch

@@ -1,19 +1,23 @@
-"""The self-correction experiment of docs/RESULTS.md: four arms x seeds, then a report.
+"""The self-correction experiment of docs/RESULTS.md: five arms x seeds, one result file per run, a report.
 
-    python -m cluster.experiment run    --out runs/experiment      # trains and evaluates every arm
-    python -m cluster.experiment report --out runs/experiment      # tables, intervals, plot
+    python -m cluster.experiment run    --out runs/experiment [--commit]   # trains and evaluates every arm
+    python -m cluster.experiment report                                     # tables, intervals, curves
 
-Arms (the paper's ablations):
+Arms (the paper's ablations, Table 4, and its Figure 5 baseline):
   (a) base         the base model prompted to self-correct (evaluation only);
   (b) score        Stage I, then Stage II;
   (c) stage2_only  Stage II only, for the same total number of iterations;
-  (d) no_shaping   Stage I, then Stage II with alpha = 0.
+  (d) no_shaping   Stage I, then Stage II with alpha = 0;
+  (e) plain_rl     plain two-turn RL: no Stage I, alpha = 0, both attempts rewarded (the paper's Figure 5).
 
-Every arm evaluates on the same held-out problems (``task.data_seed`` is fixed); the seed
-changes the order of training problems and the sampling. Each run is a separate
-``python -m cluster.main`` process, so a crash loses one run, and ``run`` skips runs that
-already finished: re-running it continues the experiment (a failed run that left a checkpoint
-continues from it with ``--resume``).
+Invariants:
+- every arm evaluates on the same held-out problems (``task.data_seed`` is fixed); the seed changes
+  the order of training problems and the sampling; periodic evaluations use the validation split;
+- each run is a separate ``python -m cluster.main`` process, so a crash loses one run;
+- a finished run writes ``<results>/<run>.json`` (per-problem outcomes, curves, examples, wall time);
+  those files are the experiment's record: ``run`` skips runs that have one, ``--commit`` commits each
+  as it appears, and ``report`` is rebuilt from them alone, at any time, on any machine;
+- an unfinished run that left a checkpoint continues from it (``--resume``).
 """
 
 from __future__ import annotations
@@ -23,16 +27,20 @@ import json
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cluster.evaluate import LABELS, METRICS, self_correction_metrics
+from cluster.evaluate import LABELS, METRICS
 
-ARMS = ("base", "score", "stage2_only", "no_shaping")
-ARM_TITLES = {"base": "(a) base, prompted", "score": "(b) SCoRe", "stage2_only": "(c) Stage II only", "no_shaping": "(d) SCoRe, α = 0"}
+ARMS = ("base", "score", "stage2_only", "no_shaping", "plain_rl")
+TRAINED = ARMS[1:]
+RUN_ORDER = ("score", "plain_rl", "stage2_only", "no_shaping")  # per seed: the arms the goal compares first
+ARM_TITLES = {"base": "(a) base, prompted", "score": "(b) SCoRe", "stage2_only": "(c) Stage II only",
+              "no_shaping": "(d) SCoRe, α = 0", "plain_rl": "(e) plain two-turn RL"}
+EXAMPLES_PER_RUN = 5
 
 
 @dataclass
@@ -46,10 +54,14 @@ class Plan:
     stage1: int
     stage2: int
     overrides: list[str]
+    results: Path = Path("docs/results/runs")
+    attempts: int = 5
+    arms: tuple[str, ...] = field(default=ARMS)
 
     def common(self) -> list[str]:
         sets = [f"run.output_dir={self.out}", "task.data_seed=0", f"task.eval_size={self.problems}",
-                f"eval.num_problems={self.problems}", "eval.before=false", "run.progress=false", *self.overrides]
+                f"eval.num_problems={self.problems}", f"eval.attempts={self.attempts}", "eval.before=false",
+                "run.progress=false", *self.overrides]
         return [a for s in sets for a in ("--set", s)]
 
     def arm_sets(self, arm: str) -> list[str]:
@@ -58,15 +70,18 @@ class Plan:
             "score": [f"algorithm.stage1_iterations={s1}", f"algorithm.stage2_iterations={s2}"],
             "stage2_only": ["algorithm.stage1_iterations=0", f"algorithm.stage2_iterations={s1 + s2}"],
             "no_shaping": [f"algorithm.stage1_iterations={s1}", f"algorithm.stage2_iterations={s2}", "algorithm.alpha=0"],
+            "plain_rl": ["algorithm.stage1_iterations=0", f"algorithm.stage2_iterations={s1 + s2}", "algorithm.alpha=0"],
         }[arm]
 
     def commands(self) -> list[tuple[str, Path, list[str]]]:
-        """(name, directory whose eval.json marks it done, command) for every run."""
+        """(name, run directory, command) for every run, in the order they run."""
         py = [sys.executable, "-m", "cluster.main"]
-        runs = [("base", self.out / "base", [*py, "eval", "--config", self.config, "--model", "embedded", "--out", str(self.out / "base"),
-                                             *self.common(), "--set", "run.name=base"])]
+        runs = []
+        if "base" in self.arms:
+            runs.append(("base", self.out / "base", [*py, "eval", "--config", self.config, "--model", "embedded", "--out", str(self.out / "base"),
+                                                     *self.common(), "--set", "run.name=base"]))
         for seed in self.seeds:
-            for arm in ARMS[1:]:
+            for arm in (a for a in RUN_ORDER if a in self.arms):
                 name = f"{arm}-seed{seed}"
                 sets = [*self.arm_sets(arm), f"run.seed={seed}", f"run.name={name}"]
                 runs.append((name, self.out / name, [*py, "train", "--overwrite", "--config", self.config, *self.common(),
@@ -74,41 +89,134 @@ class Plan:
         return runs
 
 
-def run(plan: Plan, dry_run: bool = False) -> int:
+def run(plan: Plan, dry_run: bool = False, commit: bool = False) -> int:
     plan.out.mkdir(parents=True, exist_ok=True)
     todo = plan.commands()
+    failed = 0
     for i, (name, where, cmd) in enumerate(todo, 1):
-        if (where / "eval.json").exists():
-            print(f"[{i}/{len(todo)}] {name}: done already", flush=True)
+        result_file = plan.results / f"{name}.json"
+        if result_file.exists():
+            print(f"[{i}/{len(todo)}] {name}: done already ({result_file})", flush=True)
             continue
         if "--overwrite" in cmd and any(not c.name.endswith(".partial") for c in (where / "checkpoints").glob("iter_*")):
-            cmd = [("--resume" if c == "--overwrite" else c) for c in cmd]  # a failed run continues from its checkpoint
+            cmd = [("--resume" if c == "--overwrite" else c) for c in cmd]  # an unfinished run continues from its checkpoint
         print(f"[{i}/{len(todo)}] {name}: {' '.join(cmd)}", flush=True)
         if dry_run:
             continue
         t0 = time.monotonic()
-        with (plan.out / f"{name}.log").open("w") as log:
+        with (plan.out / f"{name}.log").open("a") as log:
             rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
         took = time.monotonic() - t0
         with (plan.out / "timings.jsonl").open("a") as f:
             f.write(json.dumps({"run": name, "seconds": took, "rc": rc}) + "\n")
-        status = "finished" if rc == 0 else f"FAILED (exit {rc}), see {plan.out / name}.log"
-        print(f"    {status} in {took / 60:.1f} min", flush=True)
-    return 0
+        if rc != 0:
+            failed += 1
+            print(f"    FAILED (exit {rc}) after {took / 60:.1f} min, see {plan.out / name}.log; `run` again continues it", flush=True)
+            if rc in (130, 143):  # interrupted: stop the grid too
+                return rc
+            continue
+        summary = summarize_run(name, where, _wall_seconds(plan.out, name))
+        plan.results.mkdir(parents=True, exist_ok=True)
+        result_file.write_text(json.dumps(summary, indent=1) + "\n")
+        f = summary["final"]
+        print(f"    finished in {took / 60:.1f} min: Accuracy@t1 {f['accuracy_t1']:.3f}, Accuracy@t2 {f['accuracy_t2']:.3f}, "
+              f"Δ {f['delta_t1_t2']:+.3f}; wrote {result_file}", flush=True)
+        if commit:
+            _commit(result_file, f"experiment: {name} finished (Δ(t1,t2) {100 * f['delta_t1_t2']:+.1f} points on {f['num_problems']} problems)")
+    return 1 if failed else 0
+
+
+def _wall_seconds(out: Path, name: str) -> float:
+    """All the time a run took, over every attempt at it (an interrupted run is continued later)."""
+    path = out / "timings.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return float(sum(r["seconds"] for r in rows if r["run"] == name))
+
+
+def _commit(path: Path, message: str) -> None:
+    """Commit one result file, nothing else that may be staged; a failure is reported, never fatal."""
+    repo = path.resolve().parent
+    for cmd in (["git", "add", "--", path.name], ["git", "commit", "-q", "-m", message, "--", path.name]):
+        done = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
+        if done.returncode != 0:
+            print(f"    could not commit {path}: {done.stderr.strip() or done.stdout.strip()}", flush=True)
+            return
+    print(f"    committed {path}", flush=True)
+
+
+# -- one run's record ---------------------------------------------------------------------------
+
+def _bits(values: list[float]) -> str:
+    return "".join("1" if v >= 0.5 else "0" for v in values)
+
+
+def summarize_run(name: str, run_dir: Path, wall_seconds: float) -> dict[str, Any]:
+    """Everything the report needs from one finished run, small enough to commit."""
+    import pyarrow.parquet as pq
+
+    from cluster.config import load_config
+    from rewards.tasks import build_task
+
+    arm = name.split("-seed")[0]
+    if arm == "base":
+        final = json.loads((run_dir / "eval.json").read_text())
+        samples = run_dir / "samples.parquet"
+        cfg_path = None
+        records: list[dict[str, Any]] = []
+    else:
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        final = [r for r in records if r["kind"] == "eval" and r["label"] == "final"][-1]
+        samples = sorted((run_dir / "samples").glob("eval_iter*.parquet"))[-1]
+        cfg_path = run_dir / "config.yaml"
+    table = pq.read_table(samples).sort_by("problem_index")
+    rewards = {c: _bits(table[c].to_pylist()) for c in table.column_names if c.startswith("r") and c[1:].isdigit()}
+    cfg = load_config(cfg_path) if cfg_path else None
+    train = [r for r in records if r["kind"] == "train"]
+    curves = [r for r in records if r["kind"] == "eval" and r.get("split") == "val"]
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    out: dict[str, Any] = {
+        "name": name, "arm": arm, "seed": int(name.split("-seed")[1]) if "-seed" in name else None, "commit": commit,
+        "wall_seconds": wall_seconds,
+        "final": {k: v for k, v in final.items() if isinstance(v, (int, float)) and k not in ("iteration", "version", "seconds", "time", "step")},
+        "selected_iteration": final.get("selected_iteration"),
+        "per_problem": rewards,
+        "training_episodes": int(sum(r.get("episodes_trained", 0) for r in train)),
+        "generated_episodes": int(sum(r.get("groups_generated", 0) for r in train) * (cfg.rollout.samples_per_problem if cfg else 0)),
+        "curves": [{k: r[k] for k in ("iteration", "accuracy_t1", "accuracy_t2", "delta_t1_t2", "answer_changed", "text_identical")} for r in curves],
+        "train": [{k: r.get(k) for k in ("iteration", "stage", "reward_attempt1", "reward_attempt2", "answer_changed", "zero_variance_groups",
+                                          "seconds_iteration")} for r in train],
+    }
+    if cfg is not None:
+        out["settings"] = {"stage1_iterations": cfg.algorithm.stage1_iterations, "stage2_iterations": cfg.algorithm.stage2_iterations,
+                           "alpha": cfg.algorithm.alpha, "beta1": cfg.algorithm.beta1, "beta2": cfg.algorithm.beta2, "lr": cfg.learner.lr,
+                           "problems_per_iteration": cfg.rollout.problems_per_iteration, "samples_per_problem": cfg.rollout.samples_per_problem,
+                           "temperature": cfg.rollout.attempt1.temperature, "skip_zero_variance_groups": cfg.rollout.skip_zero_variance_groups,
+                           "checkpoint_select": cfg.checkpoint.select, "difficulty": cfg.task.difficulty, "dtype": cfg.model.dtype}
+        task = build_task(cfg.task, seed=cfg.run.seed)
+        problems = task.problems("eval")
+        idx = table["problem_index"].to_pylist()
+        r1, r2 = table["r1"].to_pylist(), table["r2"].to_pylist()
+        fixed = [i for i, (a, b) in enumerate(zip(r1, r2)) if a < 0.5 <= b][:EXAMPLES_PER_RUN]
+        out["corrections"] = [{"problem_index": idx[i], "problem": problems[idx[i]].question, "attempt1": table["a1_text"][i].as_py(),
+                               "attempt2": table["a2_text"][i].as_py(), "gold": problems[idx[i]].gold} for i in fixed]
+    return out
 
 
 # -- the report ------------------------------------------------------------------------------
 
-def load_rewards(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Per-problem attempt-1 and attempt-2 rewards of a run's final evaluation, ordered by problem."""
-    import pyarrow.parquet as pq
+def load_results(results: Path) -> dict[str, list[dict[str, Any]]]:
+    """Result files by arm, seeds in order."""
+    by_arm: dict[str, list[dict[str, Any]]] = {}
+    for path in sorted(results.glob("*.json")):
+        rec = json.loads(path.read_text())
+        by_arm.setdefault(rec["arm"], []).append(rec)
+    for recs in by_arm.values():
+        recs.sort(key=lambda r: -1 if r["seed"] is None else r["seed"])
+    return by_arm
 
-    found = [run_dir / "samples.parquet"] if (run_dir / "samples.parquet").exists() else sorted((run_dir / "samples").glob("eval_iter*.parquet"))
-    if not found:
-        raise FileNotFoundError(f"no evaluation samples under {run_dir}")
-    t = pq.read_table(found[-1], columns=["problem_index", "r1", "r2"]).to_pydict()
-    order = np.argsort(t["problem_index"])
-    return np.asarray(t["r1"])[order] >= 0.5, np.asarray(t["r2"])[order] >= 0.5
+
+def outcomes(rec: dict[str, Any], attempt: int) -> np.ndarray:
+    return np.frombuffer(rec["per_problem"][f"r{attempt}"].encode(), dtype=np.uint8) == ord("1")
 
 
 def _metric_array(r1: np.ndarray, r2: np.ndarray) -> np.ndarray:
@@ -155,103 +263,134 @@ def bootstrap(results: dict[str, list[tuple[np.ndarray, np.ndarray]]], draws: in
     return out
 
 
+def _pct(s: dict[str, float], signed: bool) -> str:
+    f = "{:+.1f}" if signed else "{:.1f}"
+    return f"{f.format(100 * s['mean'])} [{f.format(100 * s['lo'])}, {f.format(100 * s['hi'])}]"
+
+
 def markdown_table(summary: dict[str, Any]) -> str:
     head = "| arm | seeds | " + " | ".join(LABELS[m] for m in METRICS) + " |"
     lines = [head, "|" + " --- |" * (len(METRICS) + 2)]
     for arm in ARMS:
-        if arm not in summary:
-            continue
-        s = summary[arm]
-        cells = [f"{100 * s[m]['mean']:+.1f} [{100 * s[m]['lo']:+.1f}, {100 * s[m]['hi']:+.1f}]" if m.startswith("delta")
-                 else f"{100 * s[m]['mean']:.1f} [{100 * s[m]['lo']:.1f}, {100 * s[m]['hi']:.1f}]" for m in METRICS]
-        lines.append(f"| {ARM_TITLES[arm]} | {s['seeds']} | " + " | ".join(cells) + " |")
+        if arm in summary:
+            s = summary[arm]
+            lines.append(f"| {ARM_TITLES[arm]} | {s['seeds']} | " + " | ".join(_pct(s[m], m.startswith("delta")) for m in METRICS) + " |")
     return "\n".join(lines)
 
 
-def plot(summary: dict[str, Any], out: Path, curves: dict[str, list[list[dict[str, Any]]]]) -> Path:
+def attempts_table(by_arm: dict[str, list[dict[str, Any]]]) -> tuple[str, dict[str, list[float]]]:
+    """Accuracy@t1 ... @tN per arm (mean over seeds), as far as every run of the arm has attempts."""
+    rows, data = [], {}
+    for arm in ARMS:
+        recs = by_arm.get(arm, [])
+        if not recs:
+            continue
+        n = min(sum(1 for c in r["per_problem"] if c[1:].isdigit()) for r in recs)
+        data[arm] = [float(np.mean([outcomes(r, t).mean() for r in recs])) for t in range(1, n + 1)]
+    width = max((len(v) for v in data.values()), default=0)
+    head = "| arm | " + " | ".join(f"Accuracy@t{t}" for t in range(1, width + 1)) + " |"
+    rows = [head, "|" + " --- |" * (width + 1)]
+    for arm, accs in data.items():
+        rows.append(f"| {ARM_TITLES[arm]} | " + " | ".join(f"{100 * a:.1f}" for a in accs) + " |" + " — |" * (width - len(accs)))
+    return "\n".join(rows), data
+
+
+def plot(summary: dict[str, Any], by_arm: dict[str, list[dict[str, Any]]], out: Path) -> Path:
+    """Final metrics with intervals; validation accuracy and Δ over training; the collapse diagnostic over training."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     arms = [a for a in ARMS if a in summary]
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.2))
-    shown = ["accuracy_t1", "accuracy_t2", "delta_t1_t2", "delta_i_to_c", "delta_c_to_i"]
-    width = 0.8 / len(shown)
-    for j, m in enumerate(shown):
+    fig, axes = plt.subplots(2, 2, figsize=(13, 8.5))
+    ax = axes[0, 0]
+    width = 0.8 / len(METRICS)
+    for j, m in enumerate(METRICS):
         means = [100 * summary[a][m]["mean"] for a in arms]
         err = [[100 * (summary[a][m]["mean"] - summary[a][m]["lo"]) for a in arms], [100 * (summary[a][m]["hi"] - summary[a][m]["mean"]) for a in arms]]
-        ax.bar(np.arange(len(arms)) + (j - (len(shown) - 1) / 2) * width, means, width, yerr=err, capsize=3, label=LABELS[m])
-    ax.set_xticks(np.arange(len(arms)), [ARM_TITLES[a] for a in arms], fontsize=8)
+        ax.bar(np.arange(len(arms)) + (j - (len(METRICS) - 1) / 2) * width, means, width, yerr=err, capsize=2, label=LABELS[m])
+    ax.set_xticks(np.arange(len(arms)), [ARM_TITLES[a] for a in arms], fontsize=7)
     ax.axhline(0, color="grey", lw=0.5)
     ax.set_ylabel("% of held-out problems (95% CI)")
-    ax.legend(fontsize=8)
-    ax.set_title(f"final evaluation, {summary[arms[0]]['problems']} problems")
-    for arm, runs in curves.items():
-        for i, recs in enumerate(runs):
-            it = [r["step"] for r in recs]
-            bx.plot(it, [r["reward_attempt2"] - r["reward_attempt1"] for r in recs], color=f"C{ARMS.index(arm)}", alpha=0.7,
-                    label=ARM_TITLES[arm] if i == 0 else None)
-    bx.axhline(0, color="grey", lw=0.5)
-    bx.set_xlabel("iteration")
-    bx.set_ylabel("training reward, attempt 2 - attempt 1")
-    bx.legend(fontsize=8)
+    ax.legend(fontsize=7)
+    ax.set_title(f"final evaluation, {summary[arms[0]]['problems']} held-out problems, greedy")
+    panels = [(axes[0, 1], "curves", lambda r: 100 * r["accuracy_t2"], "validation Accuracy@t2 (%)"),
+              (axes[1, 0], "curves", lambda r: 100 * r["delta_t1_t2"], "validation Δ(t1,t2) (points)"),
+              (axes[1, 1], "curves", lambda r: 100 * r["answer_changed"], "validation: attempt 2 changes the answer (%)")]
+    for bx, key, value, title in panels:
+        for arm in TRAINED:
+            for i, rec in enumerate(by_arm.get(arm, [])):
+                pts = rec[key]
+                if pts:
+                    bx.plot([p["iteration"] for p in pts], [value(p) for p in pts], color=f"C{ARMS.index(arm)}", alpha=0.75,
+                            marker="o", ms=2.5, label=ARM_TITLES[arm] if i == 0 else None)
+        base = by_arm.get("base")
+        if base and key == "curves" and "answer_changed" in title:
+            bx.axhline(100 * base[0]["final"]["answer_changed"], color="C0", ls="--", lw=0.8, label="(a) base (held-out)")
+        bx.axhline(0, color="grey", lw=0.5)
+        bx.set_xlabel("iteration")
+        bx.set_title(title, fontsize=9)
+        bx.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
 
 
-def report(plan: Plan, doc_dir: Path) -> int:
-    results: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
-    curves: dict[str, list[list[dict[str, Any]]]] = {}
-    missing = []
-    for name, where, _ in plan.commands():
-        arm = name.split("-seed")[0]
-        if not (where / "eval.json").exists():
-            missing.append(name)
-            continue
-        results.setdefault(arm, []).append(load_rewards(where))
-        if arm != "base":
-            recs = [json.loads(line) for line in (where / "metrics.jsonl").read_text().splitlines() if line.strip()]
-            curves.setdefault(arm, []).append([r for r in recs if r.get("kind") == "train"])
-    if missing:
-        print(f"not finished (left out of the report): {', '.join(missing)}", file=sys.stderr)
-    if not results:
-        print("error: no finished runs under " + str(plan.out), file=sys.stderr)
+def report(results: Path, doc_dir: Path) -> int:
+    by_arm = load_results(results)
+    if not by_arm:
+        print(f"error: no result files under {results}", file=sys.stderr)
         return 2
-    summary = bootstrap(results)
-    timings = [json.loads(line) for line in (plan.out / "timings.jsonl").read_text().splitlines()] if (plan.out / "timings.jsonl").exists() else []
-    summary["wall_seconds"] = {t["run"]: t["seconds"] for t in timings}
+    summary = bootstrap({arm: [(outcomes(r, 1), outcomes(r, 2)) for r in recs] for arm, recs in by_arm.items()})
+    summary["wall_seconds"] = {r["name"]: r["wall_seconds"] for recs in by_arm.values() for r in recs}
+    episodes = {r["name"]: r["training_episodes"] for arm in TRAINED for r in by_arm.get(arm, [])}
+    summary["training_episodes_per_run"] = min(episodes.values()) if episodes else 0
+    summary["training_episodes"] = episodes
+    summary["answer_changed"] = {arm: float(np.mean([r["final"]["answer_changed"] for r in recs])) for arm, recs in by_arm.items()}
+    att_md, summary["accuracy_by_attempt"] = attempts_table(by_arm)
     doc_dir.mkdir(parents=True, exist_ok=True)
     (doc_dir / "self_correction.json").write_text(json.dumps(summary, indent=1))
     table = markdown_table(summary)
-    (doc_dir / "self_correction.md").write_text(table + "\n")
-    png = plot(summary, doc_dir / "self_correction.png", curves)
-    print(table)
+    lines = [table, ""]
     for arm, d in summary.get("score_minus", {}).items():
-        print(f"Δ(t1,t2) of SCoRe minus {arm}: {100 * d['mean']:+.1f} points [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]")
+        lines.append(f"- Δ(t1,t2) of SCoRe minus {ARM_TITLES[arm]}: {100 * d['mean']:+.1f} points [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]")
+    lines += ["", "Attempt 2 gives a different final answer from attempt 1 (held-out, mean over seeds): "
+              + ", ".join(f"{ARM_TITLES[a]} {100 * v:.1f}%" for a, v in summary["answer_changed"].items()), "", att_md, ""]
+    lines.append("| run | training episodes | wall time (min) | selected iteration |")
+    lines.append("| --- | --- | --- | --- |")
+    for recs in by_arm.values():
+        for r in recs:
+            lines.append(f"| {r['name']} | {r['training_episodes']} | {r['wall_seconds'] / 60:.0f} | {r.get('selected_iteration') or '—'} |")
+    (doc_dir / "self_correction.md").write_text("\n".join(lines) + "\n")
+    png = plot(summary, by_arm, doc_dir / "self_correction.png")
+    print("\n".join(lines))
     print(f"wrote {doc_dir / 'self_correction.json'}, {doc_dir / 'self_correction.md'}, {png}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cluster.experiment", description="SCoRe's ablations: four arms x seeds, and their report.")
+    p = argparse.ArgumentParser(prog="python -m cluster.experiment", description="SCoRe's ablations: five arms x seeds, and their report.")
     p.add_argument("command", choices=["run", "report"])
     p.add_argument("--out", default="runs/experiment", help="where the runs go (default: %(default)s)")
-    p.add_argument("--config", default="configs/local_cpu.yaml")
+    p.add_argument("--config", default="configs/experiment_cpu.yaml", help="shared settings of every run (default: %(default)s)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--problems", type=int, default=500, help="held-out problems per evaluation (default: %(default)s)")
-    p.add_argument("--stage1", type=int, default=2, help="Stage I iterations of (b) and (d) (default: %(default)s)")
-    p.add_argument("--stage2", type=int, default=3, help="Stage II iterations; (c) runs stage1 + stage2 (default: %(default)s)")
+    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS, help="arms to run (default: all)")
+    p.add_argument("--problems", type=int, default=500, help="held-out problems per final evaluation (default: %(default)s)")
+    p.add_argument("--attempts", type=int, default=5, help="attempts in the final evaluation (default: %(default)s)")
+    p.add_argument("--stage1", type=int, default=40, help="Stage I iterations of (b) and (d) (default: %(default)s)")
+    p.add_argument("--stage2", type=int, default=40, help="Stage II iterations; (c) and (e) run stage1 + stage2 (default: %(default)s)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
+    p.add_argument("--results", default="docs/results/runs", help="one result file per finished run (default: %(default)s)")
     p.add_argument("--docs", default="docs/results", help="report output folder (default: %(default)s)")
+    p.add_argument("--commit", action="store_true", help="git-commit each run's result file as it is written")
     p.add_argument("--dry-run", action="store_true", help="print the commands without running them")
     a = p.parse_args(argv)
-    plan = Plan(Path(a.out), a.config, a.seeds, a.problems, a.stage1, a.stage2, a.overrides)
+    plan = Plan(Path(a.out), a.config, a.seeds, a.problems, a.stage1, a.stage2, a.overrides, Path(a.results), a.attempts, tuple(a.arms))
     if a.command == "run":
-        return run(plan, a.dry_run)
-    return report(plan, Path(a.docs))
+        return run(plan, a.dry_run, a.commit)
+    return report(plan.results, Path(a.docs))
 
 
 if __name__ == "__main__":

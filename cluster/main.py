@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--model", help="model folder (e.g. a run's hf_model), 'embedded' or hub name (default: model.path)")
     p.add_argument("--out", help="where to write eval.json / eval.csv (default: <output_dir>/<name>-eval)")
+    p.add_argument("--split", choices=["eval", "val"], default="eval",
+                   help="held-out problems (default) or the validation split (task.val_size of the training problems)")
 
     p = sub.add_parser("prepare-model", help="prepare the model folder once (default: the embedded model)")
     p.add_argument("--model", default="embedded", help="'embedded', a local HF folder, or a hub name")
@@ -91,7 +93,7 @@ def cmd_train(args: argparse.Namespace, cfg: ScoreConfig) -> int:
     import shutil
 
     task = build_task(cfg.task, seed=cfg.run.seed)
-    for split in ("train", "eval"):
+    for split in ("train", "val", "eval"):
         task.problems(split)
     for report in task.reports:
         print(report.summary())
@@ -135,27 +137,26 @@ def cmd_eval(args: argparse.Namespace, cfg: ScoreConfig) -> int:
     import json
 
     task = build_task(cfg.task, seed=cfg.run.seed)
-    problems = task.problems("eval")[: cfg.eval.num_problems]
+    problems = task.problems(args.split)[: cfg.eval.num_problems]
+    if not problems:
+        raise ConfigError("--split val needs a validation split: set task.val_size")
     model_path = _prepare(cfg, args.model)
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
     import ray
 
-    from actors.fleet import FleetSettings, GeneratorFleet
     from cluster.evaluate import METRICS, evaluate, format_table
-    from cluster.trainer import ray_connect
-    from rewards.pool import RewardPool
+    from cluster.trainer import build_fleet, build_reward_pool, ray_connect
+    from common.devices import resolve_dtype
 
     started_here = not ray.is_initialized()
     ray_connect(cfg)
     gpus = ray.cluster_resources().get("GPU", 0) > 0
-    kwargs = {"max_model_len": cfg.rollout.max_model_len, "dtype": cfg.model.dtype}
-    kwargs.update({"gpu_memory_utilization": cfg.rollout.gpu_memory_utilization} if gpus else {"cpu_kv_cache_gb": cfg.rollout.cpu_kv_cache_gb})
-    fleet = GeneratorFleet(model_path, FleetSettings(num_generators=cfg.rollout.num_generators, tensor_parallel_size=cfg.rollout.tensor_parallel_size,
-                                                     gpus=gpus, cpus_per_generator=cfg.rollout.cpus_per_generator, seed=cfg.run.seed, engine_kwargs=kwargs))
-    pool = RewardPool(num_actors=cfg.rewards.num_actors, max_concurrency=cfg.rewards.max_concurrency)
+    fleet = build_fleet(cfg, model_path, gpus, resolve_dtype(cfg.model.dtype, gpu=gpus))
+    pool = build_reward_pool(cfg)
     try:
-        metrics, batch = evaluate(fleet, pool, task, problems, temperature=cfg.eval.temperature, max_tokens=cfg.eval.max_tokens)
+        metrics, batch = evaluate(fleet, pool, task, problems, temperature=cfg.eval.temperature, max_tokens=cfg.eval.max_tokens,
+                                  attempts=cfg.eval.attempts)
     finally:
         fleet.shutdown()
         pool.shutdown()
@@ -163,10 +164,10 @@ def cmd_eval(args: argparse.Namespace, cfg: ScoreConfig) -> int:
             ray.shutdown()
     out = Path(args.out) if args.out else Path(cfg.run.output_dir) / f"{cfg.run.name}-eval"
     out.mkdir(parents=True, exist_ok=True)
-    record = {"model": model_path, "task": task.name, **metrics}
+    record = {"model": model_path, "task": task.name, "split": args.split, **metrics}
     (out / "eval.json").write_text(json.dumps(record, indent=1))
     with (out / "eval.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["model", "task", *METRICS, "num_problems"])
+        w = csv.DictWriter(f, fieldnames=["model", "task", *METRICS, "answer_changed", "text_identical", "num_problems"], extrasaction="ignore")
         w.writeheader()
         w.writerow(record)
     import pyarrow.parquet as pq

@@ -14,6 +14,7 @@ import csv
 import json
 import os
 import random
+import shutil
 import signal
 import sys
 import time
@@ -30,6 +31,7 @@ from cluster.evaluate import METRICS, evaluate, format_table
 from cluster.run_log import RunLog, plot_run
 
 
+SPLIT_NAMES = {"eval": "held-out problems", "val": "validation problems"}
 COLOCATED_GPU_SHARE = 0.5  # of one GPU, for each of a colocated learner rank and generator (Ray's fractional GPUs)
 
 
@@ -63,6 +65,34 @@ def ray_connect(cfg: ScoreConfig) -> str | None:
     return f"http://{url}" if url and not url.startswith("http") else url
 
 
+def build_reward_pool(cfg: ScoreConfig):
+    """The reward actors, with the configured sandbox limits (training and ``eval`` alike)."""
+    from rewards.pool import RewardPool
+    from rewards.sandbox import SandboxLimits
+
+    sb = cfg.rewards.sandbox
+    return RewardPool(
+        num_actors=cfg.rewards.num_actors, max_concurrency=cfg.rewards.max_concurrency,
+        limits=SandboxLimits(timeout_s=sb.timeout_s, memory_mb=sb.memory_mb, max_processes=sb.max_processes,
+                             max_output_bytes=sb.max_output_bytes, tmpfs_mb=sb.tmpfs_mb),
+        allow_weak_isolation=sb.allow_weak_isolation,
+    )
+
+
+def build_fleet(cfg: ScoreConfig, model_path: str, gpus: bool, dtype: str, placement_group=None):
+    """The generator fleet of ``cfg.rollout`` (training and ``eval`` alike); colocated when a placement group is given."""
+    from actors.fleet import FleetSettings, GeneratorFleet
+
+    r = cfg.rollout
+    engine_kwargs = {"max_model_len": r.max_model_len, "dtype": dtype}
+    engine_kwargs.update({"gpu_memory_utilization": r.gpu_memory_utilization} if gpus else {"cpu_kv_cache_gb": r.cpu_kv_cache_gb})
+    return GeneratorFleet(model_path, FleetSettings(
+        num_generators=r.num_generators, tensor_parallel_size=r.tensor_parallel_size, gpus=gpus,
+        cpus_per_generator=r.cpus_per_generator, seed=cfg.run.seed, engine_kwargs=engine_kwargs,
+        colocated=placement_group is not None, placement_group=placement_group, gpu_share=COLOCATED_GPU_SHARE,
+    ))
+
+
 class ScoreTrainer:
     """Owns one run: the generator fleet, the reward pool, the learner group, logs and checkpoints."""
 
@@ -74,6 +104,7 @@ class ScoreTrainer:
         self.iteration = 0  # completed iterations
         self.version = 0  # weight version the generators hold
         self.fleet = self.pool = self.learner = self.reference = None
+        self.selected: int | None = None  # the iteration whose weights the final evaluation used
         self.shared_pg = None
 
     # -- set-up -----------------------------------------------------------------------------
@@ -83,42 +114,24 @@ class ScoreTrainer:
     def build(self, task) -> None:
         import ray
 
-        from actors.fleet import FleetSettings, GeneratorFleet
         from common.devices import dtype_choice, resolve_dtype
         from learner.core import LearnerSettings
         from learner.group import LearnerGroup
-        from rewards.pool import RewardPool
-        from rewards.sandbox import SandboxLimits
 
         cfg = self.cfg
         self.task = task
         gpus = ray.cluster_resources().get("GPU", 0) > 0
         self.gpus = gpus
-        sb = cfg.rewards.sandbox
         self._say(f"starting {cfg.rewards.num_actors} reward actor(s), {cfg.rollout.num_generators} generator(s), {cfg.learner.num_ranks} learner rank(s) ({'GPU' if gpus else 'CPU'})")
-        self.pool = RewardPool(
-            num_actors=cfg.rewards.num_actors, max_concurrency=cfg.rewards.max_concurrency,
-            limits=SandboxLimits(timeout_s=sb.timeout_s, memory_mb=sb.memory_mb, max_processes=sb.max_processes, max_output_bytes=sb.max_output_bytes,
-                                 tmpfs_mb=sb.tmpfs_mb),
-            allow_weak_isolation=sb.allow_weak_isolation,
-        )
+        self.pool = build_reward_pool(cfg)
         # one dtype for generators, learner and reference, decided here once (driver and workers share a
         # node in local mode; on a GPU cluster the answer is bf16 whatever the driver's CPU)
         dtype = resolve_dtype(cfg.model.dtype, gpu=gpus)
         self.dtype = dtype
         self._say(dtype_choice(cfg.model.dtype, gpu=gpus))
-        engine_kwargs = {"max_model_len": cfg.rollout.max_model_len, "dtype": dtype}
-        if gpus:
-            engine_kwargs["gpu_memory_utilization"] = cfg.rollout.gpu_memory_utilization
-        else:
-            engine_kwargs["cpu_kv_cache_gb"] = cfg.rollout.cpu_kv_cache_gb
         colocated = cfg.rollout.colocate_with_learner
         self.shared_pg = self._colocated_placement(gpus) if colocated else None
-        self.fleet = GeneratorFleet(self.model_path, FleetSettings(
-            num_generators=cfg.rollout.num_generators, tensor_parallel_size=cfg.rollout.tensor_parallel_size, gpus=gpus,
-            cpus_per_generator=cfg.rollout.cpus_per_generator, seed=cfg.run.seed, engine_kwargs=engine_kwargs,
-            colocated=colocated, placement_group=self.shared_pg, gpu_share=COLOCATED_GPU_SHARE,
-        ))
+        self.fleet = build_fleet(cfg, self.model_path, gpus, dtype, placement_group=self.shared_pg)
         k, P = cfg.rollout.samples_per_problem, cfg.rollout.problems_per_iteration
         alg = cfg.algorithm
         settings = LearnerSettings(
@@ -174,10 +187,15 @@ class ScoreTrainer:
             self.shared_pg = None
 
     # -- data ---------------------------------------------------------------------------------
-    def draw(self, iteration: int):
-        """The problems of one iteration: a seeded permutation per epoch, so resume sees the same order."""
+    def draw(self, iteration: int, round_: int = 0):
+        """The problems of one iteration: a seeded permutation per epoch, so resume sees the same order.
+
+        Rounds after the first (``rollout.skip_zero_variance_groups``) draw a seeded sample of their own.
+        """
         train = self.task.problems("train")
         P, n = self.cfg.rollout.problems_per_iteration, len(train)
+        if round_:
+            return random.Random(f"{self.cfg.run.seed}-{iteration}-{round_}").sample(train, min(P, n))
         perms: dict[int, list[int]] = {}
         out = []
         for q in range(iteration * P, (iteration + 1) * P):
@@ -198,14 +216,12 @@ class ScoreTrainer:
         return 1 if iteration < self.cfg.algorithm.stage1_iterations else 2
 
     # -- one iteration ------------------------------------------------------------------------
-    def step(self, iteration: int) -> dict[str, Any]:
+    def _rollout(self, problems, seed: int) -> tuple[pa.Table, float, float]:
+        """Both attempts for ``problems`` (k samples each), graded: the table and seconds generating and grading."""
         cfg = self.cfg
-        k, P = cfg.rollout.samples_per_problem, cfg.rollout.problems_per_iteration
-        stage = self.stage_of(iteration)
-        problems = self.draw(iteration)
+        k, P = cfg.rollout.samples_per_problem, len(problems)
         items = [{"uid": p.uid, "problem_index": i, "messages": self.task.first_turn(p)} for i, p in enumerate(problems)]
         t0 = time.monotonic()
-        seed = cfg.run.seed * 1_000_003 + 2 * iteration  # per-iteration sampling seeds: resume reproduces the batch
         first = self.fleet.first_attempts(items, k, {**cfg.rollout.attempt1.model_dump(), "seed": seed})
         golds1 = [problems[i].gold for i in first["problem_index"].to_pylist()]
         with ThreadPoolExecutor(1) as ex:  # grade attempt 1 while attempt 2 is generated
@@ -216,11 +232,58 @@ class ScoreTrainer:
         if batch["uid"].to_pylist() != first["uid"].to_pylist():
             raise RuntimeError("attempt-2 rows came back in another order than attempt 1")
         r2 = self._grade(batch["a2_text"].to_pylist(), golds1)
-        t_grade = time.monotonic()
         # the batch was generated with the newest weights (check_complete compared every row's version)
         assert set(batch["a1_version"].to_pylist()) == {self.version}
         batch = batch.append_column("r1", pa.array(r1, pa.float32())).append_column("r2", pa.array(r2, pa.float32()))
-        self._write_samples(batch, f"train_iter{iteration + 1:06d}")
+        return batch, t_gen - t0, time.monotonic() - t_gen
+
+    def collect(self, iteration: int, stage: int) -> tuple[pa.Table, pa.Table, dict[str, Any]]:
+        """The learner's batch of P problem groups, everything generated for it, and what that took.
+
+        With ``rollout.skip_zero_variance_groups`` groups in which no attempt's task return varies are
+        set aside and more problems drawn, for at most ``rollout.max_sampling_rounds`` rounds; a batch
+        still short then is filled with set-aside groups, so every update sees P x k rows.
+        """
+        import torch
+
+        from learner.objectives import informative_groups
+
+        cfg, alg = self.cfg, self.cfg.algorithm
+        k, P = cfg.rollout.samples_per_problem, cfg.rollout.problems_per_iteration
+        rounds = cfg.rollout.max_sampling_rounds if cfg.rollout.skip_zero_variance_groups else 1
+        seed = cfg.run.seed * 1_000_003 + 2 * iteration  # per-iteration sampling seeds: resume reproduces the batch
+        tables, chosen, spare = [], [], []  # chosen/spare: (round, group) pairs
+        seconds = {"generate": 0.0, "grade": 0.0}
+        uninformative = 0
+        for rnd in range(rounds):
+            table, t_gen, t_grade = self._rollout(self.draw(iteration, rnd), seed + 10_000_019 * rnd)
+            seconds["generate"] += t_gen
+            seconds["grade"] += t_grade
+            tables.append(table.append_column("round", pa.array([rnd] * table.num_rows, pa.int32())))
+            flags = informative_groups(stage, torch.tensor(table["r1"].to_pylist()), torch.tensor(table["r2"].to_pylist()), alg.alpha, alg.gamma, k)
+            uninformative += flags.count(False)
+            for g, useful in enumerate(flags):
+                (chosen if useful or rounds == 1 else spare).append((rnd, g))
+            if len(chosen) >= P:
+                break
+        chosen = (chosen + spare)[:P]
+        rows = [(rnd, g * k + j) for rnd, g in chosen for j in range(k)]
+        parts = [tables[rnd].take(pa.array([i for r, i in rows if r == rnd], pa.int64())) for rnd in range(len(tables))]  # groups stay contiguous
+        batch = pa.concat_tables(parts).drop_columns(["round"])
+        batch = batch.set_column(batch.column_names.index("problem_index"), "problem_index", pa.array([i // k for i in range(batch.num_rows)], pa.int32()))
+        generated = pa.concat_tables(tables)
+        stats = {"sampling_rounds": len(tables), "groups_generated": len(tables) * P, "zero_variance_groups": uninformative / (len(tables) * P),
+                 "episodes_trained": batch.num_rows, "seconds_generate": seconds["generate"], "seconds_grade": seconds["grade"]}
+        return batch, generated, stats
+
+    def step(self, iteration: int) -> dict[str, Any]:
+        from cluster.evaluate import collapse_metrics
+
+        stage = self.stage_of(iteration)
+        t0 = time.monotonic()
+        batch, generated, stats = self.collect(iteration, stage)
+        t_rollout = time.monotonic()
+        self._write_samples(generated, f"train_iter{iteration + 1:06d}")
         if self.reference is not None:
             batch = self.reference.score(batch)
         self.fleet.sleep()  # colocated on a GPU: hand the generators' memory to the learner (no-op otherwise)
@@ -229,29 +292,68 @@ class ScoreTrainer:
         sync = self._sync(self.version + 1)
         self.version = sync["version"]
         t_sync = time.monotonic()
-        gen_tokens = sum(batch["a1_length"].to_pylist()) + sum(batch["a2_length"].to_pylist())
-        r1m, r2m = sum(r1) / len(r1), sum(r2) / len(r2)
+        gen_tokens = sum(generated["a1_length"].to_pylist()) + sum(generated["a2_length"].to_pylist())
+        r1, r2 = generated["r1"].to_pylist(), generated["r2"].to_pylist()
         return {
             "iteration": iteration + 1, "stage": stage, "version": self.version,
-            "reward_attempt1": r1m, "reward_attempt2": r2m,
+            # the policy's rewards: over everything generated this iteration, set-aside groups included
+            "reward_attempt1": sum(r1) / len(r1), "reward_attempt2": sum(r2) / len(r2),
+            **collapse_metrics(self.task.grader, generated["a1_text"].to_pylist(), generated["a2_text"].to_pylist()),
             **{k_: v for k_, v in learn.items() if k_ not in ("reward_attempt1", "reward_attempt2", "seconds")},
-            "generated_tokens": gen_tokens, "generation_tokens_per_second": gen_tokens / max(t_gen - t0, 1e-9),
-            "seconds_generate": t_gen - t0, "seconds_grade": t_grade - t_gen, "seconds_learn": t_learn - t_grade,
+            **stats,
+            "generated_tokens": gen_tokens, "generation_tokens_per_second": gen_tokens / max(stats["seconds_generate"], 1e-9),
+            "seconds_rollout": t_rollout - t0, "seconds_learn": t_learn - t_rollout,
             "seconds_sync": t_sync - t_learn, "seconds_iteration": t_sync - t0, "sync_bytes": sync["bytes"],
             "fleet_events": len(self.fleet.events),
         }
 
     # -- evaluation and state -------------------------------------------------------------------
-    def run_eval(self, label: str) -> dict[str, Any]:
+    def run_eval(self, label: str, periodic: bool = False) -> dict[str, Any]:
+        """Evaluate the generators' current weights. Before and after training: ``eval.num_problems`` held-out
+        problems, ``eval.attempts`` attempts. Periodic (during training): ``eval.periodic_problems`` problems of
+        the validation split (held-out ones when there is none), two attempts."""
         e = self.cfg.eval
-        problems = self.task.problems("eval")[: e.num_problems]
+        split = "val" if periodic and self.task.problems("val") else "eval"
+        problems = self.task.problems(split)[: e.periodic_problems if periodic else e.num_problems]
+        attempts = 2 if periodic else e.attempts
         t0 = time.monotonic()
         metrics, batch = self._with_generator_recovery(
-            lambda: evaluate(self.fleet, self.pool, self.task, problems, temperature=e.temperature, max_tokens=e.max_tokens), f"evaluation '{label}'")
-        record = {"label": label, "iteration": self.iteration, "version": self.version, **metrics, "seconds": time.monotonic() - t0}
+            lambda: evaluate(self.fleet, self.pool, self.task, problems, temperature=e.temperature, max_tokens=e.max_tokens, attempts=attempts),
+            f"evaluation '{label}'")
+        record = {"label": label, "split": split, "iteration": self.iteration, "version": self.version, **metrics, "seconds": time.monotonic() - t0}
+        if self.selected is not None and not periodic:
+            record["selected_iteration"] = self.selected
         self.log.write("eval", self.iteration, record)
-        self._write_samples(batch, f"eval_iter{self.iteration:06d}")
+        self._write_samples(batch, f"{split}_iter{self.iteration:06d}")
         return record
+
+    # -- checkpoint selection ------------------------------------------------------------------
+    def consider_best(self) -> None:
+        """``checkpoint.select=best_train_reward``: at the end of every window of ``select_window`` iterations,
+        keep the weights if the window's mean final-attempt training reward is the highest so far."""
+        c = self.cfg.checkpoint
+        if c.select != "best_train_reward" or self.iteration % c.select_window:
+            return
+        window = [r["reward_attempt2"] for r in self.log.records() if r["kind"] == "train" and self.iteration - c.select_window < r["step"] <= self.iteration]
+        score = sum(window) / len(window)
+        best = self.store.best()
+        if best is not None and best.iteration < self.iteration and score <= best.manifest["train_reward"]:
+            return
+        tmp = self.store.begin(None)
+        manifest = {"iteration": self.iteration, "version": self.version, "train_reward": score, "window": c.select_window, "time": time.time()}
+        self.learner.save(str(tmp), manifest)
+        self.store.commit(tmp, manifest)
+        self._say(f"checkpoint.select: iterations {self.iteration - c.select_window + 1}-{self.iteration} have the best training reward so far ({score:.3f})")
+
+    def load_selected(self) -> None:
+        """Put the selected weights (checkpoint.select) into the learner and the generators before the final evaluation."""
+        best = self.store.best() if self.cfg.checkpoint.select == "best_train_reward" else None
+        self.selected = self.iteration if best is None else best.iteration
+        if best is None or best.iteration == self.iteration:
+            return
+        self.learner.load(str(best.path))
+        self.version = self._sync(self.version + 1)["version"]
+        self._say(f"checkpoint.select: evaluating and exporting iteration {best.iteration} (mean training reward {best.manifest['train_reward']:.3f}), not {self.iteration}")
 
     def _write_samples(self, batch: pa.Table, stem: str) -> None:
         """Keep a rollout (texts, token ids, log-probs, rewards) under ``samples/`` for inspection."""
@@ -277,6 +379,9 @@ class ScoreTrainer:
         self.learner.load(str(ckpt.path))
         self.iteration = ckpt.iteration
         self.log.truncate_after(self.iteration)
+        best = self.store.best()
+        if best is not None and best.iteration > self.iteration:  # chosen among iterations that will be redone
+            shutil.rmtree(best.path)
         version = int(ckpt.manifest["version"])
         self._sync(version)
         self.version = version
@@ -321,8 +426,9 @@ class ScoreTrainer:
             self.log.write("train", self.iteration, metrics)
             bar.set_postfix(r1=f"{metrics['reward_attempt1']:.2f}", r2=f"{metrics['reward_attempt2']:.2f}", v=self.version)
             bar.update(1)
-            if cfg.eval.every_iterations and self.iteration % cfg.eval.every_iterations == 0 and self.iteration < total:
-                self._report(self.run_eval(f"iteration {self.iteration}"))
+            self.consider_best()
+            if cfg.eval.every_iterations and self.iteration % cfg.eval.every_iterations == 0:
+                self._report(self.run_eval(f"iteration {self.iteration}", periodic=True))
             if cfg.checkpoint.every_iterations and self.iteration % cfg.checkpoint.every_iterations == 0 and self.iteration < total:
                 self.checkpoint()
         bar.close()
@@ -330,6 +436,7 @@ class ScoreTrainer:
         if interrupted or self.stop_requested:
             self._say(f"stopped after iteration {self.iteration}; checkpoint {path}; continue with --resume")
             return RunResult(self.run_dir, self.iteration, self.version, self._evals(), interrupted=True)
+        self.load_selected()
         self._report(self.run_eval("final"))
         exported = self.learner.export_hf(str(self.run_dir / "hf_model"))
         evals = self._evals()
@@ -374,7 +481,8 @@ class ScoreTrainer:
         raise AssertionError("unreachable")
 
     def _report(self, record: dict[str, Any]) -> None:
-        self._say(f"eval [{record['label']}] " + "  ".join(f"{m}={record[m]:+.3f}" if m.startswith("delta") else f"{m}={record[m]:.3f}" for m in METRICS)
+        extra = [m for m in record if m.startswith("accuracy_t") and m not in METRICS] + ["answer_changed"]
+        self._say(f"eval [{record['label']}] on {SPLIT_NAMES[record['split']]}: " + "  ".join(f"{m}={record[m]:+.3f}" if m.startswith("delta") else f"{m}={record[m]:.3f}" for m in [*METRICS, *extra])
                   + f"  (n={record['num_problems']}, {record['seconds']:.0f} s)")
 
     def _evals(self) -> list[dict[str, Any]]:
@@ -382,7 +490,7 @@ class ScoreTrainer:
 
     def _write_evals(self, evals: list[dict[str, Any]]) -> None:
         (self.run_dir / "eval.json").write_text(json.dumps(evals, indent=1))
-        keys = ["label", "iteration", "version", *METRICS, "num_problems"]
+        keys = ["label", "split", "iteration", "version", *METRICS, "answer_changed", "text_identical", "num_problems"]
         with (self.run_dir / "eval.csv").open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
             w.writeheader()

@@ -257,6 +257,30 @@ def kl_weights(stage: int, s: ObjectiveSettings) -> tuple[float, float]:
     return (s.beta2, s.beta1) if stage == 1 else (s.beta1, s.beta1)
 
 
+def task_returns(stage: int, r1: torch.Tensor, r2: torch.Tensor, alpha: float, gamma: float) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Each attempt's return from the task rewards alone (no KL): Stage I ``(None, r2)``; Stage II
+    ``(r1 + gamma * r2_hat, r2_hat)`` with ``r2_hat = r2 + alpha * (r2 - r1)``."""
+    r1, r2 = r1.float(), r2.float()
+    if stage == 1:
+        return None, r2
+    r2_hat = shaped_reward(r1, r2, alpha)
+    return r1 + gamma * r2_hat, r2_hat
+
+
+def informative_groups(stage: int, r1: torch.Tensor, r2: torch.Tensor, alpha: float, gamma: float, k: int) -> list[bool]:
+    """Per problem group of k rows: does some attempt's task return vary within it?
+
+    A group where neither varies has zero policy-gradient advantage at both attempts and teaches
+    only the KL term; DAPO's dynamic sampling (Yu et al., 2025, Section 3.2) replaces such groups.
+    """
+    varies = torch.zeros(r2.numel() // k, dtype=torch.bool)
+    for u in task_returns(stage, r1, r2, alpha, gamma):
+        if u is not None:
+            groups = u.reshape(-1, k)
+            varies |= groups.max(dim=1).values != groups.min(dim=1).values
+    return varies.tolist()
+
+
 def score_advantages(stage: int, r1: torch.Tensor, r2: torch.Tensor, s: ObjectiveSettings,
                      kl_seq1: torch.Tensor | None = None, kl_seq2: torch.Tensor | None = None) -> Advantages:
     """Each attempt's return and its leave-one-out advantage (Section 5, Appendix A.4, Figure 9).
@@ -268,14 +292,8 @@ def score_advantages(stage: int, r1: torch.Tensor, r2: torch.Tensor, s: Objectiv
     too: ``-beta2 * kl_seq1``.
     """
     beta_a1, beta_a2 = kl_weights(stage, s)
-    r1, r2 = r1.float(), r2.float()
-    metrics: dict[str, float] = {}
-    if stage == 1:
-        u1, u2 = None, r2
-    else:
-        r2_hat = shaped_reward(r1, r2, s.alpha)
-        u1, u2 = r1 + s.gamma * r2_hat, r2_hat
-        metrics["shaped_reward"] = float(r2_hat.mean())
+    u1, u2 = task_returns(stage, r1, r2, s.alpha, s.gamma)
+    metrics: dict[str, float] = {} if stage == 1 else {"shaped_reward": float(u2.mean())}
     if s.kl_estimator in REWARD_SIDE_KL:
         if kl_seq1 is None or kl_seq2 is None:
             raise ValueError(f"the reward-side KL estimator {s.kl_estimator!r} needs each sequence's KL (kl_seq1, kl_seq2)")

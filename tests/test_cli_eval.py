@@ -15,7 +15,7 @@ def test_eval_command_writes_the_table_and_files(model_path, tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "cluster.main", "eval", "--model", model_path, "--out", str(out),
          "--set", "eval.num_problems=4", "--set", "eval.max_tokens=24", "--set", "rollout.cpu_kv_cache_gb=0.25",
-         "--set", "run.dashboard=false", "--set", "run.num_cpus=2"],
+         "--set", "run.dashboard=false", "--set", "run.num_cpus=2", "--set", "eval.attempts=3"],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -25,7 +25,18 @@ def test_eval_command_writes_the_table_and_files(model_path, tmp_path):
     assert record["delta_t1_t2"] == record["accuracy_t2"] - record["accuracy_t1"]
     rows = list(csv.DictReader((out / "eval.csv").open()))
     assert rows[0]["num_problems"] == "4"
-    assert (out / "samples.parquet").stat().st_size > 0
+    import pyarrow.parquet as pq
+
+    samples = pq.read_table(out / "samples.parquet")
+    assert samples.num_rows == 4 and {"r1", "r2", "r3", "a3_text"} <= set(samples.column_names)
+    assert record["accuracy_t3"] == sum(r >= 0.5 for r in samples["r3"].to_pylist()) / 4  # the instruction, repeated once more
+    assert 0 <= record["answer_changed"] <= 1 and record["split"] == "eval"
+
+
+def test_eval_on_the_validation_split_needs_one(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "cluster.main", "eval", "--split", "val", "--out", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.startswith("error:") and "task.val_size" in done.stderr
 
 
 def test_eval_command_reports_a_missing_model_in_one_line(tmp_path):

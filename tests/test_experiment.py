@@ -12,33 +12,53 @@ from cluster.experiment import Plan, bootstrap, markdown_table
 
 
 def _plan(tmp_path):
-    return Plan(tmp_path, "configs/local_cpu.yaml", [0, 1, 2], 500, 2, 3, ["learner.lr=1e-5"])
+    return Plan(tmp_path / "runs", "configs/local_cpu.yaml", [0, 1, 2], 500, 2, 3, ["learner.lr=1e-5"], results=tmp_path / "results")
 
 
-def test_plan_has_one_base_eval_and_three_arms_per_seed_on_fixed_problems(tmp_path):
+def test_plan_has_one_base_eval_and_four_trained_arms_per_seed_on_fixed_problems(tmp_path):
     runs = _plan(tmp_path).commands()
     names = [n for n, _, _ in runs]
-    assert names[0] == "base" and len(names) == 1 + 3 * 3
+    assert names[:5] == ["base", "score-seed0", "plain_rl-seed0", "stage2_only-seed0", "no_shaping-seed0"]  # seed-major
+    assert len(names) == 1 + 4 * 3
     by_name = {n: " ".join(c) for n, _, c in runs}
     for name, cmd in by_name.items():
-        assert "task.data_seed=0" in cmd and "eval.num_problems=500" in cmd and "learner.lr=1e-5" in cmd
+        assert "task.data_seed=0" in cmd and "eval.num_problems=500" in cmd and "eval.attempts=5" in cmd and "learner.lr=1e-5" in cmd
     assert "algorithm.stage1_iterations=0" in by_name["stage2_only-seed1"] and "algorithm.stage2_iterations=5" in by_name["stage2_only-seed1"]
     assert "algorithm.alpha=0" in by_name["no_shaping-seed2"] and "run.seed=2" in by_name["no_shaping-seed2"]
+    plain = by_name["plain_rl-seed0"]
+    assert "algorithm.stage1_iterations=0" in plain and "algorithm.stage2_iterations=5" in plain and "algorithm.alpha=0" in plain
     assert "algorithm.alpha" not in by_name["score-seed0"] and "eval.before=false" in by_name["score-seed0"]
+    only = Plan(tmp_path, "c.yaml", [0], 10, 1, 1, [], arms=("score", "plain_rl")).commands()
+    assert [n for n, _, _ in only] == ["score-seed0", "plain_rl-seed0"]
 
 
-def test_run_skips_finished_runs(tmp_path, capsys):
+def test_run_skips_runs_with_a_result_file_and_resumes_checkpointed_ones(tmp_path, capsys):
     plan = _plan(tmp_path)
-    (tmp_path / "base").mkdir()
-    (tmp_path / "base" / "eval.json").write_text("{}")
-    (tmp_path / "score-seed1" / "checkpoints" / "iter_000005").mkdir(parents=True)  # failed after its last checkpoint
-    (tmp_path / "score-seed2" / "checkpoints" / "iter_000001.partial").mkdir(parents=True)
+    plan.results.mkdir()
+    (plan.results / "base.json").write_text("{}")
+    (plan.out / "score-seed1" / "checkpoints" / "iter_000005").mkdir(parents=True)  # stopped after its last checkpoint
+    (plan.out / "score-seed2" / "checkpoints" / "iter_000001.partial").mkdir(parents=True)
+    (plan.out / "plain_rl-seed0").mkdir(parents=True)
+    (plan.out / "plain_rl-seed0" / "eval.json").write_text("{}")  # a run directory alone does not mark a run done
     experiment.run(plan, dry_run=True)
     out = capsys.readouterr().out
     assert "base: done already" in out and "score-seed0: " in out and "cluster.main train" in out
     lines = {l.split(":")[0].split("] ")[-1]: l for l in out.splitlines() if l.startswith("[")}
     assert "--resume" in lines["score-seed1"] and "--overwrite" not in lines["score-seed1"]
     assert "--overwrite" in lines["score-seed2"] and "--overwrite" in lines["score-seed0"]
+    assert "done already" not in lines["plain_rl-seed0"]
+
+
+def test_collapse_metrics_compare_final_answers_not_wording():
+    from cluster.evaluate import collapse_metrics
+
+    a1 = ["3 + 4 = 7. The answer is 7.", "She has 5 apples.", "x = 2", "12"]
+    a2 = ["Let me recheck: 3 + 4 = 7, so 7", "She has 6 apples.", "x = 2", "\\boxed{12}"]
+    m = collapse_metrics("math", a1, a2)
+    assert m["answer_changed"] == pytest.approx(1 / 4)  # only 5 -> 6
+    assert m["text_identical"] == pytest.approx(1 / 4)
+    code = collapse_metrics("code", ["```python\ndef f(): return 1\n```"], ["Fixed:\n```python\ndef f(): return 1\n```"])
+    assert code == {"answer_changed": 0.0, "text_identical": 0.0}
 
 
 def test_bootstrap_means_intervals_and_paired_difference():
@@ -67,27 +87,44 @@ def test_bootstrap_refuses_runs_on_different_problems():
         bootstrap({"base": [(a, a)], "score": [(a[:5], a[:5])]})
 
 
-def test_report_reads_runs_and_writes_table_json_and_plot(tmp_path):
-    plan = Plan(tmp_path / "runs", "configs/local_cpu.yaml", [0], 6, 1, 1, [])
-    idx = [3, 1, 0, 2, 5, 4]  # rows in any order: the report sorts by problem
+def _result(arm, seed, r1, r2, r3=None, episodes=3200):
+    per = {"r1": "".join(map(str, r1)), "r2": "".join(map(str, r2))}
+    if r3 is not None:
+        per["r3"] = "".join(map(str, r3))
+    curves = [] if arm == "base" else [{"iteration": i, "accuracy_t1": 0.4, "accuracy_t2": 0.45, "delta_t1_t2": 0.05, "answer_changed": 0.2,
+                                        "text_identical": 0.1} for i in (10, 20)]
+    return {"name": arm if arm == "base" else f"{arm}-seed{seed}", "arm": arm, "seed": None if arm == "base" else seed, "commit": "x",
+            "wall_seconds": 60.0, "final": {"answer_changed": 0.25, "num_problems": len(r1)}, "selected_iteration": None, "per_problem": per,
+            "training_episodes": 0 if arm == "base" else episodes, "generated_episodes": 0, "curves": curves, "train": []}
+
+
+def test_report_is_rebuilt_from_result_files_alone(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
     r1 = [1, 0, 1, 0, 1, 0]
-    r2 = [1, 1, 1, 0, 0, 0]
-    table = pa.table({"problem_index": idx, "r1": pa.array(r1, pa.float32()), "r2": pa.array(r2, pa.float32())})
-    for name, where, _ in plan.commands():
-        where.mkdir(parents=True)
-        (where / "eval.json").write_text("{}")
-        if name == "base":
-            pq.write_table(table, where / "samples.parquet")
-        else:
-            (where / "samples").mkdir()
-            pq.write_table(table, where / "samples" / "eval_iter000002.parquet")
-            (where / "metrics.jsonl").write_text("\n".join(json.dumps({"kind": "train", "step": s, "reward_attempt1": 0.4, "reward_attempt2": 0.5})
-                                                           for s in (1, 2)))
+    files = [_result("base", None, r1, [1, 0, 0, 0, 1, 0], [1, 0, 0, 0, 0, 0]),
+             _result("score", 0, r1, [1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 0, 0]), _result("score", 1, r1, [1, 1, 1, 0, 1, 0], [1, 1, 1, 0, 1, 0], episodes=2400),
+             _result("plain_rl", 0, r1, r1, r1)]
+    for rec in files:
+        (results / f"{rec['name']}.json").write_text(json.dumps(rec))
     docs = tmp_path / "docs"
-    assert experiment.report(plan, docs) == 0
+    assert experiment.report(results, docs) == 0
     summary = json.loads((docs / "self_correction.json").read_text())
-    assert summary["score"]["accuracy_t1"]["mean"] == pytest.approx(0.5)
+    assert summary["score"]["seeds"] == 2 and summary["score"]["accuracy_t1"]["mean"] == pytest.approx(0.5)
     assert summary["score"]["delta_i_to_c"]["mean"] == pytest.approx(1 / 6)
-    assert summary["score"]["delta_c_to_i"]["mean"] == pytest.approx(1 / 6)
+    assert summary["score"]["delta_c_to_i"]["mean"] == pytest.approx(1 / 12)
+    assert summary["training_episodes_per_run"] == 2400  # the smallest run's
+    for arm in ("base", "plain_rl"):
+        d = summary["score_minus"][arm]
+        assert d["lo"] <= d["mean"] <= d["hi"]
+    assert summary["score_minus"]["plain_rl"]["mean"] == pytest.approx(1 / 12)
+    assert summary["accuracy_by_attempt"]["base"] == pytest.approx([0.5, 1 / 3, 1 / 6])
+    assert summary["accuracy_by_attempt"]["score"] == pytest.approx([0.5, 7 / 12, 2 / 3])
     assert (docs / "self_correction.png").stat().st_size > 10_000
-    assert "(d) SCoRe, α = 0" in (docs / "self_correction.md").read_text()
+    md = (docs / "self_correction.md").read_text()
+    assert "(e) plain two-turn RL" in md and "Accuracy@t3" in md and "score-seed1 | 2400" in md
+
+
+def test_report_without_results_is_one_line(tmp_path, capsys):
+    assert experiment.report(tmp_path / "nothing", tmp_path / "docs") == 2
+    assert capsys.readouterr().err.startswith("error: no result files")

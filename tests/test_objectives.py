@@ -10,10 +10,12 @@ from learner.objectives import (
     Aggregation,
     AttemptTensors,
     ObjectiveSettings,
+    informative_groups,
     kl_penalty,
     leave_one_out_advantages,
     logprob_mismatch,
     policy_gradient_loss,
+    score_advantages,
     sequence_kl_penalty,
     shaped_reward,
     stage1_loss,
@@ -301,3 +303,20 @@ def test_stage1_pins_attempt1_with_every_estimator(estimator):
     out = stage1_loss(a1, a2, torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0]), ObjectiveSettings(k=2, beta2=0.1, kl_estimator=estimator))
     out.loss.backward()
     assert lp.grad[0, 0] > 0 > lp.grad[1, 0]  # descent lowers the over-weighted token, raises the under-weighted one
+
+
+def test_informative_groups_follow_each_stage_s_returns():
+    """What dynamic sampling keeps: a group teaches the policy gradient iff some attempt's task return varies in it."""
+    t = torch.tensor
+    r1 = t([1, 0, 0, 0, 1, 1, 0, 0.0])  # groups of k=2: (1,0) (0,0) (1,1) (0,0)
+    r2 = t([1, 1, 0, 1, 1, 1, 0, 0.0])  #                 (1,1) (0,1) (1,1) (0,0)
+    # Stage I: only attempt 2's reward counts; a varying attempt 1 alone teaches nothing (it is only pinned)
+    assert informative_groups(1, r1, r2, alpha=10, gamma=0, k=2) == [False, True, False, False]
+    # Stage II: attempt 1's own reward, and the shaped r2_hat (group 0: r2 equal, but 1 vs 1 + 10 after the bonus)
+    assert informative_groups(2, r1, r2, alpha=10, gamma=0, k=2) == [True, True, False, False]
+    assert informative_groups(2, r1, r2, alpha=0, gamma=0, k=2) == [True, True, False, False]
+    # the groups it calls uninformative are exactly those whose advantages (the learner's) are all zero
+    for stage in (1, 2):
+        adv = score_advantages(stage, r1, r2, ObjectiveSettings(k=2, alpha=10.0))
+        nonzero = sum(a.reshape(-1, 2).abs().sum(1) for a in (adv.attempt1, adv.attempt2) if a is not None) > 0
+        assert nonzero.tolist() == informative_groups(stage, r1, r2, 10.0, 0.0, 2)

@@ -36,6 +36,21 @@ def test_arithmetic_answers_are_right_and_splits_disjoint(difficulty):
         assert p.question.endswith("Answer with a number.")
 
 
+def test_validation_split_is_carved_out_of_train_and_apart_from_eval():
+    task = ArithmeticTask(2, train_size=300, eval_size=100, val_size=40)
+    train, val, evals = ({p.question for p in task.problems(s)} for s in ("train", "val", "eval"))
+    assert len(train) == 260 and len(val) == 40 and len(evals) == 100
+    assert not train & val and not val & evals and not train & evals
+    again = ArithmeticTask(2, train_size=300, eval_size=100, val_size=40)
+    assert [p.uid for p in again.problems("val")] == [p.uid for p in task.problems("val")]  # seeded
+    assert {p.question for p in ArithmeticTask(2, train_size=300, eval_size=100).problems("train")} == train | val
+    assert ArithmeticTask(2, train_size=300, eval_size=100).problems("val") == []
+    with pytest.raises(TaskDataError, match="val_size"):
+        ArithmeticTask(2, train_size=30, eval_size=10, val_size=30).problems("train")
+    cfg = load_config(None, ["task.val_size=40", "task.train_size=300", "task.eval_size=100"])
+    assert [p.uid for p in build_task(cfg.task).problems("val")] == [p.uid for p in task.problems("val")]
+
+
 def test_arithmetic_is_seeded():
     a = ArithmeticTask(3, train_size=50, eval_size=20, seed=1).problems("train")
     b = ArithmeticTask(3, train_size=50, eval_size=20, seed=1).problems("train")

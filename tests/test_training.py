@@ -23,6 +23,15 @@ TINY = [
 ]
 
 
+# what the experiment (cluster/experiment.py) uses: a validation split watched every 2 iterations, three
+# attempts at the end, dynamic sampling, and the final weights chosen by training reward
+EXPERIMENT = [
+    "task.val_size=8", "eval.every_iterations=2", "eval.periodic_problems=3", "eval.attempts=3",
+    "rollout.skip_zero_variance_groups=true", "rollout.max_sampling_rounds=3", "checkpoint.select=best_train_reward",
+    "checkpoint.select_window=2",
+]
+
+
 def _trainer(tmp_path, name, model_path, extra=(), resume=False):
     cfg = load_config(None, [*TINY, f"run.name={name}", f"run.output_dir={tmp_path}", *extra])
     run_dir = tmp_path / name
@@ -38,7 +47,7 @@ def _train_records(run_dir):
 def full_run(ray_local, model_path, tmp_path_factory):
     """Four iterations uninterrupted; generator-0 (the only one) is killed during iteration 2 and before the final evaluation."""
     tmp = tmp_path_factory.mktemp("runs")
-    trainer, task = _trainer(tmp, "full", model_path)
+    trainer, task = _trainer(tmp, "full", model_path, EXPERIMENT)
     original_step = trainer.step
 
     def step_with_a_kill(iteration):
@@ -75,6 +84,8 @@ def test_tiny_score_run_end_to_end(full_run, model_path):
 
     from rewards.math import grade as grade_math
 
+    from cluster.evaluate import collapse_metrics
+
     result, events, held = full_run
     run = result.run_dir
     assert result.iterations == 4 and not result.interrupted
@@ -82,7 +93,7 @@ def test_tiny_score_run_end_to_end(full_run, model_path):
     assert [r["stage"] for r in records] == [1, 1, 2, 2]
     # every iteration generated with the newest weights and published the next version
     assert [r["version"] for r in records] == [1, 2, 3, 4]
-    task = build_task(load_config(None, TINY).task, seed=0)
+    task = build_task(load_config(None, [*TINY, *EXPERIMENT]).task, seed=0)
     golds = {p.uid: p.gold for p in task.problems("train")}
     for r in records:
         assert r["tokens"] > 0 and r["seconds_learn"] > 0 and r["sync_bytes"] > 0
@@ -94,6 +105,15 @@ def test_tiny_score_run_end_to_end(full_run, model_path):
             assert batch[column].to_pylist() == regraded
         assert r["reward_attempt1"] == pytest.approx(sum(batch["r1"].to_pylist()) / batch.num_rows)
         assert r["reward_attempt2"] == pytest.approx(sum(batch["r2"].to_pylist()) / batch.num_rows)
+        # dynamic sampling: rounds of P problems until P groups teach something (or 3 rounds); the
+        # learner always gets P x k rows, and in Stage I (attempt 2's reward only) exactly the
+        # informative groups first
+        assert batch.num_rows == r["groups_generated"] * 2 == r["sampling_rounds"] * 4 and r["episodes_trained"] == 4
+        informative = round(r["groups_generated"] * (1 - r["zero_variance_groups"]))
+        assert informative >= 2 or r["sampling_rounds"] == 3
+        if r["stage"] == 1:
+            assert r["zero_variance_groups_attempt2"] == pytest.approx(max(0, 2 - informative) / 2)
+        assert r["answer_changed"] == pytest.approx(collapse_metrics("math", batch["a1_text"].to_pylist(), batch["a2_text"].to_pylist())["answer_changed"])
         assert ("shaped_reward" in r) == (r["stage"] == 2)
         # vLLM sampled what the learner scores (the same temperature), up to bf16 rounding on both sides,
         # and the truncated importance weight is on by default in bf16
@@ -103,11 +123,26 @@ def test_tiny_score_run_end_to_end(full_run, model_path):
     assert any("generator-0" in e and "attempts" in e for e in events)
     assert sum("generator-0" in e for e in events) >= 2, events
     evals = json.loads((run / "eval.json").read_text())
-    assert [e["label"] for e in evals] == ["base", "final"] and evals[-1]["version"] == 4
+    assert [e["label"] for e in evals] == ["base", "iteration 2", "iteration 4", "final"]
     for e in evals:
         assert e["delta_t1_t2"] == pytest.approx(e["accuracy_t2"] - e["accuracy_t1"])
         assert e["delta_t1_t2"] == pytest.approx(e["delta_i_to_c"] - e["delta_c_to_i"])
-    assert (run / "eval.csv").read_text().startswith("label,iteration,version,accuracy_t1")
+        periodic = e["label"].startswith("iteration")
+        # periodic evaluations: the validation split, two attempts; before and after: held-out, eval.attempts
+        assert e["split"] == ("val" if periodic else "eval") and e["num_problems"] == (3 if periodic else 4)
+        assert ("accuracy_t3" in e) != periodic and 0 <= e["answer_changed"] <= 1
+        samples = pq.read_table(run / "samples" / f"{e['split']}_iter{e['iteration']:06d}.parquet")
+        assert ("r3" in samples.column_names) != periodic
+        assert e["answer_changed"] == pytest.approx(collapse_metrics("math", samples["a1_text"].to_pylist(), samples["a2_text"].to_pylist())["answer_changed"])
+    val_questions = {p.question for p in task.problems("val")}
+    assert not val_questions & {p.question for p in task.problems("eval")} and not val_questions & {p.question for p in task.problems("train")}
+    # checkpoint.select=best_train_reward: the window (of 2 iterations) with the highest mean attempt-2
+    # training reward supplied the weights that were evaluated last and exported
+    windows = {2: (records[0]["reward_attempt2"] + records[1]["reward_attempt2"]) / 2, 4: (records[2]["reward_attempt2"] + records[3]["reward_attempt2"]) / 2}
+    chosen = 2 if windows[2] >= windows[4] else 4
+    assert evals[-1]["selected_iteration"] == chosen and evals[-1]["version"] == (4 if chosen == 4 else 5)
+    assert json.loads((run / "checkpoints" / "best" / "score_checkpoint.json").read_text())["iteration"] == chosen
+    assert (run / "eval.csv").read_text().startswith("label,split,iteration,version,accuracy_t1")
     assert (run / "plot.png").stat().st_size > 10_000
     assert any((run / "tensorboard").iterdir())
     # the exported model is what the generator held at the end (the last sync reached it), and training moved it
@@ -123,11 +158,31 @@ def test_tiny_score_run_end_to_end(full_run, model_path):
     assert len(list((run / "checkpoints").glob("iter_000004"))) == 1
 
 
+def test_a_finished_run_becomes_a_result_file_the_report_reads(full_run, tmp_path):
+    """cluster.experiment's record of a real run: per-problem outcomes that match the final evaluation,
+    the validation curves, the episodes, and examples quoted from the held-out samples."""
+    from cluster.experiment import outcomes, report, summarize_run
+
+    result, _, _ = full_run
+    rec = summarize_run("score-seed0", result.run_dir, wall_seconds=12.0)
+    final = json.loads((result.run_dir / "eval.json").read_text())[-1]
+    assert rec["arm"] == "score" and rec["seed"] == 0 and rec["selected_iteration"] == final["selected_iteration"]
+    for t in (1, 2, 3):
+        assert outcomes(rec, t).mean() == pytest.approx(final[f"accuracy_t{t}"])
+    assert [c["iteration"] for c in rec["curves"]] == [2, 4] and rec["training_episodes"] == 4 * 4
+    assert rec["settings"]["skip_zero_variance_groups"] is True and len(rec["train"]) == 4
+    for ex in rec["corrections"]:
+        assert ex["problem"].endswith("Answer with a number.") and ex["attempt1"] and ex["attempt2"]
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "score-seed0.json").write_text(json.dumps(rec))
+    assert report(tmp_path / "results", tmp_path / "docs") == 0
+
+
 def test_resume_after_interruption_reproduces_the_uninterrupted_run(full_run, ray_local, model_path, tmp_path):
     result, _, _ = full_run
     expected = _train_records(result.run_dir)
 
-    first, task = _trainer(tmp_path, "resumed", model_path)
+    first, task = _trainer(tmp_path, "resumed", model_path, EXPERIMENT)
     original_step = first.step
 
     def step_then_stop(iteration):
@@ -144,7 +199,7 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(full_run, ra
     # a partial checkpoint next to the good one is reported and skipped
     (tmp_path / "resumed" / "checkpoints" / "iter_000009.partial").mkdir()
 
-    second, task = _trainer(tmp_path, "resumed", model_path, resume=True)
+    second, task = _trainer(tmp_path, "resumed", model_path, EXPERIMENT, resume=True)
     try:
         finished = second.run(task)
     finally:
@@ -152,7 +207,7 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(full_run, ra
     assert finished.iterations == 4 and not finished.interrupted
     got = _train_records(tmp_path / "resumed")
     assert [r["iteration"] for r in got] == [1, 2, 3, 4]
-    for key in ("reward_attempt1", "reward_attempt2", "loss", "pg_loss", "kl_attempt1", "kl_attempt2", "generated_tokens"):
+    for key in ("reward_attempt1", "reward_attempt2", "loss", "pg_loss", "kl_attempt1", "kl_attempt2", "generated_tokens", "sampling_rounds"):
         assert got[1][key] == expected[1][key], key  # the next iteration after the interruption
         assert got[3][key] == expected[3][key], key
 

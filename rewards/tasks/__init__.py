@@ -21,7 +21,7 @@ TASKS: dict[str, type[Task]] = {
 
 def build_task(cfg: "TaskConfig", seed: int = 0) -> Task:
     """The task named by a validated :class:`cluster.config.TaskConfig`."""
-    common = {"instruction": cfg.instruction, "skip_malformed": cfg.skip_malformed}
+    common = {"instruction": cfg.instruction, "skip_malformed": cfg.skip_malformed, "val_size": cfg.val_size}
     if cfg.name == "arithmetic":
         data_seed = seed if cfg.data_seed is None else cfg.data_seed
         return ArithmeticTask(cfg.difficulty, cfg.train_size, cfg.eval_size, seed=data_seed, **common)

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal
 
-Split = Literal["train", "eval"]
+Split = Literal["train", "val", "eval"]
+SPLITS = ("train", "val", "eval")
 GraderKind = Literal["math", "code"]
 
 MATH_INSTRUCTION = (
@@ -66,7 +67,8 @@ class Task(ABC):
     default_instruction: str
     answer_format: str = ""  # appended to math questions and to the self-correction turn
 
-    def __init__(self, instruction: str | None = None, skip_malformed: bool = False):
+    def __init__(self, instruction: str | None = None, skip_malformed: bool = False, val_size: int = 0):
+        self.val_size = val_size
         self.instruction = instruction or self.default_instruction
         if self.answer_format and not instruction:
             self.instruction = f"{self.instruction} {self.answer_format}"
@@ -76,12 +78,31 @@ class Task(ABC):
 
     # -- problems -----------------------------------------------------------------
     def problems(self, split: Split) -> list[Problem]:
-        """All problems of a split (loaded once)."""
-        if split not in ("train", "eval"):
-            raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+        """All problems of a split (loaded once).
+
+        ``val`` is carved out of the training problems: ``val_size`` of them, drawn with a fixed
+        seed, which ``train`` then no longer contains. It exists to choose settings and to watch
+        training without touching ``eval``, the held-out problems that results are reported on.
+        """
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if split not in self._cache:
-            self._cache[split] = self._load(split)
+            if split == "eval":
+                self._cache["eval"] = self._load("eval")
+            else:
+                self._cache["train"], self._cache["val"] = self._split_off_validation(self._load("train"))
         return self._cache[split]
+
+    def _split_off_validation(self, train: list[Problem]) -> tuple[list[Problem], list[Problem]]:
+        if not self.val_size:
+            return train, []
+        if self.val_size >= len(train):
+            raise TaskDataError(f"task.val_size ({self.val_size}) must be smaller than the {len(train)} training problems")
+        import random
+
+        picked = set(random.Random(f"validation-{len(train)}").sample(range(len(train)), self.val_size))
+        self.reports.append(LoadReport(f"validation split (taken out of the {len(train)} training problems)", rows=self.val_size))
+        return [p for i, p in enumerate(train) if i not in picked], [train[i] for i in sorted(picked)]
 
     @abstractmethod
     def _load(self, split: Split) -> list[Problem]:
