@@ -57,10 +57,10 @@ def full_run(ray_local, model_path, tmp_path_factory):
 
     original_eval = trainer.run_eval
 
-    def eval_after_a_kill(label):
+    def eval_after_a_kill(label, periodic=False):
         if label == "final":  # killed between iterations: the evaluation must re-sync the restarted engine
             trainer.fleet.kill(0)
-        return original_eval(label)
+        return original_eval(label, periodic)
 
     trainer.step = step_with_a_kill
     trainer.run_eval = eval_after_a_kill
