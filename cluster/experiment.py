@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -34,6 +35,9 @@ from typing import Any
 import numpy as np
 
 from cluster.evaluate import LABELS, METRICS
+from common.logs import setup_logging
+
+log = logging.getLogger(__name__)
 
 ARMS = ("base", "score", "stage2_only", "no_shaping", "plain_rl")
 TRAINED = ARMS[1:]
@@ -41,6 +45,7 @@ RUN_ORDER = ("score", "plain_rl", "stage2_only", "no_shaping")  # per seed: the 
 ARM_TITLES = {"base": "(a) base, prompted", "score": "(b) SCoRe", "stage2_only": "(c) Stage II only",
               "no_shaping": "(d) SCoRe, α = 0", "plain_rl": "(e) plain two-turn RL"}
 EXAMPLES_PER_RUN = 5
+MANY_ATTEMPTS = ("base", "score")  # the arms evaluated with Plan.attempts attempts; the others with two
 
 
 @dataclass
@@ -58,9 +63,12 @@ class Plan:
     attempts: int = 5
     arms: tuple[str, ...] = field(default=ARMS)
 
-    def common(self) -> list[str]:
+    def common(self, arm: str) -> list[str]:
+        # attempts beyond two cost minutes per run (each one's prompt holds all before it): the paper's
+        # Figure 8 comparison needs them for the base model and SCoRe only
+        attempts = self.attempts if arm in MANY_ATTEMPTS else 2
         sets = [f"run.output_dir={self.out}", "task.data_seed=0", f"task.eval_size={self.problems}",
-                f"eval.num_problems={self.problems}", f"eval.attempts={self.attempts}", "eval.before=false",
+                f"eval.num_problems={self.problems}", f"eval.attempts={attempts}", "eval.before=false",
                 "run.progress=false", *self.overrides]
         return [a for s in sets for a in ("--set", s)]
 
@@ -79,12 +87,12 @@ class Plan:
         runs = []
         if "base" in self.arms:
             runs.append(("base", self.out / "base", [*py, "eval", "--config", self.config, "--model", "embedded", "--out", str(self.out / "base"),
-                                                     *self.common(), "--set", "run.name=base"]))
+                                                     *self.common("base"), "--set", "run.name=base"]))
         for seed in self.seeds:
             for arm in (a for a in RUN_ORDER if a in self.arms):
                 name = f"{arm}-seed{seed}"
                 sets = [*self.arm_sets(arm), f"run.seed={seed}", f"run.name={name}"]
-                runs.append((name, self.out / name, [*py, "train", "--overwrite", "--config", self.config, *self.common(),
+                runs.append((name, self.out / name, [*py, "train", "--overwrite", "--config", self.config, *self.common(arm),
                                                      *[a for s in sets for a in ("--set", s)]]))
         return runs
 
@@ -96,41 +104,64 @@ def run(plan: Plan, dry_run: bool = False, commit: bool = False) -> int:
     for i, (name, where, cmd) in enumerate(todo, 1):
         result_file = plan.results / f"{name}.json"
         if result_file.exists():
-            print(f"[{i}/{len(todo)}] {name}: done already ({result_file})", flush=True)
+            log.info(f"[{i}/{len(todo)}] {name}: done already ({result_file})")
             continue
-        if "--overwrite" in cmd and any(not c.name.endswith(".partial") for c in (where / "checkpoints").glob("iter_*")):
-            cmd = [("--resume" if c == "--overwrite" else c) for c in cmd]  # an unfinished run continues from its checkpoint
-        print(f"[{i}/{len(todo)}] {name}: {' '.join(cmd)}", flush=True)
+        if finished(name, where):  # the run ended but its record was not written (the runner was stopped)
+            log.info(f"[{i}/{len(todo)}] {name}: finished earlier; writing its record")
+            rc, took = 0, 0.0
+        else:
+            if "--overwrite" in cmd and any(not c.name.endswith(".partial") for c in (where / "checkpoints").glob("iter_*")):
+                cmd = [("--resume" if c == "--overwrite" else c) for c in cmd]  # an unfinished run continues from its checkpoint
+            log.info(f"[{i}/{len(todo)}] {name}: {' '.join(cmd)}")
+            if dry_run:
+                continue
+            t0 = time.monotonic()
+            with (plan.out / f"{name}.log").open("a") as run_log:
+                rc = subprocess.call(cmd, stdout=run_log, stderr=subprocess.STDOUT)
+            took = time.monotonic() - t0
+            with (plan.out / "timings.jsonl").open("a") as f:
+                f.write(json.dumps({"run": name, "seconds": took, "rc": rc}) + "\n")
         if dry_run:
             continue
-        t0 = time.monotonic()
-        with (plan.out / f"{name}.log").open("a") as log:
-            rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
-        took = time.monotonic() - t0
-        with (plan.out / "timings.jsonl").open("a") as f:
-            f.write(json.dumps({"run": name, "seconds": took, "rc": rc}) + "\n")
         if rc != 0:
             failed += 1
-            print(f"    FAILED (exit {rc}) after {took / 60:.1f} min, see {plan.out / name}.log; `run` again continues it", flush=True)
+            log.warning(f"    FAILED (exit {rc}) after {took / 60:.1f} min, see {plan.out / name}.log; `run` again continues it")
             if rc in (130, 143):  # interrupted: stop the grid too
                 return rc
             continue
-        summary = summarize_run(name, where, _wall_seconds(plan.out, name))
+        summary = summarize_run(name, where, _wall_seconds(plan.out, name, where))
         plan.results.mkdir(parents=True, exist_ok=True)
         result_file.write_text(json.dumps(summary, indent=1) + "\n")
         f = summary["final"]
-        print(f"    finished in {took / 60:.1f} min: Accuracy@t1 {f['accuracy_t1']:.3f}, Accuracy@t2 {f['accuracy_t2']:.3f}, "
-              f"Δ {f['delta_t1_t2']:+.3f}; wrote {result_file}", flush=True)
+        log.info(f"    finished in {took / 60:.1f} min: Accuracy@t1 {f['accuracy_t1']:.3f}, Accuracy@t2 {f['accuracy_t2']:.3f}, "
+                 f"Δ {f['delta_t1_t2']:+.3f}; wrote {result_file}")
         if commit:
             _commit(result_file, f"experiment: {name} finished (Δ(t1,t2) {100 * f['delta_t1_t2']:+.1f} points on {f['num_problems']} problems)")
     return 1 if failed else 0
 
 
-def _wall_seconds(out: Path, name: str) -> float:
-    """All the time a run took, over every attempt at it (an interrupted run is continued later)."""
+def finished(name: str, where: Path) -> bool:
+    """Did the run complete its final evaluation (and export)? Then only its record is missing."""
+    if name == "base":
+        return (where / "eval.json").exists() and (where / "samples.parquet").exists()
+    metrics = where / "metrics.jsonl"
+    if not metrics.exists() or not (where / "hf_model").is_dir():
+        return False
+    return any(json.loads(line).get("label") == "final" for line in metrics.read_text().splitlines() if line.strip())
+
+
+def _wall_seconds(out: Path, name: str, where: Path) -> float:
+    """All the time a run took, over every attempt at it (an interrupted run is continued later). Without
+    the runner's timings (it was stopped while the run went on), the run's own span: from its config,
+    written at start-up, to its last record."""
     path = out / "timings.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-    return float(sum(r["seconds"] for r in rows if r["run"] == name))
+    seconds = float(sum(r["seconds"] for r in rows if r["run"] == name))
+    metrics = where / "metrics.jsonl"
+    if seconds == 0 and metrics.exists() and (where / "config.yaml").exists():
+        last = json.loads(metrics.read_text().splitlines()[-1])["time"]
+        seconds = last - (where / "config.yaml").stat().st_mtime
+    return seconds
 
 
 def _commit(path: Path, message: str) -> None:
@@ -139,9 +170,9 @@ def _commit(path: Path, message: str) -> None:
     for cmd in (["git", "add", "--", path.name], ["git", "commit", "-q", "-m", message, "--", path.name]):
         done = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
         if done.returncode != 0:
-            print(f"    could not commit {path}: {done.stderr.strip() or done.stdout.strip()}", flush=True)
+            log.warning(f"    could not commit {path}: {done.stderr.strip() or done.stdout.strip()}")
             return
-    print(f"    committed {path}", flush=True)
+    log.info(f"    committed {path}")
 
 
 # -- one run's record ---------------------------------------------------------------------------
@@ -154,7 +185,9 @@ def summarize_run(name: str, run_dir: Path, wall_seconds: float) -> dict[str, An
     """Everything the report needs from one finished run, small enough to commit."""
     import pyarrow.parquet as pq
 
-    from cluster.config import load_config
+    import yaml
+
+    from cluster.config import TaskConfig
     from rewards.tasks import build_task
 
     arm = name.split("-seed")[0]
@@ -170,7 +203,8 @@ def summarize_run(name: str, run_dir: Path, wall_seconds: float) -> dict[str, An
         cfg_path = run_dir / "config.yaml"
     table = pq.read_table(samples).sort_by("problem_index")
     rewards = {c: _bits(table[c].to_pylist()) for c in table.column_names if c.startswith("r") and c[1:].isdigit()}
-    cfg = load_config(cfg_path) if cfg_path else None
+    # only the sections the record needs, read as data: a run written by an older version stays readable
+    saved = yaml.safe_load(cfg_path.read_text()) if cfg_path else None
     train = [r for r in records if r["kind"] == "train"]
     curves = [r for r in records if r["kind"] == "eval" and r.get("split") == "val"]
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
@@ -181,18 +215,18 @@ def summarize_run(name: str, run_dir: Path, wall_seconds: float) -> dict[str, An
         "selected_iteration": final.get("selected_iteration"),
         "per_problem": rewards,
         "training_episodes": int(sum(r.get("episodes_trained", 0) for r in train)),
-        "generated_episodes": int(sum(r.get("groups_generated", 0) for r in train) * (cfg.rollout.samples_per_problem if cfg else 0)),
+        "generated_episodes": int(sum(r.get("groups_generated", 0) for r in train) * (saved["rollout"]["samples_per_problem"] if saved else 0)),
         "curves": [{k: r[k] for k in ("iteration", "accuracy_t1", "accuracy_t2", "delta_t1_t2", "answer_changed", "text_identical")} for r in curves],
         "train": [{k: r.get(k) for k in ("iteration", "stage", "reward_attempt1", "reward_attempt2", "answer_changed", "zero_variance_groups",
                                           "seconds_iteration")} for r in train],
     }
-    if cfg is not None:
-        out["settings"] = {"stage1_iterations": cfg.algorithm.stage1_iterations, "stage2_iterations": cfg.algorithm.stage2_iterations,
-                           "alpha": cfg.algorithm.alpha, "beta1": cfg.algorithm.beta1, "beta2": cfg.algorithm.beta2, "lr": cfg.learner.lr,
-                           "problems_per_iteration": cfg.rollout.problems_per_iteration, "samples_per_problem": cfg.rollout.samples_per_problem,
-                           "temperature": cfg.rollout.attempt1.temperature, "skip_zero_variance_groups": cfg.rollout.skip_zero_variance_groups,
-                           "checkpoint_select": cfg.checkpoint.select, "difficulty": cfg.task.difficulty, "dtype": cfg.model.dtype}
-        task = build_task(cfg.task, seed=cfg.run.seed)
+    if saved is not None:
+        alg, roll = saved["algorithm"], saved["rollout"]
+        out["settings"] = {**{k: alg[k] for k in ("stage1_iterations", "stage2_iterations", "alpha", "beta1", "beta2")}, "lr": saved["learner"]["lr"],
+                           **{k: roll.get(k) for k in ("problems_per_iteration", "samples_per_problem", "skip_zero_variance_groups")},
+                           "temperature": roll["attempt1"]["temperature"], "checkpoint_select": saved["checkpoint"].get("select"),
+                           "difficulty": saved["task"]["difficulty"], "dtype": saved["model"]["dtype"]}
+        task = build_task(TaskConfig.model_validate(saved["task"]), seed=saved["run"]["seed"])
         problems = task.problems("eval")
         idx = table["problem_index"].to_pylist()
         r1, r2 = table["r1"].to_pylist(), table["r2"].to_pylist()
@@ -378,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS, help="arms to run (default: all)")
     p.add_argument("--problems", type=int, default=500, help="held-out problems per final evaluation (default: %(default)s)")
-    p.add_argument("--attempts", type=int, default=5, help="attempts in the final evaluation (default: %(default)s)")
+    p.add_argument("--attempts", type=int, default=5, help="attempts in the final evaluation of (a) and (b); the others get 2 (default: %(default)s)")
     p.add_argument("--stage1", type=int, default=40, help="Stage I iterations of (b) and (d) (default: %(default)s)")
     p.add_argument("--stage2", type=int, default=40, help="Stage II iterations; (c) and (e) run stage1 + stage2 (default: %(default)s)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
@@ -387,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--commit", action="store_true", help="git-commit each run's result file as it is written")
     p.add_argument("--dry-run", action="store_true", help="print the commands without running them")
     a = p.parse_args(argv)
+    setup_logging()
     plan = Plan(Path(a.out), a.config, a.seeds, a.problems, a.stage1, a.stage2, a.overrides, Path(a.results), a.attempts, tuple(a.arms))
     if a.command == "run":
         return run(plan, a.dry_run, a.commit)

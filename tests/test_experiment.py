@@ -3,8 +3,6 @@
 import json
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from cluster import experiment
@@ -22,7 +20,8 @@ def test_plan_has_one_base_eval_and_four_trained_arms_per_seed_on_fixed_problems
     assert len(names) == 1 + 4 * 3
     by_name = {n: " ".join(c) for n, _, c in runs}
     for name, cmd in by_name.items():
-        assert "task.data_seed=0" in cmd and "eval.num_problems=500" in cmd and "eval.attempts=5" in cmd and "learner.lr=1e-5" in cmd
+        assert "task.data_seed=0" in cmd and "eval.num_problems=500" in cmd and "learner.lr=1e-5" in cmd
+        assert f"eval.attempts={5 if name.split('-')[0] in ('base', 'score') else 2}" in cmd  # Acc@t1..t5 for (a) and (b)
     assert "algorithm.stage1_iterations=0" in by_name["stage2_only-seed1"] and "algorithm.stage2_iterations=5" in by_name["stage2_only-seed1"]
     assert "algorithm.alpha=0" in by_name["no_shaping-seed2"] and "run.seed=2" in by_name["no_shaping-seed2"]
     plain = by_name["plain_rl-seed0"]
@@ -32,7 +31,7 @@ def test_plan_has_one_base_eval_and_four_trained_arms_per_seed_on_fixed_problems
     assert [n for n, _, _ in only] == ["score-seed0", "plain_rl-seed0"]
 
 
-def test_run_skips_runs_with_a_result_file_and_resumes_checkpointed_ones(tmp_path, capsys):
+def test_run_skips_runs_with_a_result_file_and_resumes_checkpointed_ones(tmp_path, caplog):
     plan = _plan(tmp_path)
     plan.results.mkdir()
     (plan.results / "base.json").write_text("{}")
@@ -40,13 +39,18 @@ def test_run_skips_runs_with_a_result_file_and_resumes_checkpointed_ones(tmp_pat
     (plan.out / "score-seed2" / "checkpoints" / "iter_000001.partial").mkdir(parents=True)
     (plan.out / "plain_rl-seed0").mkdir(parents=True)
     (plan.out / "plain_rl-seed0" / "eval.json").write_text("{}")  # a run directory alone does not mark a run done
-    experiment.run(plan, dry_run=True)
-    out = capsys.readouterr().out
+    done = plan.out / "stage2_only-seed0"  # finished, but the runner stopped before writing its record
+    (done / "hf_model").mkdir(parents=True)
+    (done / "metrics.jsonl").write_text(json.dumps({"kind": "eval", "label": "final"}) + "\n")
+    with caplog.at_level("INFO", logger="cluster.experiment"):
+        experiment.run(plan, dry_run=True)
+    out = caplog.text
     assert "base: done already" in out and "score-seed0: " in out and "cluster.main train" in out
-    lines = {l.split(":")[0].split("] ")[-1]: l for l in out.splitlines() if l.startswith("[")}
+    lines = {m.split(":")[0].split("] ")[-1]: m for m in caplog.messages if m.startswith("[")}
     assert "--resume" in lines["score-seed1"] and "--overwrite" not in lines["score-seed1"]
     assert "--overwrite" in lines["score-seed2"] and "--overwrite" in lines["score-seed0"]
-    assert "done already" not in lines["plain_rl-seed0"]
+    assert "done already" not in lines["plain_rl-seed0"] and "cluster.main train" in lines["plain_rl-seed0"]
+    assert "finished earlier" in lines["stage2_only-seed0"]  # summarised, not trained again
 
 
 def test_collapse_metrics_compare_final_answers_not_wording():
