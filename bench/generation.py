@@ -38,10 +38,9 @@ def run(tiny: bool = False) -> BenchResult:
     from transformers import AutoModelForCausalLM
 
     from actors.engine import make_llm
-    from actors.fleet import FleetSettings, GeneratorFleet, local_sync
+    from actors.fleet import FleetSettings, GeneratorFleet
     from actors.prompts import ChatFormatter
-    from actors.weight_sync import (SharedBuckets, SyncEndpoint, free_port, plan_buckets, plan_to_wire, publish_shared, shared_capacity,
-                                    spec_of)
+    from weight_sync.manager import LocalSource, WeightSync
     from cluster.model_prep import prepare_model
     from common.devices import resolve_dtype
 
@@ -49,7 +48,6 @@ def run(tiny: bool = False) -> BenchResult:
     buckets_mb = [16, 64] if tiny else [4, 16, 64, 256]
     model_path = prepare_model("embedded")
     task, items = _prompts(n_prompts)
-    sampling = {"temperature": 0.0, "max_tokens": max_tokens, "ignore_eos": True}
     result = BenchResult("generation", settings={"prompts": n_prompts, "max_tokens": max_tokens, "repeats": repeats, "buckets_mb": buckets_mb})
     started_ray = not ray.is_initialized()
     if started_ray:
@@ -78,31 +76,27 @@ def run(tiny: bool = False) -> BenchResult:
             _ = [t.clone() for t in weights.values()]
             copies.append(time.perf_counter() - start)
         copy_s = min(copies)
-        group, version, by_bucket = None, 0, {}
-        for mb in buckets_mb:
-            plan = plan_buckets([spec_of(n, t) for n, t in weights.items()], mb << 20)
+        version, by_bucket = 0, {}
+
+        def timed_pushes(manager):  # the first push builds the transport; the rest are what a run pays per iteration
+            nonlocal version
             times = []
-            for _ in range(max(1, repeats - 1)):
-                version += 1
-                start = time.perf_counter()
-                group, _ = local_sync(fleet, lambda: iter(weights.items()), plan, version, group=group)
-                times.append(time.perf_counter() - start)
-            by_bucket[mb] = {"seconds": min(times), "buckets": len(plan)}
+            try:
+                for _ in range(1 + max(1, repeats - 1)):
+                    version += 1
+                    report = manager.push(version)
+                    times.append(report["seconds"])
+            finally:
+                manager.shutdown()
+            return min(times[1:]), report["buckets"]
+
+        for mb in buckets_mb:
+            seconds, buckets = timed_pushes(WeightSync(LocalSource(lambda: iter(weights.items())), fleet, mb << 20))
+            by_bucket[mb] = {"seconds": seconds, "buckets": buckets}
         best_mb = min(by_bucket, key=lambda m: by_bucket[m]["seconds"])
 
         # --- colocated transport: shared bucket buffers (CUDA IPC on a GPU, shared memory here) ---
-        plan = plan_buckets([spec_of(n, t) for n, t in weights.items()], best_mb << 20)
-        port = free_port()
-        channel = SharedBuckets(SyncEndpoint("127.0.0.1", port, 2, "shared", 300), is_publisher=True, capacity=shared_capacity(plan))
-        fleet.wait(fleet.join_shared_refs([("127.0.0.1", port)]), 300, "joining shared buffers")
-        shared_times = []
-        for _ in range(max(1, repeats - 1)):
-            version += 1
-            start = time.perf_counter()
-            refs = fleet.receive_shared_refs(plan_to_wire(plan), version)
-            publish_shared(channel, iter(weights.items()), plan)
-            fleet.finish_sync(refs, version)
-            shared_times.append(time.perf_counter() - start)
+        shared_times = [timed_pushes(WeightSync(LocalSource(lambda: iter(weights.items())), fleet, best_mb << 20, backend="shared"))[0]]
         shared_s = min(shared_times)
     finally:
         fleet.shutdown()

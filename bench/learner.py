@@ -43,7 +43,9 @@ def run(tiny: bool = False) -> BenchResult:
     import deepspeed
     from transformers import AutoModelForCausalLM
 
-    from actors.weight_sync import SyncEndpoint, SyncGroup, free_port, plan_buckets, publish
+    from common.network import free_port
+    from weight_sync.buckets import plan_buckets
+    from weight_sync.transports import BroadcastTransport, SyncEndpoint
     from cluster.model_prep import prepare_model
     from common.devices import resolve_dtype
     from learner.core import LearnerCore, LearnerSettings, attempt_logprobs
@@ -107,9 +109,9 @@ def run(tiny: bool = False) -> BenchResult:
 
     # gather + pack + broadcast the full weights (a group of one: the publisher's own cost)
     plan = plan_buckets(core.param_specs(), 64 << 20)
-    group = SyncGroup(SyncEndpoint("127.0.0.1", free_port(), 1, "gloo"), 0)
+    group = BroadcastTransport(SyncEndpoint("127.0.0.1", free_port(), 1, "gloo"), 0)
     start = time.perf_counter()
-    sent = publish(group, core.full_weights(plan), plan)
+    sent = group.send(core.full_weights(plan), plan)
     publish_s = time.perf_counter() - start
     start = time.perf_counter()
     _ = [p.detach().clone() for _, p in core.named_parameters()]

@@ -43,6 +43,7 @@ class RunConfig(_Section):
     num_cpus: int | None = Field(None, ge=1)  # logical CPUs of a new local Ray (default: max(4, cores))
     dashboard: bool = True  # start the Ray dashboard with a new local Ray
     progress: bool = True  # progress bars on the console
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"  # operational messages, driver and workers
 
 
 class ModelConfig(_Section):
@@ -58,7 +59,6 @@ class ModelConfig(_Section):
     # one dtype for the generators, the learner (DeepSpeed bf16 keeps fp32 master weights) and the reference
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     cache_dir: str | None = None  # default: $SCORE_CACHE_DIR or ~/.cache/score-on-ray
-    trust_remote_code: bool = False
 
 
 class TaskConfig(_Section):
@@ -130,7 +130,6 @@ class RewardsConfig(_Section):
 
     num_actors: int = Field(2, ge=1)
     max_concurrency: int = Field(4, ge=1)
-    math_timeout_s: float = Field(5.0, gt=0.0)
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
 
 

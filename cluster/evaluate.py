@@ -16,6 +16,10 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
+import pyarrow as pa
+
+from rewards.extract import extract_program, final_answer
+
 METRICS = ("accuracy_t1", "accuracy_t2", "delta_t1_t2", "delta_i_to_c", "delta_c_to_i")
 LABELS = {"accuracy_t1": "Accuracy@t1", "accuracy_t2": "Accuracy@t2", "delta_t1_t2": "Δ(t1,t2)",
           "delta_i_to_c": "Δ_i→c", "delta_c_to_i": "Δ_c→i"}
@@ -36,8 +40,6 @@ def self_correction_metrics(r1: Sequence[float], r2: Sequence[float]) -> dict[st
 
 def final_answer_of(grader: str, text: str) -> str:
     """What a response answers, for comparing two attempts: the extracted final answer (math) or program (code)."""
-    from rewards.extract import extract_program, final_answer
-
     found = final_answer(text) if grader == "math" else extract_program(text)
     return (found or "").strip()
 
@@ -78,9 +80,7 @@ def evaluate(fleet, pool, task, problems, *, temperature: float, max_tokens: int
     The batch has the rollout columns of attempts 1 and 2 with rewards ``r1``/``r2``; attempts 3 and
     later add ``a{t}_text`` and ``r{t}``. Attempt t+1 is conditioned on attempt t's exact tokens.
     """
-    import pyarrow as pa
-
-    from rewards.pool import GradeRequest
+    from rewards.pool import GradeRequest  # imports Ray: only where an evaluation runs, not for the metrics
 
     if attempts < 2:
         raise ValueError(f"attempts must be at least 2, got {attempts}")

@@ -33,9 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
+from cluster.config import TaskConfig
 from cluster.evaluate import LABELS, METRICS
 from common.logs import setup_logging
+from rewards.tasks import build_task
 
 log = logging.getLogger(__name__)
 
@@ -183,12 +186,7 @@ def _bits(values: list[float]) -> str:
 
 def summarize_run(name: str, run_dir: Path, wall_seconds: float) -> dict[str, Any]:
     """Everything the report needs from one finished run, small enough to commit."""
-    import pyarrow.parquet as pq
-
-    import yaml
-
-    from cluster.config import TaskConfig
-    from rewards.tasks import build_task
+    import pyarrow.parquet as pq  # heavy-ish, and only for summarising; `report` reads JSON alone
 
     arm = name.split("-seed")[0]
     if arm == "base":
@@ -331,7 +329,7 @@ def attempts_table(by_arm: dict[str, list[dict[str, Any]]]) -> tuple[str, dict[s
 
 def plot(summary: dict[str, Any], by_arm: dict[str, list[dict[str, Any]]], out: Path) -> Path:
     """Final metrics with intervals; validation accuracy and Δ over training; the collapse diagnostic over training."""
-    import matplotlib
+    import matplotlib  # heavy: only for the figure
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -8,15 +8,21 @@ User errors (config, data, model) end in one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import csv
+import json
+import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
 from cluster.config import DEFAULT_CONFIG, ConfigError, ScoreConfig, load_config
 from cluster.model_prep import ModelPrepError, prepare_model
+from common.logs import setup_logging
 from rewards.tasks import TaskDataError, build_task
 
 USER_ERRORS = (ConfigError, TaskDataError, ModelPrepError)
+log = logging.getLogger(__name__)
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -74,8 +80,11 @@ def cmd_sample(args: argparse.Namespace, cfg: ScoreConfig) -> int:
     problems = task.problems("eval")[: args.n]
     model_path = _prepare(cfg)
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    from actors.engine import make_llm
+    # Ray, vLLM, torch and the trainer are heavy: each command imports them once its config and
+    # data are known to be good, so mistakes are reported in a second
     from vllm import SamplingParams
+
+    from actors.engine import make_llm
 
     llm = make_llm(model_path, seed=cfg.run.seed, dtype=cfg.model.dtype)
     params = SamplingParams(temperature=0.0, max_tokens=cfg.eval.max_tokens)
@@ -90,13 +99,11 @@ def _run_dir(cfg: ScoreConfig) -> Path:
 
 
 def cmd_train(args: argparse.Namespace, cfg: ScoreConfig) -> int:
-    import shutil
-
     task = build_task(cfg.task, seed=cfg.run.seed)
     for split in ("train", "val", "eval"):
         task.problems(split)
     for report in task.reports:
-        print(report.summary())
+        log.info(report.summary())
     model_path = _prepare(cfg)
     run_dir = _run_dir(cfg)
     if run_dir.exists() and (run_dir / "metrics.jsonl").exists() and not args.resume:
@@ -109,7 +116,7 @@ def cmd_train(args: argparse.Namespace, cfg: ScoreConfig) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
-    import ray
+    import ray  # heavy: see cmd_sample
 
     from actors.fleet import GenerationError
     from cluster.trainer import ScoreTrainer, ray_connect
@@ -118,7 +125,7 @@ def cmd_train(args: argparse.Namespace, cfg: ScoreConfig) -> int:
     started_here = not ray.is_initialized()
     url = ray_connect(cfg)
     if url:
-        print(f"Ray dashboard: {url}")
+        log.info(f"Ray dashboard: {url}")
     trainer = ScoreTrainer(cfg, model_path, run_dir, resume=args.resume)
     try:
         result = trainer.run(task)
@@ -133,9 +140,6 @@ def cmd_train(args: argparse.Namespace, cfg: ScoreConfig) -> int:
 
 
 def cmd_eval(args: argparse.Namespace, cfg: ScoreConfig) -> int:
-    import csv
-    import json
-
     task = build_task(cfg.task, seed=cfg.run.seed)
     problems = task.problems(args.split)[: cfg.eval.num_problems]
     if not problems:
@@ -143,6 +147,7 @@ def cmd_eval(args: argparse.Namespace, cfg: ScoreConfig) -> int:
     model_path = _prepare(cfg, args.model)
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
+    import pyarrow.parquet as pq  # heavy: see cmd_sample
     import ray
 
     from cluster.evaluate import METRICS, evaluate, format_table
@@ -170,8 +175,6 @@ def cmd_eval(args: argparse.Namespace, cfg: ScoreConfig) -> int:
         w = csv.DictWriter(f, fieldnames=["model", "task", *METRICS, "answer_changed", "text_identical", "num_problems"], extrasaction="ignore")
         w.writeheader()
         w.writerow(record)
-    import pyarrow.parquet as pq
-
     pq.write_table(batch, out / "samples.parquet")
     print(format_table([(Path(model_path).name, metrics)]))
     print(f"results: {out}")
@@ -182,8 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "prepare-model":
+            setup_logging()
             return cmd_prepare_model(args)
         cfg = load_config(Path(args.config), args.overrides)
+        setup_logging(cfg.run.log_level)
         if args.command == "sample":
             return cmd_sample(args, cfg)
         if args.command == "train":

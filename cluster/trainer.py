@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import random
 import shutil
 import signal
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,11 +24,28 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+import torch
+from ray.util.placement_group import placement_group
+from tqdm import tqdm
 
+from actors.fleet import FleetSettings, GenerationError, GeneratorFleet
 from cluster.checkpoints import CheckpointStore
 from cluster.config import ConfigError, ScoreConfig, dump_config
-from cluster.evaluate import METRICS, evaluate, format_table
+from cluster.evaluate import METRICS, collapse_metrics, evaluate, format_table
 from cluster.run_log import RunLog, plot_run
+from common.devices import dtype_choice, resolve_dtype
+from common.teardown import tear_down
+from learner.core import LearnerSettings
+from learner.group import LearnerGroup
+from learner.objectives import informative_groups
+from learner.reference import ReferenceGroup
+from rewards.pool import GradeRequest, RewardPool
+from rewards.sandbox import SandboxLimits
+from weight_sync.manager import WeightSync
+
+log = logging.getLogger(__name__)
 
 
 SPLIT_NAMES = {"eval": "held-out problems", "val": "validation problems"}
@@ -49,8 +66,6 @@ def ray_connect(cfg: ScoreConfig) -> str | None:
 
     Returns the dashboard URL when one is running.
     """
-    import ray
-
     if ray.is_initialized():
         return None
     address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS")
@@ -67,22 +82,13 @@ def ray_connect(cfg: ScoreConfig) -> str | None:
 
 def build_reward_pool(cfg: ScoreConfig):
     """The reward actors, with the configured sandbox limits (training and ``eval`` alike)."""
-    from rewards.pool import RewardPool
-    from rewards.sandbox import SandboxLimits
-
-    sb = cfg.rewards.sandbox
-    return RewardPool(
-        num_actors=cfg.rewards.num_actors, max_concurrency=cfg.rewards.max_concurrency,
-        limits=SandboxLimits(timeout_s=sb.timeout_s, memory_mb=sb.memory_mb, max_processes=sb.max_processes,
-                             max_output_bytes=sb.max_output_bytes, tmpfs_mb=sb.tmpfs_mb),
-        allow_weak_isolation=sb.allow_weak_isolation,
-    )
+    r = cfg.rewards
+    return RewardPool(num_actors=r.num_actors, max_concurrency=r.max_concurrency, limits=SandboxLimits.from_config(r.sandbox),
+                      allow_weak_isolation=r.sandbox.allow_weak_isolation)
 
 
 def build_fleet(cfg: ScoreConfig, model_path: str, gpus: bool, dtype: str, placement_group=None):
     """The generator fleet of ``cfg.rollout`` (training and ``eval`` alike); colocated when a placement group is given."""
-    from actors.fleet import FleetSettings, GeneratorFleet
-
     r = cfg.rollout
     engine_kwargs = {"max_model_len": r.max_model_len, "dtype": dtype}
     engine_kwargs.update({"gpu_memory_utilization": r.gpu_memory_utilization} if gpus else {"cpu_kv_cache_gb": r.cpu_kv_cache_gb})
@@ -103,66 +109,40 @@ class ScoreTrainer:
         self.stop_requested = False
         self.iteration = 0  # completed iterations
         self.version = 0  # weight version the generators hold
-        self.fleet = self.pool = self.learner = self.reference = None
+        self.fleet = self.pool = self.learner = self.reference = self.weights = None
         self.selected: int | None = None  # the iteration whose weights the final evaluation used
         self.shared_pg = None
 
     # -- set-up -----------------------------------------------------------------------------
-    def _say(self, text: str) -> None:
-        print(text, flush=True)
-
     def build(self, task) -> None:
-        import ray
-
-        from common.devices import dtype_choice, resolve_dtype
-        from learner.core import LearnerSettings
-        from learner.group import LearnerGroup
-
         cfg = self.cfg
         self.task = task
         gpus = ray.cluster_resources().get("GPU", 0) > 0
         self.gpus = gpus
-        self._say(f"starting {cfg.rewards.num_actors} reward actor(s), {cfg.rollout.num_generators} generator(s), {cfg.learner.num_ranks} learner rank(s) ({'GPU' if gpus else 'CPU'})")
+        log.info(f"starting {cfg.rewards.num_actors} reward actor(s), {cfg.rollout.num_generators} generator(s), {cfg.learner.num_ranks} learner rank(s) ({'GPU' if gpus else 'CPU'})")
         self.pool = build_reward_pool(cfg)
         # one dtype for generators, learner and reference, decided here once (driver and workers share a
         # node in local mode; on a GPU cluster the answer is bf16 whatever the driver's CPU)
         dtype = resolve_dtype(cfg.model.dtype, gpu=gpus)
         self.dtype = dtype
-        self._say(dtype_choice(cfg.model.dtype, gpu=gpus))
+        log.info(dtype_choice(cfg.model.dtype, gpu=gpus))
         colocated = cfg.rollout.colocate_with_learner
         self.shared_pg = self._colocated_placement(gpus) if colocated else None
         self.fleet = build_fleet(cfg, self.model_path, gpus, dtype, placement_group=self.shared_pg)
-        k, P = cfg.rollout.samples_per_problem, cfg.rollout.problems_per_iteration
-        alg = cfg.algorithm
-        settings = LearnerSettings(
-            model_path=self.model_path, zero_stage=cfg.learner.zero_stage, lr=cfg.learner.lr, weight_decay=cfg.learner.weight_decay,
-            warmup_steps=cfg.learner.warmup_steps, rows_per_micro_batch=cfg.learner.micro_batch_size, rows_per_rank=P * k // cfg.learner.num_ranks,
-            k=k, gradient_checkpointing=cfg.learner.gradient_checkpointing, max_grad_norm=cfg.learner.max_grad_norm,
-            updates_per_batch=cfg.learner.updates_per_batch, threads_per_rank=cfg.learner.threads_per_rank, alpha=alg.alpha,
-            beta1=alg.beta1, beta2=alg.beta2, gamma=alg.gamma, kl_estimator=alg.kl_estimator, loss_agg=alg.loss_agg,
-            normalize_advantages=alg.normalize_advantages, clip_ratio=alg.clip_ratio, vllm_is=alg.vllm_is,
-            vllm_is_cap=alg.vllm_is_cap, temperature1=cfg.rollout.attempt1.temperature or 1.0,
-            temperature2=cfg.rollout.attempt2.temperature or 1.0, max_tokens1=cfg.rollout.attempt1.max_tokens,
-            max_tokens2=cfg.rollout.attempt2.max_tokens, seed=cfg.run.seed, dtype=dtype,
-            reference_placement=cfg.learner.reference_placement,
-        )
+        settings = LearnerSettings.from_config(cfg, self.model_path, dtype)
         self.reference = None
         if cfg.learner.reference_placement == "separate":
-            from learner.reference import ReferenceGroup
-
             self.reference = ReferenceGroup(self.model_path, cfg.learner.reference_actors, gpus=gpus, cpus=cfg.learner.cpus_per_rank,
                                             dtype=dtype, temperature1=settings.temperature1, temperature2=settings.temperature2,
                                             threads=cfg.learner.threads_per_rank)
         self.learner = LearnerGroup(settings, cfg.learner.num_ranks, gpus=gpus, cpus_per_rank=cfg.learner.cpus_per_rank,
                                     pg=self.shared_pg, gpu_share=COLOCATED_GPU_SHARE if colocated else 1.0)
+        self.weights = WeightSync(self.learner, self.fleet, cfg.rollout.sync_bucket_mb << 20)
         self.log = RunLog(self.run_dir, cfg.run.name)
         self.store = CheckpointStore(self.run_dir, cfg.checkpoint.keep)
 
     def _colocated_placement(self, gpus: bool):
         """One bundle per learner rank, shared by that rank and its generator (one GPU, or both CPU shares)."""
-        import ray
-        from ray.util.placement_group import placement_group
-
         cfg = self.cfg
         bundle = {"GPU": 1, "CPU": 2} if gpus else {"CPU": cfg.learner.cpus_per_rank + cfg.rollout.cpus_per_generator}
         pg = placement_group([dict(bundle) for _ in range(cfg.learner.num_ranks)], strategy="PACK")
@@ -174,16 +154,14 @@ class ScoreTrainer:
         return pg
 
     def shutdown(self) -> None:
-        for part in (self.learner, self.reference, self.fleet, self.pool):
+        for part in (self.weights, self.learner, self.reference, self.fleet, self.pool):
             if part is not None:
                 try:
                     part.shutdown()
                 except Exception:  # noqa: BLE001 - best effort on the way out
                     pass
         if self.shared_pg is not None:
-            from ray.util.placement_group import remove_placement_group
-
-            remove_placement_group(self.shared_pg)
+            tear_down([], self.shared_pg)
             self.shared_pg = None
 
     # -- data ---------------------------------------------------------------------------------
@@ -208,8 +186,6 @@ class ScoreTrainer:
         return out
 
     def _grade(self, texts: list[str], golds: list[str]) -> list[float]:
-        from rewards.pool import GradeRequest
-
         return [g.reward for g in self.pool.grade([GradeRequest(self.task.grader, t, gd) for t, gd in zip(texts, golds)])]
 
     def stage_of(self, iteration: int) -> int:
@@ -244,10 +220,6 @@ class ScoreTrainer:
         set aside and more problems drawn, for at most ``rollout.max_sampling_rounds`` rounds; a batch
         still short then is filled with set-aside groups, so every update sees P x k rows.
         """
-        import torch
-
-        from learner.objectives import informative_groups
-
         cfg, alg = self.cfg, self.cfg.algorithm
         k, P = cfg.rollout.samples_per_problem, cfg.rollout.problems_per_iteration
         rounds = cfg.rollout.max_sampling_rounds if cfg.rollout.skip_zero_variance_groups else 1
@@ -277,8 +249,6 @@ class ScoreTrainer:
         return batch, generated, stats
 
     def step(self, iteration: int) -> dict[str, Any]:
-        from cluster.evaluate import collapse_metrics
-
         stage = self.stage_of(iteration)
         t0 = time.monotonic()
         batch, generated, stats = self.collect(iteration, stage)
@@ -343,7 +313,7 @@ class ScoreTrainer:
         manifest = {"iteration": self.iteration, "version": self.version, "train_reward": score, "window": c.select_window, "time": time.time()}
         self.learner.save(str(tmp), manifest)
         self.store.commit(tmp, manifest)
-        self._say(f"checkpoint.select: iterations {self.iteration - c.select_window + 1}-{self.iteration} have the best training reward so far ({score:.3f})")
+        log.info(f"checkpoint.select: iterations {self.iteration - c.select_window + 1}-{self.iteration} have the best training reward so far ({score:.3f})")
 
     def load_selected(self) -> None:
         """Put the selected weights (checkpoint.select) into the learner and the generators before the final evaluation."""
@@ -353,12 +323,10 @@ class ScoreTrainer:
             return
         self.learner.load(str(best.path))
         self.version = self._sync(self.version + 1)["version"]
-        self._say(f"checkpoint.select: evaluating and exporting iteration {best.iteration} (mean training reward {best.manifest['train_reward']:.3f}), not {self.iteration}")
+        log.info(f"checkpoint.select: evaluating and exporting iteration {best.iteration} (mean training reward {best.manifest['train_reward']:.3f}), not {self.iteration}")
 
     def _write_samples(self, batch: pa.Table, stem: str) -> None:
         """Keep a rollout (texts, token ids, log-probs, rewards) under ``samples/`` for inspection."""
-        import pyarrow.parquet as pq
-
         samples = self.run_dir / "samples"
         samples.mkdir(exist_ok=True)
         pq.write_table(batch, samples / f"{stem}.parquet")
@@ -373,7 +341,7 @@ class ScoreTrainer:
     def restore(self) -> None:
         ckpt, problems = self.store.latest()
         for p in problems:
-            self._say(f"checkpoint {p}")
+            log.info(f"checkpoint {p}")
         if ckpt is None:
             raise ConfigError(f"--resume: no complete checkpoint under {self.store.root}")
         self.learner.load(str(ckpt.path))
@@ -385,7 +353,7 @@ class ScoreTrainer:
         version = int(ckpt.manifest["version"])
         self._sync(version)
         self.version = version
-        self._say(f"resumed from {ckpt.path.name}: iteration {self.iteration}, stage {self.stage_of(self.iteration)}, weight version {version}")
+        log.info(f"resumed from {ckpt.path.name}: iteration {self.iteration}, stage {self.stage_of(self.iteration)}, weight version {version}")
 
     # -- the run ------------------------------------------------------------------------------
     def _install_signals(self) -> None:
@@ -393,7 +361,7 @@ class ScoreTrainer:
             if self.stop_requested and signum == signal.SIGINT:
                 raise KeyboardInterrupt
             self.stop_requested = True
-            print(f"\n{signal.Signals(signum).name}: finishing this iteration, then writing a checkpoint (Ctrl-C again to abort)", file=sys.stderr, flush=True)
+            log.warning("%s: finishing this iteration, then writing a checkpoint (Ctrl-C again to abort)", signal.Signals(signum).name)
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
@@ -402,8 +370,6 @@ class ScoreTrainer:
                 pass
 
     def run(self, task) -> RunResult:
-        from tqdm import tqdm
-
         cfg = self.cfg
         total = cfg.algorithm.stage1_iterations + cfg.algorithm.stage2_iterations
         self.build(task)
@@ -412,7 +378,7 @@ class ScoreTrainer:
         if self.resume:
             self.restore()
         elif cfg.eval.before:
-            self._say(f"evaluating the base model prompted to self-correct on {min(cfg.eval.num_problems, len(task.problems('eval')))} held-out problems")
+            log.info(f"evaluating the base model prompted to self-correct on {min(cfg.eval.num_problems, len(task.problems('eval')))} held-out problems")
             self._report(self.run_eval("base"))
         bar = tqdm(total=total, initial=self.iteration, desc="SCoRe", unit="it", disable=not self.progress, dynamic_ncols=True)
         interrupted = False
@@ -434,7 +400,7 @@ class ScoreTrainer:
         bar.close()
         path = self.checkpoint()
         if interrupted or self.stop_requested:
-            self._say(f"stopped after iteration {self.iteration}; checkpoint {path}; continue with --resume")
+            log.info(f"stopped after iteration {self.iteration}; checkpoint {path}; continue with --resume")
             return RunResult(self.run_dir, self.iteration, self.version, self._evals(), interrupted=True)
         self.load_selected()
         self._report(self.run_eval("final"))
@@ -443,8 +409,8 @@ class ScoreTrainer:
         self._write_evals(evals)
         plot = plot_run(self.log.records(), self.run_dir / "plot.png")
         rows = [(e["label"], e) for e in evals if e["label"] in ("base", "final")]
-        self._say("\n" + format_table(rows))
-        self._say(f"\nrun directory: {self.run_dir}\nplot: {plot}\nHugging Face model: {exported}")
+        print("\n" + format_table(rows), flush=True)
+        print(f"\nrun directory: {self.run_dir}\nplot: {plot}\nHugging Face model: {exported}", flush=True)
         return RunResult(self.run_dir, self.iteration, self.version, evals)
 
     def _step_with_recovery(self, iteration: int) -> dict[str, Any]:
@@ -452,37 +418,23 @@ class ScoreTrainer:
 
     def _with_generator_recovery(self, work, what: str):
         """Run ``work``; if every generator died, bring the restarted ones to the current weights and retry."""
-        from actors.fleet import GenerationError
-
         for attempt in range(3):
             try:
                 return work()
             except GenerationError as err:
                 if attempt == 2:
                     raise
-                self._say(f"{what}: {err}; re-syncing weight version {self.version} to restarted generators and retrying")
+                log.info(f"{what}: {err}; re-syncing weight version {self.version} to restarted generators and retrying")
                 self._sync(self.version)
         raise AssertionError("unreachable")
 
     def _sync(self, version: int) -> dict[str, Any]:
-        """Publish the learner's weights as ``version``; a generator dying mid-sync rebuilds the group and retries."""
-        from ray.exceptions import RayError
-
-        from actors.fleet import GenerationError
-
-        for attempt in range(3):
-            try:
-                return self.learner.publish_to(self.fleet, version, self.cfg.rollout.sync_bucket_mb << 20)
-            except (GenerationError, RayError) as err:
-                if attempt == 2:
-                    raise GenerationError(f"weight sync of version {version} failed three times: {err}") from None
-                self._say(f"weight sync of version {version} failed ({type(err).__name__}); rebuilding the sync group and retrying")
-                self.learner.sync_members = None
-        raise AssertionError("unreachable")
+        """Publish the learner's weights as ``version`` (the manager rebuilds and retries when a generator dies)."""
+        return self.weights.push(version)
 
     def _report(self, record: dict[str, Any]) -> None:
         extra = [m for m in record if m.startswith("accuracy_t") and m not in METRICS] + ["answer_changed"]
-        self._say(f"eval [{record['label']}] on {SPLIT_NAMES[record['split']]}: " + "  ".join(f"{m}={record[m]:+.3f}" if m.startswith("delta") else f"{m}={record[m]:.3f}" for m in [*METRICS, *extra])
+        log.info(f"eval [{record['label']}] on {SPLIT_NAMES[record['split']]}: " + "  ".join(f"{m}={record[m]:+.3f}" if m.startswith("delta") else f"{m}={record[m]:.3f}" for m in [*METRICS, *extra])
                   + f"  (n={record['num_problems']}, {record['seconds']:.0f} s)")
 
     def _evals(self) -> list[dict[str, Any]]:

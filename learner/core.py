@@ -13,21 +13,29 @@ The core does not need Ray: build it with ``rank=0, world_size=1`` to measure a 
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
+import numpy as np
 import pyarrow as pa
 import torch
 
 from common.devices import on_gpu, torch_dtype
+from common.network import free_port
 from learner.batch import AttemptInputs, JointInputs, attempt_inputs, joint_inputs, length_sorted_micro_batches, num_micro_batches, rewards
 from learner.objectives import (REWARD_SIDE_KL, Aggregation, AttemptTensors, ObjectiveSettings, logprob_mismatch, score_advantages,
                                score_loss, sequence_kl_penalty)
+from weight_sync.buckets import ParamSpec, plan_buckets
+
+if TYPE_CHECKING:
+    from cluster.config import ScoreConfig
 
 
 @dataclass
@@ -68,6 +76,22 @@ class LearnerSettings:
     @property
     def gradient_accumulation_steps(self) -> int:
         return num_micro_batches(self.rows_per_rank, self.rows_per_micro_batch)
+
+    @classmethod
+    def from_config(cls, cfg: ScoreConfig, model_path: str, dtype: str) -> LearnerSettings:
+        """The settings of a run: the learner and algorithm sections, the batch shape and the sampling temperatures."""
+        learner, alg, rollout = cfg.learner, cfg.algorithm, cfg.rollout
+        return cls(
+            model_path=model_path, dtype=dtype, seed=cfg.run.seed, k=rollout.samples_per_problem,
+            rows_per_rank=rollout.problems_per_iteration * rollout.samples_per_problem // learner.num_ranks,
+            rows_per_micro_batch=learner.micro_batch_size,
+            **{f: getattr(learner, f) for f in ("zero_stage", "lr", "weight_decay", "warmup_steps", "gradient_checkpointing", "max_grad_norm",
+                                                 "updates_per_batch", "threads_per_rank", "reference_placement")},
+            **{f: getattr(alg, f) for f in ("alpha", "beta1", "beta2", "gamma", "kl_estimator", "loss_agg", "normalize_advantages",
+                                             "clip_ratio", "vllm_is", "vllm_is_cap")},
+            temperature1=rollout.attempt1.temperature or 1.0, temperature2=rollout.attempt2.temperature or 1.0,
+            max_tokens1=rollout.attempt1.max_tokens, max_tokens2=rollout.attempt2.max_tokens,
+        )
 
 
 def token_logprobs(model: torch.nn.Module, inputs: AttemptInputs, temperature: float, keep: torch.Tensor | None = None) -> torch.Tensor:
@@ -164,10 +188,8 @@ class LearnerCore:
     """One rank: the DeepSpeed policy engine, the reference policy, the update and the state."""
 
     def __init__(self, settings: LearnerSettings, rank: int = 0, world_size: int = 1, master_addr: str = "127.0.0.1", master_port: int | None = None):
-        import deepspeed
-        from transformers import AutoModelForCausalLM
-
-        from actors.weight_sync import free_port
+        import deepspeed  # heavy (and it builds ops on first use): loaded by the ranks, not by every importer
+        from transformers import AutoModelForCausalLM  # heavy, like deepspeed
 
         self.settings, self.rank, self.world_size = settings, rank, world_size
         os.environ.update(
@@ -220,8 +242,6 @@ class LearnerCore:
         random.seed(seed)
         torch.manual_seed(seed)
         try:
-            import numpy as np
-
             np.random.seed(seed)
         except ImportError:
             pass
@@ -233,7 +253,7 @@ class LearnerCore:
     def _gathered(self, params: list[torch.nn.Parameter]):
         if not self.zero3:
             return contextlib.nullcontext()
-        import deepspeed
+        import deepspeed  # heavy: see LearnerCore.__init__
 
         return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
 
@@ -246,8 +266,6 @@ class LearnerCore:
         return list(self.engine.module.named_parameters())
 
     def param_specs(self):
-        from actors.weight_sync import ParamSpec
-
         return [
             ParamSpec(n, tuple(getattr(p, "ds_shape", p.shape)) if self.zero3 else tuple(p.shape), str(p.dtype).removeprefix("torch."))
             for n, p in self.named_parameters()
@@ -376,8 +394,6 @@ class LearnerCore:
     def close(self) -> None:
         """Free the engine, its optimiser state and the reference now: DeepSpeed keeps references that
         ``del`` alone leaves alive (about 2 GB per core of the embedded model in one process)."""
-        import gc
-
         if self.engine is not None:
             self.engine.destroy()
             self.engine.optimizer = None
@@ -410,9 +426,7 @@ class LearnerCore:
 
     def export_hf(self, directory: str) -> str | None:
         """Rank 0 writes a Hugging Face folder of the policy (all ranks must call under ZeRO-3)."""
-        from transformers import AutoTokenizer
-
-        from actors.weight_sync import plan_buckets
+        from transformers import AutoTokenizer  # heavy: only for an export
 
         plan = plan_buckets(self.param_specs(), 256 << 20)
         state = {name: t.detach().to("cpu").clone() for name, t in self.full_weights(plan)}
@@ -424,8 +438,6 @@ class LearnerCore:
         AutoTokenizer.from_pretrained(self.settings.model_path).save_pretrained(tmp)
         (tmp / "score_export.json").write_text(json.dumps({"optimizer_steps": self.step_count}))
         if out.exists():
-            import shutil
-
             shutil.rmtree(out)
         tmp.rename(out)
         return str(out)

@@ -2,22 +2,32 @@
 ``torch.distributed`` world around :class:`learner.core.LearnerCore`.
 
 Rank 0 picks a free address and port on its node and the other ranks join it. Every call that
-touches DeepSpeed goes to all ranks together (collectives need everyone). The group also
-publishes weights to the generators: rank 0 is rank 0 of the weight-sync group, and under
-ZeRO-3 all ranks take part in gathering each bucket.
+touches DeepSpeed goes to all ranks together (collectives need everyone). The group is the source
+of weight syncs (:class:`weight_sync.manager.WeightSource`): it yields full tensors bucket by
+bucket (under ZeRO-3 all ranks take part in gathering each one) into a :class:`weight_sync.sender`
+transport, rank 0's for the broadcast, every rank's own when colocated; it knows nothing of the
+generators.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pyarrow as pa
 import ray
+import torch
 from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from common.logs import setup_logging
+from common.network import actor_placement, free_port, node_ip
+from common.teardown import tear_down
 from learner.core import LearnerCore, LearnerSettings
+from weight_sync.buckets import WirePlan, largest_bucket_bytes, plan_buckets, plan_from_wire, plan_to_wire
+from weight_sync.sender import WeightSender
+from weight_sync.transports import SHARED, SyncEndpoint
 
 
 class LearnerError(RuntimeError):
@@ -29,27 +39,19 @@ class LearnerRank:
     """One learner rank as a Ray actor."""
 
     def __init__(self, rank: int, world_size: int):
+        setup_logging()  # this worker's messages at the driver's level ($SCORE_LOG_LEVEL)
         self.rank, self.world_size = rank, world_size
         self.core: LearnerCore | None = None
-        self.sync_group = None
-        self.shared = None  # colocated mode: this rank's shared bucket buffers
+        self.sender = WeightSender()
 
     def placement(self) -> dict[str, Any]:
         """Where Ray put this actor: node, placement group and resources (colocation checks, debugging)."""
-        from actors.weight_sync import actor_placement
-
         return actor_placement()
 
     def address(self) -> tuple[str, int]:
-        from actors.weight_sync import free_port, node_ip
-
         return node_ip(), free_port()
 
     def setup(self, settings: LearnerSettings, master_addr: str, master_port: int) -> bool:
-        import os
-
-        import torch
-
         if not torch.cuda.is_available():
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
         self.core = LearnerCore(settings, self.rank, self.world_size, master_addr, master_port)
@@ -61,55 +63,33 @@ class LearnerRank:
     def sequence_logprob(self, shard: pa.Table, prefix: str = "a1") -> list[float]:
         return self.core.sequence_logprob(shard, prefix)
 
-    def weight_plan(self, bucket_bytes: int) -> list:
-        from actors.weight_sync import plan_buckets, plan_to_wire
-
+    def weight_plan(self, bucket_bytes: int) -> WirePlan:
         return plan_to_wire(plan_buckets(self.core.param_specs(), bucket_bytes))
 
-    def join_sync_group(self, host: str, port: int, world_size: int, backend: str, timeout_s: float = 300.0) -> bool:
-        from actors.weight_sync import SyncEndpoint, SyncGroup
-
+    def join_weights(self, endpoint: SyncEndpoint) -> bool:
+        """Broadcast: rank 0 opens the sending end of the group (the others only help gather under ZeRO-3)."""
         if self.rank == 0:
-            self.sync_group = SyncGroup(SyncEndpoint(host, port, world_size, backend, timeout_s), 0)
+            self.sender.open(endpoint)
         return True
 
-    def publish(self, wire_plan: list) -> int:
-        """Rank 0 broadcasts; under ZeRO-3 every rank iterates to take part in the gathers."""
-        from actors.weight_sync import plan_from_wire, publish
-
-        plan = plan_from_wire(wire_plan)
-        weights = self.core.full_weights(plan)
-        if self.rank == 0:
-            return publish(self.sync_group, weights, plan)
-        for _ in weights:
-            pass
-        return 0
-
-    def host_shared(self, wire_plan: list, timeout_s: float = 300.0) -> tuple[str, int]:
-        """Colocated mode: allocate this rank's shared bucket buffers on its device; returns the store's address."""
-        import torch
-
-        from actors.weight_sync import SharedBuckets, SyncEndpoint, free_port, node_ip, plan_from_wire, shared_capacity
-
-        if self.shared is not None:
-            self.shared.close()
+    def host_weights(self, wire_plan: WirePlan, timeout_s: float) -> tuple[str, int]:
+        """Colocated: allocate this rank's shared bucket buffers on its device; returns the store's address."""
         device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-        host, port = node_ip(), free_port()
-        capacity = shared_capacity(plan_from_wire(wire_plan))
-        self.shared = SharedBuckets(SyncEndpoint(host, port, 2, "shared", timeout_s), is_publisher=True, capacity=capacity, device=device)
-        return host, port
+        endpoint = SyncEndpoint(node_ip(), free_port(), 2, SHARED, timeout_s)
+        self.sender.open(endpoint, capacity=largest_bucket_bytes(plan_from_wire(wire_plan)), device=device)
+        return endpoint.host, endpoint.port
 
-    def publish_shared(self, wire_plan: list) -> int:
-        """Colocated mode: every rank packs the full weights into its own generator's shared buffers."""
-        from actors.weight_sync import plan_from_wire, publish_shared
-
+    def send_weights(self, wire_plan: WirePlan) -> int:
+        """Every rank gathers (ZeRO-3 needs all); ranks with a transport send. Returns the bytes this rank sent."""
         plan = plan_from_wire(wire_plan)
-        return publish_shared(self.shared, self.core.full_weights(plan), plan)
+        return self.sender.send(self.core.full_weights(plan), plan)
+
+    def close_weights(self) -> bool:
+        self.sender.close()
+        return True
 
     def full_state(self) -> dict[str, Any]:
         """Rank 0: the full policy weights on CPU (for tests and small models only)."""
-        from actors.weight_sync import plan_buckets
-
         plan = plan_buckets(self.core.param_specs(), 256 << 20)
         state = {n: t.detach().cpu().clone() for n, t in self.core.full_weights(plan)}
         return state if self.rank == 0 else {}
@@ -154,8 +134,6 @@ class LearnerGroup:
         ]
         host, port = self._get([self.ranks[0].address.remote()], "learner rank 0's address")[0]
         self._get([r.setup.remote(settings, host, port) for r in self.ranks], "learner ranks starting DeepSpeed")
-        self._plan: list | None = None
-        self.sync_members: tuple | None = None  # generators in the current sync group (or shared channels)
 
     def _get(self, refs: list, what: str, timeout_s: float | None = None) -> list:
         try:
@@ -186,48 +164,37 @@ class LearnerGroup:
     def full_state(self) -> dict[str, Any]:
         return self._get([r.full_state.remote() for r in self.ranks], "gathering full weights")[0]
 
-    def publish_to(self, fleet, version: int, bucket_bytes: int, backend: str | None = None) -> dict[str, Any]:
-        """Stream the full weights to every generator of ``fleet`` and tag them with ``version``."""
-        import time
+    # -- the weight-sync source (weight_sync.manager.WeightSource) ------------------------------
+    def _pending(self, refs: list, what: str):
+        def wait(timeout_s: float):
+            try:
+                return ray.get(refs, timeout=timeout_s)
+            except GetTimeoutError:
+                raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}") from None
+            except RayActorError as err:
+                raise LearnerError(f"a learner rank died while {what}: {err.__class__.__name__}; resume from the last checkpoint") from None
+        return wait
 
-        from actors.weight_sync import plan_from_wire
+    def wire_plan(self, bucket_bytes: int) -> WirePlan:
+        return self._get([self.ranks[0].weight_plan.remote(bucket_bytes)], "the weight plan")[0]
 
-        backend = backend or ("nccl" if fleet.settings.gpus else "gloo")
-        start = time.monotonic()
-        if self._plan is None:
-            self._plan = self._get([self.ranks[0].weight_plan.remote(bucket_bytes)], "the weight plan")[0]
-        if fleet.settings.colocated:
-            return self._publish_shared(fleet, version, start)
-        if self.sync_members is None or fleet.needs_new_group():
-            host, port = self._get([self.ranks[0].address.remote()], "a sync address")[0]
-            gen_refs = fleet.join_refs(host, port, backend)
-            world = fleet.group_world_size(len(fleet.members))
-            learner_ref = self.ranks[0].join_sync_group.remote(host, port, world, backend)
-            fleet.wait(gen_refs, 300, "generators joining the weight-sync group")
-            self._get([learner_ref], "learner rank 0 joining the weight-sync group", 300)
-            self.sync_members = fleet.members
-        recv = fleet.receive_refs(self._plan, version)
-        sent = self._get([r.publish.remote(self._plan) for r in self.ranks], "publishing weights")[0]
-        reports = fleet.finish_sync(recv, version)
-        plan = plan_from_wire(self._plan)
-        return {"seconds": time.monotonic() - start, "bytes": sent, "buckets": len(plan), "generators": len(reports), "version": version}
+    def address(self) -> tuple[str, int]:
+        return self._get([self.ranks[0].address.remote()], "a sync address")[0]
 
-    def _publish_shared(self, fleet, version: int, start: float) -> dict[str, Any]:
-        """Colocated mode: rank j fills generator j's shared buffers (CUDA IPC on a GPU, shared memory on CPU)."""
-        import time
+    def start_open(self, endpoint: SyncEndpoint):
+        return self._pending([self.ranks[0].join_weights.remote(endpoint)], "learner rank 0 joining the weight-sync group")
 
-        from actors.weight_sync import plan_from_wire
+    def host_shared(self, wire_plan: WirePlan, timeout_s: float, count: int) -> list[tuple[str, int]]:
+        if count != self.num_ranks:
+            raise LearnerError(f"colocated weight sync pairs each of the {self.num_ranks} learner ranks with one generator, not {count}")
+        return self._get([r.host_weights.remote(wire_plan, timeout_s) for r in self.ranks], "learner ranks sharing their bucket buffers", timeout_s)
 
-        if self.sync_members is None or fleet.needs_new_group():
-            endpoints = self._get([r.host_shared.remote(self._plan) for r in self.ranks], "learner ranks sharing their bucket buffers")
-            fleet.wait(fleet.join_shared_refs(endpoints), 300, "generators opening the learner's shared buffers")
-            self.sync_members = fleet.members
-        recv = fleet.receive_shared_refs(self._plan, version)
-        sent = self._get([r.publish_shared.remote(self._plan) for r in self.ranks], "publishing weights through shared buffers")
-        reports = fleet.finish_sync(recv, version)
-        plan = plan_from_wire(self._plan)
-        return {"seconds": time.monotonic() - start, "bytes": sent[0], "buckets": len(plan), "generators": len(reports), "version": version,
-                "transport": "cuda-ipc" if fleet.settings.gpus else "shared-memory"}
+    def start_send(self, wire_plan: WirePlan):
+        pending = self._pending([r.send_weights.remote(wire_plan) for r in self.ranks], "the learner sending weights")
+        return lambda timeout_s: max(pending(timeout_s))  # the bytes one generator receives
+
+    def close_transport(self) -> None:
+        self._get([r.close_weights.remote() for r in self.ranks], "learner ranks closing their weight transport", 60)
 
     def save(self, directory: str, client_state: dict[str, Any]) -> None:
         self._get([r.save.remote(directory, client_state) for r in self.ranks], f"saving a checkpoint to {directory}")
@@ -242,10 +209,4 @@ class LearnerGroup:
         ray.kill(self.ranks[j], no_restart=True)
 
     def shutdown(self) -> None:
-        for r in self.ranks:
-            try:
-                ray.kill(r, no_restart=True)
-            except Exception:  # noqa: BLE001 - already gone
-                pass
-        if self.owns_pg:
-            remove_placement_group(self.pg)
+        tear_down(self.ranks, self.pg if self.owns_pg else None)

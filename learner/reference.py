@@ -13,14 +13,16 @@ import ray
 import torch
 
 from common.devices import on_gpu, torch_dtype
+from common.teardown import tear_down
 from learner.batch import attempt_inputs, joint_inputs, response_values
+from learner.core import _take, token_logprobs
 
 
 class ReferenceScorer:
     """Owns one frozen reference model and turns a batch into reference log-prob columns."""
 
     def __init__(self, model_path: str, dtype: str = "auto", temperature1: float = 1.0, temperature2: float = 1.0, threads: int | None = None):
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM  # heavy: loaded by the reference actors only
 
         gpu = on_gpu()
         if not gpu and threads:
@@ -31,8 +33,6 @@ class ReferenceScorer:
 
     @torch.no_grad()
     def score(self, table: pa.Table, rows_per_pass: int = 8) -> pa.Table:
-        from learner.core import _take, token_logprobs
-
         joint = joint_inputs(table) if self.t1 == self.t2 else None
         out1, out2 = [], []
         for start in range(0, table.num_rows, rows_per_pass):
@@ -80,8 +80,4 @@ class ReferenceGroup:
         return pa.concat_tables(parts)
 
     def shutdown(self) -> None:
-        for a in self.actors:
-            try:
-                ray.kill(a, no_restart=True)
-            except Exception:  # noqa: BLE001 - already gone
-                pass
+        tear_down(self.actors)

@@ -11,14 +11,23 @@ Verdict counters and grading latency are exported through ``ray.util.metrics``.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Literal
 
 import ray
+from ray.util.metrics import Counter as MetricCounter
+from ray.util.metrics import Histogram
 
+from common.logs import setup_logging
+from common.teardown import tear_down
+from rewards.code import run_tests
+from rewards.extract import extract_program
 from rewards.sandbox import STATUSES, SandboxLimits
+
+log = logging.getLogger(__name__)
 
 GradeKind = Literal["math", "code"]
 
@@ -46,14 +55,11 @@ def grade_one(req: GradeRequest, limits: SandboxLimits, allow_weak_isolation: bo
     """Grade in this process (what each reward actor runs)."""
     start = time.monotonic()
     if req.kind == "math":
-        from rewards.math import grade as grade_math
+        from rewards.math import grade as grade_math  # math-verify pulls in sympy: loaded by graders that need it
 
         reward = grade_math(req.response, req.gold)
         verdict = "correct" if reward else "wrong"
     elif req.kind == "code":
-        from rewards.code import run_tests
-        from rewards.extract import extract_program
-
         result = run_tests(
             extract_program(req.response), req.gold, limits=limits, allow_weak_isolation=allow_weak_isolation
         )
@@ -68,9 +74,7 @@ class RewardWorker:
     """One grading actor: owns nothing but its limits and its metric handles."""
 
     def __init__(self, limits: SandboxLimits, allow_weak_isolation: bool = False):
-        from ray.util.metrics import Counter as MetricCounter
-        from ray.util.metrics import Histogram
-
+        setup_logging()  # this worker's messages at the driver's level ($SCORE_LOG_LEVEL)
         self.limits = limits
         self.allow_weak_isolation = allow_weak_isolation
         self.verdicts = MetricCounter(
@@ -88,7 +92,7 @@ class RewardWorker:
             result = grade_one(req, self.limits, self.allow_weak_isolation)
         except Exception as err:  # noqa: BLE001 - a crashing grader never ends a run
             result = GradeResult(0.0, "sandbox_error", 0.0)
-            print(f"grader error ({req.kind}): {type(err).__name__}: {err}", flush=True)
+            log.warning("grader error (%s): %s: %s", req.kind, type(err).__name__, err)
         self.verdicts.inc(1, tags={"kind": req.kind, "verdict": result.verdict})
         self.latency.observe(result.latency_s, tags={"kind": req.kind})
         return result
@@ -191,8 +195,7 @@ class RewardPool:
             results[index] = GradeResult(0.0, "sandbox_error", 0.0, attempts[index])
 
     def shutdown(self) -> None:
-        for actor in self.actors:
-            ray.kill(actor, no_restart=True)
+        tear_down(self.actors)
 
 
 __all__ = ["GradeRequest", "GradeResult", "RewardPool", "RewardWorker", "STATUSES", "grade_one"]

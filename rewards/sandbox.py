@@ -38,6 +38,10 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the config's types only: this file also runs alone, as the sandbox's driver script
+    from cluster.config import SandboxConfig
 from typing import Literal
 
 Status = Literal["ok", "error", "timeout", "memory", "disk_full", "killed", "sandbox_error"]
@@ -71,6 +75,11 @@ class SandboxLimits:
     max_file_bytes: int = 16 * 1024 * 1024
     max_open_files: int = 64
     tmpfs_mb: int = 64  # the writable /tmp (and working directory), counted in memory_mb
+
+    @classmethod
+    def from_config(cls, sb: SandboxConfig) -> SandboxLimits:
+        """The limits of ``rewards.sandbox`` (the config's keys are a subset of these fields)."""
+        return cls(**{f: getattr(sb, f) for f in ("timeout_s", "memory_mb", "max_processes", "max_output_bytes", "tmpfs_mb")})
 
     def __post_init__(self):
         if not 0 < self.tmpfs_mb < self.memory_mb:

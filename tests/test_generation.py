@@ -1,5 +1,6 @@
 """Generator actors on real vLLM (CPU) with the real model: rollout batches, token-exact second
-attempts, weight sync through the gloo group, and failover when a generator dies."""
+attempts, weight sync (both transports, an untied LM head, a generator dying mid-sync), and failover
+when a generator dies."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import pytest
 import torch
 
 from actors.batch import ROLLOUT_SCHEMA, check_complete
-from actors.weight_sync import (ParamSpec, SharedBuckets, SyncEndpoint, free_port, plan_buckets, plan_from_wire, plan_to_wire,
-                                publish_shared, receive_shared, shared_capacity, spec_of)
+from common.network import free_port
+from weight_sync.buckets import ParamSpec, largest_bucket_bytes, plan_buckets, plan_from_wire, plan_to_wire, spec_of
+from weight_sync.manager import LocalSource, WeightSync
+from weight_sync.transports import BroadcastTransport, SharedBufferTransport, SyncEndpoint
 from rewards.tasks.arithmetic import ArithmeticTask
 
 GREEDY = {"temperature": 0.0, "max_tokens": 24}
@@ -45,20 +48,16 @@ def test_check_complete_rejects_short_and_mixed_batches():
 
 
 def _receive_broadcast(host, port, backend, wire_plan, rounds):
-    """Rank 1 of a two-member broadcast group in another process: takes ``rounds`` publishes."""
-    from actors.weight_sync import SyncGroup, receive
-
-    group = SyncGroup(SyncEndpoint(host, port, 2, backend, 60), 1)
-    return [{name: t.cpu().clone() for name, t in receive(group, plan_from_wire(wire_plan))} for _ in range(rounds)]
+    """Rank 1 of a two-member broadcast group in another process: takes ``rounds`` sends."""
+    transport = BroadcastTransport(SyncEndpoint(host, port, 2, backend, 60), 1)
+    return [{name: t.cpu().clone() for name, t in transport.receive(plan_from_wire(wire_plan))} for _ in range(rounds)]
 
 
 @pytest.mark.parametrize("backend", ["gloo", pytest.param("nccl", marks=pytest.mark.gpu)])
-def test_broadcast_group_carries_every_bucket_to_another_process(ray_local, backend):
-    """The broadcast transport between two processes (rank 0 publishes, rank 1 receives): gloo on CPU,
-    NCCL on two GPUs. Buckets of two dtypes, two rounds, bit-exact."""
+def test_broadcast_transport_carries_every_bucket_to_another_process(ray_local, backend):
+    """The broadcast transport between two processes (rank 0 sends, rank 1 receives): gloo on CPU,
+    NCCL on two GPUs. Buckets of two dtypes, two rounds, bit-exact; closed, it refuses to send."""
     import ray
-
-    from actors.weight_sync import SyncGroup, publish
 
     if backend == "nccl" and torch.cuda.device_count() < 2:
         pytest.skip("an NCCL broadcast between two processes needs two GPUs; the same code runs with gloo (the CPU case)")
@@ -69,13 +68,15 @@ def test_broadcast_group_carries_every_bucket_to_another_process(ray_local, back
     host, port = "127.0.0.1", free_port()
     env = {"env_vars": {"CUDA_VISIBLE_DEVICES": "1"}} if backend == "nccl" else None
     received = ray.remote(_receive_broadcast).options(runtime_env=env).remote(host, port, backend, plan_to_wire(plan), 2)
-    group = SyncGroup(SyncEndpoint(host, port, 2, backend, 60), 0)
+    transport = BroadcastTransport(SyncEndpoint(host, port, 2, backend, 60), 0)
     rounds = [tensors, {n: t * 2 for n, t in tensors.items()}]
     for r in rounds:
-        sent = publish(group, ((n, t.to(group.device)) for n, t in r.items()), plan)
+        sent = transport.send(((n, t.to(transport.device)) for n, t in r.items()), plan)
         assert sent == sum(t.numel() * t.element_size() for t in r.values())
     got = ray.get(received, timeout=120)
-    group.close()
+    transport.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        transport.send(iter(tensors.items()), plan)
     for want, have in zip(rounds, got):
         assert set(have) == set(want)
         for n in want:
@@ -83,9 +84,9 @@ def test_broadcast_group_carries_every_bucket_to_another_process(ray_local, back
 
 
 def _receive_in_another_process(host, port, wire_plan, rounds):
-    """A receiver in a separate process: opens the shared buffers once, then takes ``rounds`` publishes."""
-    channel = SharedBuckets(SyncEndpoint(host, port, 2, "shared", 60), is_publisher=False)
-    return [{name: t.clone() for name, t in receive_shared(channel, plan_from_wire(wire_plan))} for _ in range(rounds)]
+    """A receiver in a separate process: opens the shared buffers once, then takes ``rounds`` sends."""
+    channel = SharedBufferTransport(SyncEndpoint(host, port, 2, "shared", 60), is_sender=False)
+    return [{name: t.clone() for name, t in channel.receive(plan_from_wire(wire_plan))} for _ in range(rounds)]
 
 
 def test_shared_buffers_carry_every_bucket_to_another_process(ray_local):
@@ -95,22 +96,22 @@ def test_shared_buffers_carry_every_bucket_to_another_process(ray_local):
     gen = torch.Generator().manual_seed(0)
     tensors = {f"p{i}": torch.randn(40 + i, generator=gen) for i in range(7)} | {"h": torch.randn(3, 5, generator=gen).bfloat16()}
     plan = plan_buckets([spec_of(n, t) for n, t in tensors.items()], 200)
-    assert len(plan) >= 5  # more buckets than buffers: the publisher must wait for acks
+    assert len(plan) >= 5  # more buckets than buffers: the sender must wait for acks
     host, port = "127.0.0.1", free_port()
-    channel = SharedBuckets(SyncEndpoint(host, port, 2, "shared", 60), is_publisher=True, capacity=shared_capacity(plan))
+    channel = SharedBufferTransport(SyncEndpoint(host, port, 2, "shared", 60), is_sender=True, capacity=largest_bucket_bytes(plan))
     received = ray.remote(_receive_in_another_process).remote(host, port, plan_to_wire(plan), 2)
     rounds = [tensors, {n: t * 2 for n, t in tensors.items()}]
     for r in rounds:
-        sent = publish_shared(channel, iter(r.items()), plan)
+        sent = channel.send(iter(r.items()), plan)
         assert sent >= sum(t.numel() * t.element_size() for t in r.values())
     got = ray.get(received, timeout=120)
     for want, have in zip(rounds, got):
         assert set(have) == set(want)
         for n in want:
             assert torch.equal(have[n], want[n]), n
-    small = SharedBuckets(SyncEndpoint(host, free_port(), 2, "shared", 5), is_publisher=True, capacity=16)
+    small = SharedBufferTransport(SyncEndpoint(host, free_port(), 2, "shared", 5), is_sender=True, capacity=16)
     with pytest.raises(ValueError, match="does not fit"):
-        publish_shared(small, iter(tensors.items()), plan)
+        small.send(iter(tensors.items()), plan)
 
 
 @pytest.mark.gpu
@@ -119,7 +120,7 @@ def test_cuda_ipc_handle_opens_the_same_gpu_memory():
         pytest.skip("CUDA IPC needs a GPU; the same share/open code runs on CPU shared memory (tested above)")
     import torch.multiprocessing as mp
 
-    from actors.weight_sync import share_handle
+    from weight_sync.transports import share_handle
 
     t = torch.arange(8, dtype=torch.float32, device="cuda")
     ctx = mp.get_context("spawn")
@@ -146,7 +147,7 @@ def test_colocated_generator_sleeps_and_wakes_on_gpu(model_path):
 
 
 def _sum_of_handle(handle) -> float:
-    from actors.weight_sync import open_handle
+    from weight_sync.transports import open_handle
 
     return float(open_handle(handle).sum())
 
@@ -287,43 +288,43 @@ def _perturb_then_restore(fleet, task, model_path, bucket_bytes, sync, check_per
     return changed
 
 
+def _manager(fleet, bucket_bytes, backend=None, **kwargs):
+    """A WeightSync from this process; ``sync(weights, plan, version)`` pushes ``weights`` and returns the generators' reports."""
+    current = {}
+    manager = WeightSync(LocalSource(lambda: iter(current.items())), fleet, bucket_bytes, backend=backend, **kwargs)
+
+    def sync(weights, plan, version):
+        current.clear()
+        current.update(weights)
+        return manager.push(version)["reports"]
+
+    return manager, sync
+
+
 def test_weight_sync_changes_outputs_matches_transformers_and_restores(fleet, task, model_path):
-    from actors.fleet import local_sync
-
-    group = None
-
-    def sync(weights, plan, version):  # the broadcast group (gloo here, NCCL on GPUs), reused after the first call
-        nonlocal group
-        group, reports = local_sync(fleet, lambda: iter(weights.items()), plan, version, group=group)
-        return reports
-
-    _perturb_then_restore(fleet, task, model_path, 16 << 20, sync)
+    manager, sync = _manager(fleet, 16 << 20)  # the broadcast group (gloo here, NCCL on GPUs), built once and reused
+    try:
+        _perturb_then_restore(fleet, task, model_path, 16 << 20, sync)
+        assert manager.rebuilds == 1 and manager.members == (0, 1)
+    finally:
+        manager.shutdown()
 
 
 def test_colocated_shared_memory_sync_matches_transformers_and_restores(fleet, task, model_path):
-    """Colocated mode's weight path into real vLLM workers: shared buffers (CUDA IPC on a GPU), then reload."""
+    """Colocated mode's weight path into real vLLM workers: shared buffers (CUDA IPC on a GPU), one channel per
+    generator as learner rank j owns generator j's, then reload."""
     import ray
 
-    channels, endpoints = [], []
-
-    def sync(weights, plan, version):
-        if not channels:  # one learner-side channel per generator, as learner rank j hosts generator j's
-            for _ in fleet.actors:
-                port = free_port()
-                channels.append(SharedBuckets(SyncEndpoint("127.0.0.1", port, 2, "shared", 120), is_publisher=True,
-                                              capacity=shared_capacity(plan)))
-                endpoints.append(("127.0.0.1", port))
-            fleet.wait(fleet.join_shared_refs(endpoints), 120, "joining shared buffers")
-        refs = fleet.receive_shared_refs(plan_to_wire(plan), version)
-        for ch in channels:
-            publish_shared(ch, iter(weights.items()), plan)
-        return fleet.finish_sync(refs, version)
+    manager, sync = _manager(fleet, 64 << 20, backend="shared")
 
     def check_perturbed(perturbed):
         assert ray.get(fleet.actors[0].param_checksum.remote("model.embed_tokens.weight")) == pytest.approx(
             float(perturbed["model.embed_tokens.weight"].double().sum()), rel=1e-9)
 
-    changed = _perturb_then_restore(fleet, task, model_path, 64 << 20, sync, check_perturbed)
+    try:
+        changed = _perturb_then_restore(fleet, task, model_path, 64 << 20, sync, check_perturbed)
+    finally:
+        manager.shutdown()
     assert set(changed["generator"].to_pylist()) == {"generator-0", "generator-1"}
     # on CPU there is no sleep mode: sleep/wake are no-ops and generation needs no wake-up call
     assert ray.get(fleet.actors[0].sleep.remote()) is False
@@ -353,3 +354,86 @@ def test_killing_a_generator_mid_batch_still_gives_a_complete_batch(fleet, task)
     assert batch.num_rows == 12
     assert any("generator-1 died" in e for e in fleet.events)
     assert set(batch["generator"].to_pylist()) == {"generator-0"}
+
+
+def test_a_generator_dying_mid_sync_is_rebuilt_around_and_brought_to_the_version(fleet, task, model_path):
+    """generator-1 is killed while the weights are on the wire: the push fails, the manager closes the
+    transport, rebuilds it with the live generators (generator-1 once Ray restarted it) and pushes again;
+    both end up holding the new version and the next batch, served by both, carries it."""
+    import ray
+
+    weights = _model_weights(model_path)
+    calls, killed = [], []
+
+    def tensors():  # called once for the plan, then once per send
+        calls.append(1)
+        for i, (name, t) in enumerate(weights.items()):
+            if len(calls) == 2 and i == len(weights) // 2:  # halfway through the first send's buckets
+                killed.append(name)
+                fleet.kill(1)
+            yield name, t
+
+    manager = WeightSync(LocalSource(tensors), fleet, 4 << 20, timeout_s=30)
+    try:
+        v = fleet.version + 1
+        report = manager.push(v)
+    finally:
+        manager.shutdown()
+    assert killed and manager.events and f"version {v}, attempt 1" in manager.events[0]
+    assert report["version"] == v and report["generators"] == 2 and report["rebuilds"] >= 2
+    assert fleet.version == v and fleet.current == {0, 1}
+    assert [i["version"] for i in fleet.info()] == [v, v]
+    name = "model.embed_tokens.weight"
+    assert ray.get(fleet.actors[1].param_checksum.remote(name)) == pytest.approx(float(weights[name].double().sum()), rel=1e-9)
+    batch = fleet.first_attempts(_items(task, 4), 1, GREEDY)
+    assert set(batch["a1_version"].to_pylist()) == {v} and set(batch["generator"].to_pylist()) == {"generator-0", "generator-1"}
+
+
+def _model_weights(model_path):
+    """The embedded model's weights, slightly moved (so a load is visible), by name in order."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    return {n: p.detach() * 1.001 for n, p in model.named_parameters()}
+
+
+def test_an_untied_lm_head_loads_like_any_other_weight(ray_local, model_path, task, tmp_path):
+    """A model built from the embedded model's config with ``tie_word_embeddings: false`` (its own LM head,
+    the embedding plus noise): after a sync of new weights, vLLM's greedy output equals transformers' on the
+    same weights, and vLLM holds the LM head that was sent, not one re-derived from the embedding."""
+    import ray
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from actors.fleet import FleetSettings, GeneratorFleet
+
+    gen = torch.Generator().manual_seed(1)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, tie_word_embeddings=False).eval()
+    embed = model.get_input_embeddings().weight
+    with torch.no_grad():
+        model.lm_head.weight = torch.nn.Parameter(embed.detach().clone() + 0.002 * torch.randn(embed.shape, generator=gen))
+    assert model.lm_head.weight.data_ptr() != embed.data_ptr()
+    model.save_pretrained(tmp_path / "untied")
+    AutoTokenizer.from_pretrained(model_path).save_pretrained(tmp_path / "untied")
+    tok = AutoTokenizer.from_pretrained(model_path)
+
+    fleet = GeneratorFleet(str(tmp_path / "untied"), FleetSettings(num_generators=1, namespace_prefix="untied", engine_kwargs={
+        "cpu_kv_cache_gb": 0.25, "max_model_len": 1024, "dtype": "float32"}))
+    new = {n: p.detach() + 0.003 * torch.randn(p.shape, generator=gen) * p.detach().std() for n, p in model.named_parameters()}
+    assert "lm_head.weight" in new
+    manager, sync = _manager(fleet, 16 << 20)
+    try:
+        reports = sync(new, None, 1)
+        assert reports[0]["tensors"] == len(new)
+        batch = fleet.first_attempts(_items(task, 3), 1, GREEDY)
+        held_head = ray.get(fleet.actors[0].param_checksum.remote("lm_head.weight"))
+    finally:
+        manager.shutdown()
+        fleet.shutdown()
+    assert held_head == pytest.approx(float(new["lm_head.weight"].double().sum()), rel=1e-6)
+    assert held_head != pytest.approx(float(new["model.embed_tokens.weight"].double().sum()), rel=1e-6)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(new[n])
+    for row in batch.to_pylist():
+        assert row["a1_version"] == 1
+        assert row["a1_response_ids"] == _hf_greedy(model, tok, row["a1_prompt_ids"], len(row["a1_response_ids"]))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.weight_sync import free_port
+from common.network import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

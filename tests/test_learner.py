@@ -222,7 +222,7 @@ def test_update_uses_the_learners_own_old_policy_not_vllms(model_path, batch):
         metrics = core.update(table, stage=2)
         out[name] = (metrics, core.sequence_logprob(batch, "a2"))
         core.close()
-    (same, lp_same), (shf, lp_shf), (ison, lp_ison) = out["same"], out["shifted"], out["is_on"]
+    (same, lp_same), (shf, lp_shf), (ison, _) = out["same"], out["shifted"], out["is_on"]
     assert same["clipped_fraction"] == 0 and shf["clipped_fraction"] == 0  # the first step's ratio is exactly 1
     assert shf["loss"] == same["loss"] and lp_shf == lp_same  # vLLM's numbers did not enter the update
     # the batch's log-probs are the base model's own: the mismatch is ~0 unshifted and 0.3 shifted

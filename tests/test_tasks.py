@@ -68,16 +68,11 @@ def test_data_seed_fixes_the_problems_across_run_seeds():
     assert questions(0, fixed) == questions(1, fixed) == questions(2, fixed)
 
 
-def test_second_turn_holds_attempt_one_and_the_instruction():
+def test_the_self_correction_instruction_is_the_paper_s_unless_configured():
     task = build_task(load_config().task)
-    problem = task.problems("eval")[0]
-    messages = task.second_turn(problem, "I think 7.")
-    assert [m["role"] for m in messages] == ["user", "assistant", "user"]
-    assert messages[0]["content"] == problem.question
-    assert messages[1]["content"] == "I think 7."
-    assert messages[2]["content"].startswith(MATH_INSTRUCTION)
-    custom = ArithmeticTask(instruction="Check again.")
-    assert custom.second_turn(problem, "x")[2]["content"] == "Check again."
+    assert task.instruction.startswith(MATH_INSTRUCTION) and task.instruction.endswith(task.answer_format)
+    assert ArithmeticTask(instruction="Check again.").instruction == "Check again."
+    assert build_task(load_config(None, ["task.instruction=Look again."]).task).instruction == "Look again."
 
 
 def test_gsm8k_from_shared_data(gsm8k_dir):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,8 +99,6 @@ class Task(ABC):
             return train, []
         if self.val_size >= len(train):
             raise TaskDataError(f"task.val_size ({self.val_size}) must be smaller than the {len(train)} training problems")
-        import random
-
         picked = set(random.Random(f"validation-{len(train)}").sample(range(len(train)), self.val_size))
         self.reports.append(LoadReport(f"validation split (taken out of the {len(train)} training problems)", rows=self.val_size))
         return [p for i, p in enumerate(train) if i not in picked], [train[i] for i in sorted(picked)]
@@ -112,17 +111,6 @@ class Task(ABC):
     def first_turn(self, problem: Problem) -> list[dict[str, str]]:
         """The chat messages for attempt 1."""
         return [{"role": "user", "content": problem.question}]
-
-    def second_turn(self, problem: Problem, attempt1: str) -> list[dict[str, str]]:
-        """The chat messages for attempt 2: problem, attempt 1, self-correction instruction.
-
-        No oracle feedback of any kind goes between the attempts.
-        """
-        return [
-            *self.first_turn(problem),
-            {"role": "assistant", "content": attempt1},
-            {"role": "user", "content": self.instruction},
-        ]
 
     # -- row parsing helpers -------------------------------------------------------
     def _rows_to_problems(
@@ -156,6 +144,26 @@ class Task(ABC):
         return problems
 
 
+class FileTask(Task):
+    """A task whose train and eval problems are rows of a file (JSONL/Parquet) or of a hub dataset;
+    subclasses turn one row into a :class:`Problem` (:meth:`parse_row`)."""
+
+    def __init__(self, train_path: str | None, eval_path: str | None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.paths = {"train": train_path, "eval": eval_path}
+
+    def _load(self, split: Split) -> list[Problem]:
+        path = self.paths[split]
+        if not path:
+            raise TaskDataError(f"task '{self.name}' has no {split} data: set task.{split}_path")
+        rows = read_rows(path) if looks_like_file(path) else read_hub_dataset(path, split)
+        return self._rows_to_problems(path, rows, lambda row, n: self.parse_row(row, f"{split}-{n}"))
+
+    @abstractmethod
+    def parse_row(self, row: dict[str, Any], uid: str) -> Problem:
+        """One problem from one row; ``uid`` is ``<split>-<line or row number>``."""
+
+
 def _describe(err: Exception) -> str:
     if isinstance(err, KeyError):
         return f"missing field {err.args[0]!r}"
@@ -182,7 +190,7 @@ def read_rows(path: str) -> Iterator[tuple[int, Any]]:
     if not p.is_file():
         raise TaskDataError(f"data file not found: {path}")
     if p.suffix == ".parquet":
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # heavy-ish: only for Parquet files
 
         table = pq.read_table(p)
         for i, row in enumerate(table.to_pylist(), start=1):

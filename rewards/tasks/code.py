@@ -5,15 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from rewards.tasks.base import (
-    CODE_INSTRUCTION,
-    Problem,
-    Split,
-    Task,
-    TaskDataError,
-    read_rows,
-    require_str,
-)
+from rewards.tasks.base import CODE_INSTRUCTION, FileTask, Problem, Split, Task, TaskDataError, require_str
 
 _ASSERT_CALL = re.compile(r"assert\s+(?:not\s+)?\(?\s*(?:set\()?\s*(?:math\.isclose\()?\s*([A-Za-z_]\w*)\s*\(")
 
@@ -43,24 +35,14 @@ class HumanEvalTask(Task):
         return Problem(uid=row.get("task_id", f"HumanEval/{n}"), question=question, gold=tests, entry_point=entry_point)
 
 
-class MBPPTask(Task):
+class MBPPTask(FileTask):
     """MBPP in the sanitized format: ``prompt``, ``test_list`` (asserts) and optional ``test_imports``."""
 
     name = "mbpp"
     grader = "code"
     default_instruction = CODE_INSTRUCTION
 
-    def __init__(self, train_path: str | None, eval_path: str | None, **kwargs: Any):
-        super().__init__(**kwargs)
-        self.paths = {"train": train_path, "eval": eval_path}
-
-    def _load(self, split: Split) -> list[Problem]:
-        path = self.paths[split]
-        if not path:
-            raise TaskDataError(f"task 'mbpp' has no {split} data: set task.{split}_path")
-        return self._rows_to_problems(path, read_rows(path), self._parse)
-
-    def _parse(self, row: dict[str, Any], n: int) -> Problem:
+    def parse_row(self, row: dict[str, Any], uid: str) -> Problem:
         text = require_str(row, "prompt") if "prompt" in row else require_str(row, "text")
         tests = row["test_list"]
         if not isinstance(tests, list) or not tests or not all(isinstance(t, str) for t in tests):
@@ -73,4 +55,4 @@ class MBPPTask(Task):
             "Output the whole program in one ```python code block."
         )
         gold = "\n".join([*imports, *tests]) + "\n"
-        return Problem(uid=f"mbpp-{row.get('task_id', n)}", question=question, gold=gold, entry_point=entry_point)
+        return Problem(uid=f"mbpp-{row.get('task_id', uid)}", question=question, gold=gold, entry_point=entry_point)

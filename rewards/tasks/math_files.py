@@ -5,42 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 from rewards.extract import gsm8k_answer, last_boxed
-from rewards.tasks.base import (
-    MATH_INSTRUCTION,
-    Problem,
-    Split,
-    Task,
-    TaskDataError,
-    looks_like_file,
-    read_hub_dataset,
-    read_rows,
-    require_str,
-)
+from rewards.tasks.base import MATH_INSTRUCTION, FileTask, Problem, TaskDataError, require_str
 
 
-class FileMathTask(Task):
-    """Problems from a train file and an eval file; each row is parsed by :meth:`parse_row`."""
+class FileMathTask(FileTask):
+    """Math problems from a train file and an eval file; each row is parsed by :meth:`parse_row`."""
 
     grader = "math"
     default_instruction = MATH_INSTRUCTION
     answer_format = "Give the final answer on the last line as 'The answer is N.'"
 
-    def __init__(self, train_path: str | None, eval_path: str | None, **kwargs: Any):
-        super().__init__(**kwargs)
-        self.paths = {"train": train_path, "eval": eval_path}
-
-    def _load(self, split: Split) -> list[Problem]:
-        path = self.paths[split]
-        if not path:
-            raise TaskDataError(f"task '{self.name}' has no {split} data: set task.{split}_path")
-        rows = read_rows(path) if looks_like_file(path) else read_hub_dataset(path, split)
-        return self._rows_to_problems(path, rows, lambda row, n: self.parse_row(row, f"{split}-{n}"))
-
     def question_text(self, text: str) -> str:
         return f"{text.strip()}\n{self.answer_format}"
-
-    def parse_row(self, row: dict[str, Any], uid: str) -> Problem:
-        raise NotImplementedError
 
 
 class GSM8KTask(FileMathTask):
