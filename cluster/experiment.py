@@ -383,7 +383,6 @@ def report(results: Path, doc_dir: Path) -> int:
     summary["answer_changed"] = {arm: float(np.mean([r["final"]["answer_changed"] for r in recs])) for arm, recs in by_arm.items()}
     att_md, summary["accuracy_by_attempt"] = attempts_table(by_arm)
     doc_dir.mkdir(parents=True, exist_ok=True)
-    (doc_dir / "self_correction.json").write_text(json.dumps(summary, indent=1))
     table = markdown_table(summary)
     lines = [table, ""]
     for arm, d in summary.get("score_minus", {}).items():
@@ -395,6 +394,15 @@ def report(results: Path, doc_dir: Path) -> int:
     for recs in by_arm.values():
         for r in recs:
             lines.append(f"| {r['name']} | {r['training_episodes']} | {r['wall_seconds'] / 60:.0f} | {r.get('selected_iteration') or '—'} |")
+    examples = [ex | {"run": r["name"]} for r in by_arm.get("score", []) for ex in r.get("corrections", [])][:3]
+    summary["examples"] = examples
+    if examples:
+        lines += ["", "Held-out problems where SCoRe's attempt 2 corrects its attempt 1 (greedy, quoted in full):"]
+        for ex in examples:
+            lines += ["", f"**{ex['run']}, problem {ex['problem_index']}** (gold: {ex['gold']})", "",
+                      *[f"> {label}: {text}" for label, text in (("problem", ex["problem"]), ("attempt 1", ex["attempt1"]),
+                                                                  ("attempt 2", ex["attempt2"]))]]
+    (doc_dir / "self_correction.json").write_text(json.dumps(summary, indent=1))
     (doc_dir / "self_correction.md").write_text("\n".join(lines) + "\n")
     png = plot(summary, by_arm, doc_dir / "self_correction.png")
     print("\n".join(lines))

@@ -106,9 +106,12 @@ def test_report_is_rebuilt_from_result_files_alone(tmp_path):
     results = tmp_path / "results"
     results.mkdir()
     r1 = [1, 0, 1, 0, 1, 0]
+    fixed = {"problem_index": 1, "problem": "Tom has 2 apples and gets 3 more apples. How many apples does Tom have now?",
+             "attempt1": "Tom has 6 apples.", "attempt2": "2 + 3 = 5. Tom has 5 apples.", "gold": "5"}
     files = [_result("base", None, r1, [1, 0, 0, 0, 1, 0], [1, 0, 0, 0, 0, 0]),
              _result("score", 0, r1, [1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 0, 0]), _result("score", 1, r1, [1, 1, 1, 0, 1, 0], [1, 1, 1, 0, 1, 0], episodes=2400),
              _result("plain_rl", 0, r1, r1, r1)]
+    files[1]["corrections"] = [fixed]
     for rec in files:
         (results / f"{rec['name']}.json").write_text(json.dumps(rec))
     docs = tmp_path / "docs"
@@ -127,6 +130,8 @@ def test_report_is_rebuilt_from_result_files_alone(tmp_path):
     assert (docs / "self_correction.png").stat().st_size > 10_000
     md = (docs / "self_correction.md").read_text()
     assert "(e) plain two-turn RL" in md and "Accuracy@t3" in md and "score-seed1 | 2400" in md
+    assert summary["examples"] == [fixed | {"run": "score-seed0"}]
+    assert "> attempt 2: 2 + 3 = 5. Tom has 5 apples." in md and "(gold: 5)" in md
 
 
 def test_report_without_results_is_one_line(tmp_path, capsys):
