@@ -61,6 +61,7 @@ class WeightSync:
         settings = fleet.settings
         # colocated generators take weights through their learner rank's shared buffers, the others through one broadcast group
         self.backend = backend or (SHARED if settings.colocated else ("nccl" if settings.gpus else "gloo"))
+        self.transport = ("cuda-ipc" if settings.gpus else "shared-memory") if self.backend == SHARED else self.backend
         self.members: tuple[int, ...] = ()  # generators in the current transport
         self._wire: WirePlan | None = None
         self.rebuilds = 0
@@ -95,8 +96,7 @@ class WeightSync:
         reports = list(fleet.wait(receiving, self.timeout_s, f"generators receiving weight version {version}").values())
         fleet.adopt(self.members, version)
         return {"seconds": time.monotonic() - start, "bytes": sent, "buckets": len(self._wire), "generators": len(reports), "reports": reports,
-                "version": version, "transport": "cuda-ipc" if self.backend == SHARED and fleet.settings.gpus else
-                ("shared-memory" if self.backend == SHARED else self.backend), "rebuilds": self.rebuilds}
+                "version": version, "transport": self.transport, "rebuilds": self.rebuilds}
 
     def _rebuild(self, live: tuple[int, ...]) -> None:
         """Close the current transport everywhere, then open one for ``live``."""
