@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 import pyarrow as pa
 
+from actors.batch import ATTEMPT_FIELDS
 from rewards.extract import extract_program, final_answer
 
 METRICS = ("accuracy_t1", "accuracy_t2", "delta_t1_t2", "delta_i_to_c", "delta_c_to_i")
@@ -94,7 +95,7 @@ def evaluate(fleet, pool, task, problems, *, temperature: float, max_tokens: int
     for _ in range(2, attempts):
         # the previous attempt stands in for attempt 1: its prompt already holds the conversation so far
         chained = first.select(["uid", "problem_index", "sample_index", "generator", "a1_messages"])
-        for name in ("prompt_ids", "response_ids", "logprobs", "finish_reason", "length", "text", "version"):
+        for name, _ in ATTEMPT_FIELDS:
             chained = chained.append_column(f"a1_{name}", previous[f"a2_{name}"])
         previous = fleet.second_attempts(chained, task.instruction, sampling, num_problems=len(problems), k=1)
         texts.append(previous["a2_text"].to_pylist())

@@ -244,7 +244,8 @@ class ScoreTrainer:
         batch = pa.concat_tables(parts).drop_columns(["round"])
         batch = batch.set_column(batch.column_names.index("problem_index"), "problem_index", pa.array([i // k for i in range(batch.num_rows)], pa.int32()))
         generated = pa.concat_tables(tables)
-        stats = {"sampling_rounds": len(tables), "groups_generated": len(tables) * P, "zero_variance_groups": uninformative / (len(tables) * P),
+        groups = generated.num_rows // k  # a later round may draw fewer than P problems from a small training set
+        stats = {"sampling_rounds": len(tables), "groups_generated": groups, "zero_variance_groups": uninformative / groups,
                  "episodes_trained": batch.num_rows, "seconds_generate": seconds["generate"], "seconds_grade": seconds["grade"]}
         return batch, generated, stats
 
