@@ -88,17 +88,16 @@ class GeneratorCore:
         self.llm.collective_rpc("score_close")
         return True
 
-    def receive_weights(self, wire_plan: list, version: int) -> dict[str, Any]:
-        """Load the weights arriving through the transport and take ``version`` (the engine's weights must be awake)."""
+    def receive_weights(self, wire_plan: list, version: int, load: str = "inplace") -> dict[str, Any]:
+        """Load the weights arriving through the transport and take ``version`` (the engine's weights must be awake);
+        ``load``: in place or through vLLM's reload (:mod:`weight_sync.loading`)."""
         start = time.monotonic()
         self.wake_up(["weights"])  # colocated and asleep: only the weights; the KV cache stays free until generation
-        return self._loaded(self.llm.collective_rpc("score_receive", args=(wire_plan,)), version, start)
-
-    def _loaded(self, counts: list[int], version: int, start: float) -> dict[str, Any]:
-        """After a weight load: drop stale KV blocks, take the version, report."""
+        loaded = self.llm.collective_rpc("score_receive", args=(wire_plan, load))
         self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
         self.version = version
-        return {"name": self.name, "version": version, "tensors": counts[0], "seconds": time.monotonic() - start}
+        return {"name": self.name, "version": version, "tensors": loaded[0]["tensors"], "load": loaded[0]["load"],
+                "seconds": time.monotonic() - start}
 
     def sleep(self) -> bool:
         """Free the GPU for the learner: weights to CPU memory, KV cache dropped (no-op without sleep mode)."""

@@ -99,6 +99,9 @@ class RolloutConfig(_Section):
     gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0)
     colocate_with_learner: bool = False
     sync_bucket_mb: int = Field(64, ge=1)
+    # how a generator takes new weights: copied into vLLM's parameters in place, re-packing only derived
+    # kernel layouts ("inplace"; falls back to "reload" for quantized models), or vLLM's layerwise reload
+    sync_load: Literal["inplace", "reload"] = "inplace"
     cpus_per_generator: float = Field(1.0, gt=0.0)  # CPU-only machines: Ray CPUs reserved per generator
     cpu_kv_cache_gb: float = Field(1.0, gt=0.0)  # CPU-only machines: vLLM KV cache per generator
     max_model_len: int = Field(2048, ge=64)

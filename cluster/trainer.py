@@ -137,7 +137,7 @@ class ScoreTrainer:
                                             threads=cfg.learner.threads_per_rank)
         self.learner = LearnerGroup(settings, cfg.learner.num_ranks, gpus=gpus, cpus_per_rank=cfg.learner.cpus_per_rank,
                                     pg=self.shared_pg, gpu_share=COLOCATED_GPU_SHARE if colocated else 1.0)
-        self.weights = WeightSync(self.learner, self.fleet, cfg.rollout.sync_bucket_mb << 20)
+        self.weights = WeightSync(self.learner, self.fleet, cfg.rollout.sync_bucket_mb << 20, load=cfg.rollout.sync_load)
         self.log = RunLog(self.run_dir, cfg.run.name)
         self.store = CheckpointStore(self.run_dir, cfg.checkpoint.keep)
 

@@ -50,7 +50,7 @@ def test_check_complete_rejects_short_and_mixed_batches():
 def _receive_broadcast(host, port, backend, wire_plan, rounds):
     """Rank 1 of a two-member broadcast group in another process: takes ``rounds`` sends."""
     transport = BroadcastTransport(SyncEndpoint(host, port, 2, backend, 60), 1)
-    return [{name: t.cpu().clone() for name, t in transport.receive(plan_from_wire(wire_plan))} for _ in range(rounds)]
+    return [{name: t.cpu().clone() for bucket in transport.receive(plan_from_wire(wire_plan)) for name, t in bucket} for _ in range(rounds)]
 
 
 @pytest.mark.parametrize("backend", ["gloo", pytest.param("nccl", marks=pytest.mark.gpu)])
@@ -86,7 +86,7 @@ def test_broadcast_transport_carries_every_bucket_to_another_process(ray_local, 
 def _receive_in_another_process(host, port, wire_plan, rounds):
     """A receiver in a separate process: opens the shared buffers once, then takes ``rounds`` sends."""
     channel = SharedBufferTransport(SyncEndpoint(host, port, 2, "shared", 60), is_sender=False)
-    return [{name: t.clone() for name, t in channel.receive(plan_from_wire(wire_plan))} for _ in range(rounds)]
+    return [{name: t.clone() for bucket in channel.receive(plan_from_wire(wire_plan)) for name, t in bucket} for _ in range(rounds)]
 
 
 def test_shared_buffers_carry_every_bucket_to_another_process(ray_local):
@@ -270,6 +270,7 @@ def _perturb_then_restore(fleet, task, model_path, bucket_bytes, sync, check_per
     v0 = fleet.version
     reports = sync(perturbed, plan, v0 + 1)
     assert fleet.version == v0 + 1 and all(r["version"] == v0 + 1 and r["tensors"] == len(original) for r in reports)
+    assert {r["load"] for r in reports} == {"inplace"}  # copied into vLLM's parameters, only the packed kernels rebuilt
     check_perturbed(perturbed)
     changed = fleet.first_attempts(items, 1, GREEDY)
     assert set(changed["a1_version"].to_pylist()) == {v0 + 1}
@@ -288,7 +289,7 @@ def _perturb_then_restore(fleet, task, model_path, bucket_bytes, sync, check_per
     return changed
 
 
-def _manager(fleet, bucket_bytes, backend=None, **kwargs):
+def _manager(fleet, bucket_bytes, backend=None, **kwargs):  # kwargs: WeightSync's (load, timeout_s, ...)
     """A WeightSync from this process; ``sync(weights, plan, version)`` pushes ``weights`` and returns the generators' reports."""
     current = {}
     manager = WeightSync(LocalSource(lambda: iter(current.items())), fleet, bucket_bytes, backend=backend, **kwargs)
@@ -397,10 +398,12 @@ def _model_weights(model_path):
     return {n: p.detach() * 1.001 for n, p in model.named_parameters()}
 
 
-def test_an_untied_lm_head_loads_like_any_other_weight(ray_local, model_path, task, tmp_path):
+@pytest.mark.parametrize("load", ["inplace", "reload"])
+def test_an_untied_lm_head_loads_like_any_other_weight(ray_local, model_path, task, tmp_path, load):
     """A model built from the embedded model's config with ``tie_word_embeddings: false`` (its own LM head,
     the embedding plus noise): after a sync of new weights, vLLM's greedy output equals transformers' on the
-    same weights, and vLLM holds the LM head that was sent, not one re-derived from the embedding."""
+    same weights, and vLLM holds the LM head that was sent, not one re-derived from the embedding. Both load
+    paths: in place (the default; the packed head is rebuilt from the sent one) and vLLM's reload."""
     import ray
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -420,10 +423,10 @@ def test_an_untied_lm_head_loads_like_any_other_weight(ray_local, model_path, ta
         "cpu_kv_cache_gb": 0.25, "max_model_len": 1024, "dtype": "float32"}))
     new = {n: p.detach() + 0.003 * torch.randn(p.shape, generator=gen) * p.detach().std() for n, p in model.named_parameters()}
     assert "lm_head.weight" in new
-    manager, sync = _manager(fleet, 16 << 20)
+    manager, sync = _manager(fleet, 16 << 20, load=load)
     try:
         reports = sync(new, None, 1)
-        assert reports[0]["tensors"] == len(new)
+        assert reports[0]["tensors"] == len(new) and reports[0]["load"] == load
         batch = fleet.first_attempts(_items(task, 3), 1, GREEDY)
         held_head = ray.get(fleet.actors[0].param_checksum.remote("lm_head.weight"))
     finally:

@@ -85,6 +85,12 @@ def largest_bucket_bytes(plan: Plan) -> int:
     return max(sum(s.nbytes for s in bucket) for bucket in plan)
 
 
+def bucket_view(buffer: torch.Tensor, bucket: list[ParamSpec]) -> torch.Tensor:
+    """The first bytes of the byte tensor ``buffer`` as a flat tensor of the bucket's dtype and size."""
+    dtype = bucket_dtype(bucket)
+    return buffer[: bucket_numel(bucket) * torch.empty((), dtype=dtype).element_size()].view(dtype)
+
+
 def pack(flat: torch.Tensor, bucket: list[ParamSpec], tensors: Iterator[tuple[str, torch.Tensor]]) -> torch.Tensor:
     """Copy the next ``len(bucket)`` tensors into ``flat`` in plan order (checking the order); returns ``flat``."""
     offset = 0

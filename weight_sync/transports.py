@@ -5,8 +5,9 @@ side, ``receive(plan)`` on the generator's, ``close()`` on both.
   every vLLM worker (ranks 1..N): NCCL on GPUs, gloo on CPU. It is built from a private
   ``TCPStore`` and a backend ``ProcessGroup`` object, so it never touches the default
   ``torch.distributed`` group that DeepSpeed or vLLM own in the same process. Every collective has
-  a deadline (the group's timeout, and each wait's), NCCL included. The sender keeps two buckets in
-  flight, so packing the next overlaps sending the previous where the backend allows.
+  a deadline (the group's timeout, and each wait's), NCCL included. Each end keeps two bucket
+  buffers between syncs: the sender packs bucket i+1 while bucket i goes, and a receiver takes
+  bucket i+1 while its consumer loads bucket i.
 - :class:`SharedBufferTransport`: a one-to-one channel for a colocated learner rank and generator:
   two bucket buffers in shared memory (CUDA IPC on a GPU), handed over once through a store.
 
@@ -27,7 +28,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp  # also registers the rebuild functions open_handle needs
 
-from weight_sync.buckets import Plan, bucket_dtype, bucket_numel, largest_bucket_bytes, pack, unpack
+from weight_sync.buckets import Plan, bucket_view, largest_bucket_bytes, pack, unpack
 
 BROADCAST_BACKENDS = ("gloo", "nccl")
 SHARED = "shared"
@@ -60,8 +61,9 @@ class Transport(ABC):
         """Send every bucket of ``plan``; tensors arrive in plan order. Returns the bytes sent."""
 
     @abstractmethod
-    def receive(self, plan: Plan) -> Iterator[tuple[str, torch.Tensor]]:
-        """Yield ``(name, tensor)`` as each bucket arrives (a stream for the model's loader)."""
+    def receive(self, plan: Plan) -> Iterator[list[tuple[str, torch.Tensor]]]:
+        """Yield each bucket as a list of ``(name, view)`` as it arrives. The views point into a
+        buffer that a later bucket reuses: they are valid until the next bucket is requested."""
 
     @abstractmethod
     def close(self) -> None:
@@ -87,6 +89,7 @@ class BroadcastTransport(Transport):
         else:
             raise ValueError(f"unknown broadcast backend {endpoint.backend!r}")
         self._store = store  # keep the store alive as long as the group
+        self._buffers: list[torch.Tensor] | None = None
 
     def _broadcast(self, tensor: torch.Tensor):
         if self.pg is None:
@@ -102,27 +105,40 @@ class BroadcastTransport(Transport):
         except RuntimeError as err:
             raise TransportError(f"weight broadcast failed: {err}") from None
 
+    def _flats(self, plan: Plan) -> list[torch.Tensor]:
+        """The two bucket buffers (kept between syncs: fresh memory per bucket costs page faults), grown to fit ``plan``."""
+        need = largest_bucket_bytes(plan)
+        if self._buffers is None or self._buffers[0].numel() < need:
+            self._buffers = [torch.empty(need, dtype=torch.uint8, device=self.device) for _ in range(2)]
+        return self._buffers
+
     def send(self, named_tensors: Iterable[tuple[str, torch.Tensor]], plan: Plan) -> int:
         it = iter(named_tensors)
+        buffers = self._flats(plan)
         in_flight: list = []
         sent = 0
-        for bucket in plan:
-            flat = pack(torch.empty(bucket_numel(bucket), dtype=bucket_dtype(bucket), device=self.device), bucket, it)
-            in_flight.append((self._broadcast(flat), flat))
+        for i, bucket in enumerate(plan):
+            if len(in_flight) == 2:  # two buckets in flight: the older one's buffer is the one to fill next
+                self._wait(in_flight.pop(0))
+            flat = pack(bucket_view(buffers[i % 2], bucket), bucket, it)
+            in_flight.append(self._broadcast(flat))
             sent += flat.numel() * flat.element_size()
-            if len(in_flight) > 1:  # two buckets in flight: pack the next while this one goes
-                self._wait(in_flight.pop(0)[0])
-        for work, _ in in_flight:
+        for work in in_flight:
             self._wait(work)
         return sent
 
-    def receive(self, plan: Plan) -> Iterator[tuple[str, torch.Tensor]]:
-        for bucket in plan:
-            flat = torch.empty(bucket_numel(bucket), dtype=bucket_dtype(bucket), device=self.device)
-            self._wait(self._broadcast(flat))
-            yield from unpack(flat, bucket)
+    def receive(self, plan: Plan) -> Iterator[list[tuple[str, torch.Tensor]]]:
+        """Bucket i+1 is already arriving (into the other buffer) while the consumer loads bucket i."""
+        buffers = self._flats(plan)
+        flats = [bucket_view(buffers[i % 2], bucket) for i, bucket in enumerate(plan)]
+        pending = self._broadcast(flats[0]) if plan else None
+        for i, bucket in enumerate(plan):
+            self._wait(pending)
+            pending = self._broadcast(flats[i + 1]) if i + 1 < len(plan) else None
+            yield list(unpack(flats[i], bucket))
 
     def close(self) -> None:
+        self._buffers = None
         pg, self.pg = self.pg, None
         if pg is not None and self.endpoint.backend == "nccl":
             for name in ("shutdown", "abort"):  # frees the NCCL communicator now rather than at garbage collection
@@ -159,9 +175,10 @@ class SharedBufferTransport(Transport):
 
     The sender owns two byte buffers of ``capacity`` bytes on its device and hosts a ``TCPStore``;
     the receiver (the vLLM worker beside it) opens the buffers once through their handles. Per
-    bucket, the sender packs into a free buffer and sets ``ready-i``; the receiver copies the bucket
-    out and sets ``ack-i``, which frees the buffer. So packing bucket i+1 overlaps the receiver's
-    copy of bucket i, and no weights leave the device on a GPU.
+    bucket, the sender packs into a free buffer and sets ``ready-i``; the receiver loads the bucket
+    straight from the buffer and sets ``ack-i`` when it asks for the next one, which frees the
+    buffer. So packing bucket i+1 overlaps the receiver's load of bucket i, and no weights leave
+    the device on a GPU.
     """
 
     def __init__(self, endpoint: SyncEndpoint, is_sender: bool, capacity: int = 0, device: torch.device | None = None):
@@ -180,11 +197,6 @@ class SharedBufferTransport(Transport):
     def _key(self, kind: str, i: int) -> str:
         return f"{self.round}-{kind}-{i}"
 
-    @staticmethod
-    def _view(buffer: torch.Tensor, bucket) -> torch.Tensor:
-        dtype = bucket_dtype(bucket)
-        return buffer[: bucket_numel(bucket) * torch.empty((), dtype=dtype).element_size()].view(dtype)
-
     def send(self, named_tensors: Iterable[tuple[str, torch.Tensor]], plan: Plan) -> int:
         if largest_bucket_bytes(plan) > self.capacity:
             raise ValueError(f"a bucket of {largest_bucket_bytes(plan)} bytes does not fit the {self.capacity}-byte shared buffers")
@@ -193,7 +205,7 @@ class SharedBufferTransport(Transport):
         for i, bucket in enumerate(plan):
             if i >= 2:
                 self.store.get(self._key("ack", i - 2))  # blocks until the receiver copied bucket i-2
-            flat = pack(self._view(self.buffers[i % 2], bucket), bucket, it)
+            flat = pack(bucket_view(self.buffers[i % 2], bucket), bucket, it)
             if flat.is_cuda:
                 torch.cuda.current_stream(flat.device).synchronize()
             self.store.set(self._key("ready", i), "1")
@@ -203,14 +215,15 @@ class SharedBufferTransport(Transport):
         self.round += 1
         return sent
 
-    def receive(self, plan: Plan) -> Iterator[tuple[str, torch.Tensor]]:
+    def receive(self, plan: Plan) -> Iterator[list[tuple[str, torch.Tensor]]]:
+        """Views straight into the shared buffer (no copy); a bucket is acknowledged when the next is asked for."""
         for i, bucket in enumerate(plan):
             self.store.get(self._key("ready", i))
-            flat = self._view(self.buffers[i % 2], bucket).clone()
-            if flat.is_cuda:  # the copy is asynchronous: finish it before the sender may overwrite the buffer
+            flat = bucket_view(self.buffers[i % 2], bucket)
+            yield list(unpack(flat, bucket))
+            if flat.is_cuda:  # the consumer's copies are asynchronous: finish them before the sender may overwrite the buffer
                 torch.cuda.current_stream(flat.device).synchronize()
             self.store.set(self._key("ack", i), "1")
-            yield from unpack(flat, bucket)
         self.round += 1
 
     def close(self) -> None:
