@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
+import numpy as np
 import pyarrow as pa
 
 from actors.batch import ATTEMPT_FIELDS
@@ -26,17 +27,20 @@ LABELS = {"accuracy_t1": "Accuracy@t1", "accuracy_t2": "Accuracy@t2", "delta_t1_
           "delta_i_to_c": "Δ_i→c", "delta_c_to_i": "Δ_c→i"}
 
 
+def metric_array(right1: np.ndarray, right2: np.ndarray) -> np.ndarray:
+    """The five ``METRICS`` over the last axis (problems) of two boolean arrays (attempt right or not);
+    leading axes (seeds, bootstrap draws) are kept."""
+    right1, right2 = np.asarray(right1, dtype=bool), np.asarray(right2, dtype=bool)
+    acc1, acc2 = right1.mean(-1), right2.mean(-1)
+    return np.stack([acc1, acc2, acc2 - acc1, (~right1 & right2).mean(-1), (right1 & ~right2).mean(-1)], -1)
+
+
 def self_correction_metrics(r1: Sequence[float], r2: Sequence[float]) -> dict[str, float]:
     """The five metrics from per-problem rewards of attempt 1 and attempt 2 (1 = right)."""
     if len(r1) != len(r2) or not r1:
         raise ValueError("need the same, non-zero number of attempt-1 and attempt-2 rewards")
-    n = len(r1)
-    right1 = [x >= 0.5 for x in r1]
-    right2 = [x >= 0.5 for x in r2]
-    acc1, acc2 = sum(right1) / n, sum(right2) / n
-    i2c = sum((not a) and b for a, b in zip(right1, right2)) / n
-    c2i = sum(a and (not b) for a, b in zip(right1, right2)) / n
-    return {"accuracy_t1": acc1, "accuracy_t2": acc2, "delta_t1_t2": acc2 - acc1, "delta_i_to_c": i2c, "delta_c_to_i": c2i, "num_problems": n}
+    values = metric_array(np.asarray(r1) >= 0.5, np.asarray(r2) >= 0.5)
+    return {**dict(zip(METRICS, map(float, values))), "num_problems": len(r1)}
 
 
 def final_answer_of(grader: str, text: str) -> str:

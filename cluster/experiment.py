@@ -36,7 +36,7 @@ import numpy as np
 import yaml
 
 from cluster.config import TaskConfig
-from cluster.evaluate import LABELS, METRICS
+from cluster.evaluate import LABELS, METRICS, metric_array
 from common.logs import setup_logging
 from rewards.tasks import build_task
 
@@ -251,12 +251,6 @@ def outcomes(rec: dict[str, Any], attempt: int) -> np.ndarray:
     return np.frombuffer(rec["per_problem"][f"r{attempt}"].encode(), dtype=np.uint8) == ord("1")
 
 
-def _metric_array(r1: np.ndarray, r2: np.ndarray) -> np.ndarray:
-    """The five metrics over the last axis (problems); leading axes are kept."""
-    acc1, acc2 = r1.mean(-1), r2.mean(-1)
-    return np.stack([acc1, acc2, acc2 - acc1, (~r1 & r2).mean(-1), (r1 & ~r2).mean(-1)], -1)
-
-
 def bootstrap(results: dict[str, list[tuple[np.ndarray, np.ndarray]]], draws: int = 2000, seed: int = 0) -> dict[str, Any]:
     """Means over seeds and 95% intervals from a two-level bootstrap (seeds, then problems).
 
@@ -275,12 +269,12 @@ def bootstrap(results: dict[str, list[tuple[np.ndarray, np.ndarray]]], draws: in
         r2 = np.stack([b for _, b in runs])
         pick = rng.integers(0, len(runs), size=(draws, len(runs)))  # seeds resampled per draw
         rows, cols = pick[:, :, None], problems[:, None, :]  # draws x seeds x problems
-        stats[arm] = _metric_array(r1[rows, cols], r2[rows, cols]).mean(1)
+        stats[arm] = metric_array(r1[rows, cols], r2[rows, cols]).mean(1)
     out: dict[str, Any] = {}
     for arm, runs in results.items():
-        point = np.mean([_metric_array(a, b) for a, b in runs], 0)
+        point = np.mean([metric_array(a, b) for a, b in runs], 0)
         lo, hi = np.percentile(stats[arm], [2.5, 97.5], 0)
-        per_seed = [dict(zip(METRICS, map(float, _metric_array(a, b)))) for a, b in runs]
+        per_seed = [dict(zip(METRICS, map(float, metric_array(a, b)))) for a, b in runs]
         out[arm] = {"seeds": len(runs), "problems": n, "per_seed": per_seed,
                     **{m: {"mean": float(point[i]), "lo": float(lo[i]), "hi": float(hi[i])} for i, m in enumerate(METRICS)}}
     if "score" in stats:

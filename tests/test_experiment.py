@@ -65,6 +65,21 @@ def test_collapse_metrics_compare_final_answers_not_wording():
     assert code == {"answer_changed": 0.0, "text_identical": 0.0}
 
 
+def test_self_correction_metrics_count_each_kind_of_change():
+    from cluster.evaluate import metric_array, self_correction_metrics
+
+    # right->right, wrong->right, right->wrong, wrong->wrong, wrong->right
+    r1, r2 = [1.0, 0.0, 1.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0, 1.0]
+    m = self_correction_metrics(r1, r2)
+    assert m == pytest.approx({"accuracy_t1": 0.4, "accuracy_t2": 0.6, "delta_t1_t2": 0.2, "delta_i_to_c": 0.4,
+                               "delta_c_to_i": 0.2, "num_problems": 5})
+    assert m["delta_t1_t2"] == pytest.approx(m["delta_i_to_c"] - m["delta_c_to_i"])
+    stacked = metric_array(np.array([r1, r2]) >= 0.5, np.array([r2, r1]) >= 0.5)  # leading axes are kept
+    assert stacked.shape == (2, 5) and stacked[1, 2] == pytest.approx(-0.2)
+    with pytest.raises(ValueError):
+        self_correction_metrics([1.0], [])
+
+
 def test_bootstrap_means_intervals_and_paired_difference():
     rng = np.random.default_rng(1)
     n = 400
