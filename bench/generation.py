@@ -11,7 +11,9 @@
   same bytes in memory in this process;
 - the effect of the bucket size on the publish time;
 - the colocated transport (two shared bucket buffers that the vLLM worker opens; CUDA IPC on a
-  GPU, shared memory on CPU) against the same copy.
+  GPU, shared memory on CPU) against the same copy;
+- the broadcast sync with the in-place load (the default) against the same sync into an engine
+  that loads through vLLM's layerwise reload (``rollout.sync_load: reload``).
 """
 
 from __future__ import annotations
@@ -103,6 +105,15 @@ def run(tiny: bool = False) -> BenchResult:
         del fleet
         gc.collect()
 
+    # --- the same broadcast sync into an engine that loads through vLLM's layerwise reload (one mode per engine) ---
+    fleet = GeneratorFleet(model_path, FleetSettings(num_generators=1, engine_kwargs={**kv, "dtype": auto}, namespace_prefix="bench-reload"))
+    try:
+        reload_s, _ = timed_pushes(WeightSync(LocalSource(lambda: iter(weights.items())), fleet, best_mb << 20, load="reload"))
+    finally:
+        fleet.shutdown()
+        del fleet
+        gc.collect()
+
     # --- bare vLLM engines in this process, same prompts and sampling, in both dtypes -------------
     # For each dtype: greedy tokens/s, and the log-prob mismatch against transformers in the same dtype
     # on tokens sampled at temperature 0.7 (what the learner's mismatch metric measures in training).
@@ -158,7 +169,9 @@ def run(tiny: bool = False) -> BenchResult:
                     "in-memory copy of the same bytes", copy_s, higher_is_better=False),
         Measurement(f"colocated sync s (shared buffers, {best_mb} MiB buckets)", shared_s, "s",
                     "in-memory copy of the same bytes", copy_s, higher_is_better=False),
+        Measurement(f"weight sync s, in-place load vs vLLM reload ({best_mb} MiB buckets)", by_bucket[best_mb]["seconds"], "s",
+                    "rollout.sync_load=reload, same transport", reload_s, higher_is_better=False),
     ]
     result.extra = {"identical_greedy_tokens": same_tokens, "dtype": auto, "logprob_mismatch_T0.7": mismatch, "sync_by_bucket_mb": by_bucket, "bytes": nbytes,
-                    "colocated_sync_seconds": shared_times, "actor_rates": actor_rates, "bare_rates": bare_rates}
+                    "colocated_sync_seconds": shared_times, "reload_sync_seconds": reload_s, "actor_rates": actor_rates, "bare_rates": bare_rates}
     return result
