@@ -383,11 +383,17 @@ def report(results: Path, doc_dir: Path) -> int:
         lines.append(f"- Δ(t1,t2) of SCoRe minus {ARM_TITLES[arm]}: {100 * d['mean']:+.1f} points [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]")
     lines += ["", "Attempt 2 gives a different final answer from attempt 1 (held-out, mean over seeds): "
               + ", ".join(f"{ARM_TITLES[a]} {100 * v:.1f}%" for a, v in summary["answer_changed"].items()), "", att_md, ""]
-    lines.append("| run | training episodes | wall time (min) | selected iteration |")
-    lines.append("| --- | --- | --- | --- |")
+    # The runner's wall time counts its last attempt at a run only (an attempt stopped with the session leaves no
+    # timing); the iterations' own seconds cover every attempt, but not start-up or evaluations.
+    lines.append("| run | training episodes | runner wall time, last attempt (min) | sum of iteration times (min) | selected iteration |")
+    lines.append("| --- | --- | --- | --- | --- |")
+    summary["iteration_seconds"] = {}
     for recs in by_arm.values():
         for r in recs:
-            lines.append(f"| {r['name']} | {r['training_episodes']} | {r['wall_seconds'] / 60:.0f} | {r.get('selected_iteration') or '—'} |")
+            its = sum(row.get("seconds_iteration", 0.0) for row in r.get("train", []))
+            summary["iteration_seconds"][r["name"]] = its
+            lines.append(f"| {r['name']} | {r['training_episodes']} | {r['wall_seconds'] / 60:.0f} | {its / 60:.0f} | "
+                         f"{r.get('selected_iteration') or '—'} |")
     examples = [ex | {"run": r["name"]} for r in by_arm.get("score", []) for ex in r.get("corrections", [])][:3]
     summary["examples"] = examples
     if examples:
