@@ -341,19 +341,24 @@ def plot(summary: dict[str, Any], by_arm: dict[str, list[dict[str, Any]]], out: 
     ax.set_ylabel("% of held-out problems (95% CI)")
     ax.legend(fontsize=7)
     ax.set_title(f"final evaluation, {summary[arms[0]]['problems']} held-out problems, greedy")
-    panels = [(axes[0, 1], "curves", lambda r: 100 * r["accuracy_t2"], "validation Accuracy@t2 (%)"),
-              (axes[1, 0], "curves", lambda r: 100 * r["delta_t1_t2"], "validation Δ(t1,t2) (points)"),
-              (axes[1, 1], "curves", lambda r: 100 * r["answer_changed"], "validation: attempt 2 changes the answer (%)")]
-    for bx, key, value, title in panels:
+    panels = [(axes[0, 1], "accuracy_t2", "validation Accuracy@t2 (%)"),
+              (axes[1, 0], "delta_t1_t2", "validation Δ(t1,t2) (points)"),
+              (axes[1, 1], "answer_changed", "validation: attempt 2 changes the answer (%)")]
+    # where Stage II begins for the arms that have a Stage I (the same length for all of them)
+    stage2 = sorted({r["settings"]["stage1_iterations"] for arm in TRAINED for r in by_arm.get(arm, [])
+                     if r.get("settings", {}).get("stage1_iterations")})
+    base = by_arm.get("base")
+    for bx, metric, title in panels:
         for arm in TRAINED:
             for i, rec in enumerate(by_arm.get(arm, [])):
-                pts = rec[key]
+                pts = rec["curves"]
                 if pts:
-                    bx.plot([p["iteration"] for p in pts], [value(p) for p in pts], color=f"C{ARMS.index(arm)}", alpha=0.75,
+                    bx.plot([p["iteration"] for p in pts], [100 * p[metric] for p in pts], color=f"C{ARMS.index(arm)}", alpha=0.75,
                             marker="o", ms=2.5, label=ARM_TITLES[arm] if i == 0 else None)
-        base = by_arm.get("base")
-        if base and key == "curves" and "answer_changed" in title:
-            bx.axhline(100 * base[0]["final"]["answer_changed"], color="C0", ls="--", lw=0.8, label="(a) base (held-out)")
+        if base and metric in base[0]["final"]:
+            bx.axhline(100 * base[0]["final"][metric], color="C0", ls="--", lw=0.8, label="(a) base (held-out)")
+        for x in stage2:
+            bx.axvline(x, color="grey", ls=":", lw=0.8, label="Stage II begins" if x == stage2[0] else None)
         bx.axhline(0, color="grey", lw=0.5)
         bx.set_xlabel("iteration")
         bx.set_title(title, fontsize=9)
