@@ -140,11 +140,15 @@ class InPlaceLoader:
         return count
 
 
-def make_loader(mode: str, model_runner):
-    """The loader ``mode`` names for this worker's model (``inplace`` falls back to ``reload``, logged)."""
+def check_load_mode(mode: str) -> str:
     if mode not in LOAD_MODES:
         raise ValueError(f"unknown weight load mode {mode!r}; expected one of {', '.join(LOAD_MODES)}")
-    if mode == "inplace":
+    return mode
+
+
+def make_loader(mode: str, model_runner):
+    """The loader ``mode`` names for this worker's model (``inplace`` falls back to ``reload``, logged)."""
+    if check_load_mode(mode) == "inplace":
         try:
             return InPlaceLoader(model_runner.get_model())
         except InPlaceLoader.NotSupported as err:

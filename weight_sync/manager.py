@@ -30,7 +30,7 @@ from ray.exceptions import RayError
 from actors.fleet import GenerationError
 from common.network import free_port, node_ip
 from weight_sync.buckets import WirePlan, largest_bucket_bytes, plan_buckets, plan_from_wire, plan_to_wire, spec_of
-from weight_sync.loading import LOAD_MODES
+from weight_sync.loading import check_load_mode
 from weight_sync.transports import SHARED, SyncEndpoint, TransportError, open_transport
 
 log = logging.getLogger(__name__)
@@ -57,9 +57,7 @@ class WeightSync:
 
     def __init__(self, source: WeightSource, fleet, bucket_bytes: int, attempts: int = 3, timeout_s: float = 300.0,
                  backend: str | None = None, load: str = "inplace"):
-        if load not in LOAD_MODES:
-            raise ValueError(f"unknown weight load mode {load!r}; expected one of {', '.join(LOAD_MODES)}")
-        self.source, self.fleet, self.load = source, fleet, load
+        self.source, self.fleet, self.load = source, fleet, check_load_mode(load)
         self.bucket_bytes, self.attempts, self.timeout_s = bucket_bytes, attempts, timeout_s
         settings = fleet.settings
         # colocated generators take weights through their learner rank's shared buffers, the others through one broadcast group

@@ -204,7 +204,7 @@ class SharedBufferTransport(Transport):
         sent = 0
         for i, bucket in enumerate(plan):
             if i >= 2:
-                self.store.get(self._key("ack", i - 2))  # blocks until the receiver copied bucket i-2
+                self.store.get(self._key("ack", i - 2))  # blocks until the receiver loaded bucket i-2
             flat = pack(bucket_view(self.buffers[i % 2], bucket), bucket, it)
             if flat.is_cuda:
                 torch.cuda.current_stream(flat.device).synchronize()
