@@ -111,6 +111,8 @@ def run(plan: Plan, dry_run: bool = False, commit: bool = False) -> int:
             continue
         if finished(name, where):  # the run ended but its record was not written (the runner was stopped)
             log.info(f"[{i}/{len(todo)}] {name}: finished earlier; writing its record")
+            if not dry_run:
+                _record_stopped_attempt(plan.out, plan.out / f"{name}.attempt.json")
             rc, took = 0, 0.0
         else:
             if "--overwrite" in cmd and any(not c.name.endswith(".partial") for c in (where / "checkpoints").glob("iter_*")):
@@ -118,12 +120,7 @@ def run(plan: Plan, dry_run: bool = False, commit: bool = False) -> int:
             log.info(f"[{i}/{len(todo)}] {name}: {' '.join(cmd)}")
             if dry_run:
                 continue
-            t0 = time.monotonic()
-            with (plan.out / f"{name}.log").open("a") as run_log:
-                rc = subprocess.call(cmd, stdout=run_log, stderr=subprocess.STDOUT)
-            took = time.monotonic() - t0
-            with (plan.out / "timings.jsonl").open("a") as f:
-                f.write(json.dumps({"run": name, "seconds": took, "rc": rc}) + "\n")
+            rc, took = run_attempt(plan.out, name, cmd)
         if dry_run:
             continue
         if rc != 0:
@@ -143,6 +140,36 @@ def run(plan: Plan, dry_run: bool = False, commit: bool = False) -> int:
     return 1 if failed else 0
 
 
+def run_attempt(out: Path, name: str, cmd: list[str], beat_s: float = 30.0) -> tuple[int, float]:
+    """Run one attempt at a run; returns (exit code, seconds). Every attempt's time goes to ``timings.jsonl``,
+    a stopped one's too: while it runs, a heartbeat file holds its time so far, and an attempt that left one
+    behind (the machine or the session stopped it) is recorded when the run is next attempted."""
+    beat = out / f"{name}.attempt.json"
+    _record_stopped_attempt(out, beat)
+    t0 = time.monotonic()
+    with (out / f"{name}.log").open("a") as run_log:
+        proc = subprocess.Popen(cmd, stdout=run_log, stderr=subprocess.STDOUT)
+        while True:
+            try:
+                rc = proc.wait(timeout=beat_s)
+                break
+            except subprocess.TimeoutExpired:
+                beat.write_text(json.dumps({"run": name, "seconds": time.monotonic() - t0}))
+    took = time.monotonic() - t0
+    with (out / "timings.jsonl").open("a") as f:
+        f.write(json.dumps({"run": name, "seconds": took, "rc": rc}) + "\n")
+    beat.unlink(missing_ok=True)
+    return rc, took
+
+
+def _record_stopped_attempt(out: Path, beat: Path) -> None:
+    if beat.exists():
+        last = json.loads(beat.read_text())
+        with (out / "timings.jsonl").open("a") as f:
+            f.write(json.dumps({"run": last["run"], "seconds": last["seconds"], "rc": "stopped"}) + "\n")
+        beat.unlink()
+
+
 def finished(name: str, where: Path) -> bool:
     """Did the run complete its final evaluation (and export)? Then only its record is missing."""
     if name == "base":
@@ -154,9 +181,10 @@ def finished(name: str, where: Path) -> bool:
 
 
 def _wall_seconds(out: Path, name: str, where: Path) -> float:
-    """All the time a run took, over every attempt at it (an interrupted run is continued later). Without
-    the runner's timings (it was stopped while the run went on), the run's own span: from its config,
-    written at start-up, to its last record."""
+    """All the time a run took, over every attempt at it (an interrupted run is continued later; a stopped
+    attempt counts up to its last heartbeat, within ``run_attempt``'s 30 s). Without the runner's timings
+    (it was stopped while the run went on), the run's own span: from its config, written at start-up, to
+    its last record."""
     path = out / "timings.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
     seconds = float(sum(r["seconds"] for r in rows if r["run"] == name))
@@ -388,9 +416,9 @@ def report(results: Path, doc_dir: Path) -> int:
         lines.append(f"- Δ(t1,t2) of SCoRe minus {ARM_TITLES[arm]}: {100 * d['mean']:+.1f} points [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]")
     lines += ["", "Attempt 2 gives a different final answer from attempt 1 (held-out, mean over seeds): "
               + ", ".join(f"{ARM_TITLES[a]} {100 * v:.1f}%" for a, v in summary["answer_changed"].items()), "", att_md, ""]
-    # The runner's wall time counts its last attempt at a run only (an attempt stopped with the session leaves no
-    # timing); the iterations' own seconds cover every attempt, but not start-up or evaluations.
-    lines.append("| run | training episodes | runner wall time, last attempt (min) | sum of iteration times (min) | selected iteration |")
+    # The runner's wall time covers every attempt it timed (before heartbeats, an attempt stopped with the session
+    # left no timing); the iterations' own seconds cover every attempt, but not start-up or evaluations.
+    lines.append("| run | training episodes | runner wall time (min) | sum of iteration times (min) | selected iteration |")
     lines.append("| --- | --- | --- | --- | --- |")
     summary["iteration_seconds"] = {}
     for recs in by_arm.values():

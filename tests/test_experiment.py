@@ -53,6 +53,26 @@ def test_run_skips_runs_with_a_result_file_and_resumes_checkpointed_ones(tmp_pat
     assert "finished earlier" in lines["stage2_only-seed0"]  # summarised, not trained again
 
 
+def test_an_attempt_stopped_with_the_session_still_counts_in_the_wall_time(tmp_path):
+    """A real child process: the heartbeat holds the attempt's time while it runs; an attempt that left its
+    heartbeat behind (stopped from outside) is recorded when the run is next attempted, and both count."""
+    import sys
+
+    out = tmp_path / "runs"
+    out.mkdir()
+    (out / "r.attempt.json").write_text(json.dumps({"run": "r", "seconds": 120.0}))  # left by a stopped attempt
+    # the child exits 0 only if its own heartbeat exists while it runs
+    child = f"import time, pathlib; time.sleep(1.5); raise SystemExit(0 if pathlib.Path({str(out / 'r.attempt.json')!r}).exists() else 5)"
+    rc, took = experiment.run_attempt(out, "r", [sys.executable, "-c", child], beat_s=0.5)
+    assert rc == 0 and 1.5 <= took < 30
+    rows = [json.loads(line) for line in (out / "timings.jsonl").read_text().splitlines()]
+    assert rows[0] == {"run": "r", "seconds": 120.0, "rc": "stopped"} and rows[1]["rc"] == 0
+    assert not (out / "r.attempt.json").exists()
+    assert experiment._wall_seconds(out, "r", out / "r") == pytest.approx(120.0 + took)
+    rc, _ = experiment.run_attempt(out, "r", [sys.executable, "-c", "raise SystemExit(3)"])
+    assert rc == 3
+
+
 def test_collapse_metrics_compare_final_answers_not_wording():
     from cluster.evaluate import collapse_metrics
 
