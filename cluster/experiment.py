@@ -418,15 +418,19 @@ def report(results: Path, doc_dir: Path) -> int:
               + ", ".join(f"{ARM_TITLES[a]} {100 * v:.1f}%" for a, v in summary["answer_changed"].items()), "", att_md, ""]
     # The runner's wall time covers every attempt it timed (before heartbeats, an attempt stopped with the session
     # left no timing); the iterations' own seconds cover every attempt, but not start-up or evaluations.
-    lines.append("| run | training episodes | runner wall time (min) | sum of iteration times (min) | selected iteration |")
-    lines.append("| --- | --- | --- | --- | --- |")
-    summary["iteration_seconds"] = {}
+    lines.append("| run | training episodes | zero-variance groups (of generated, mean) | runner wall time (min) "
+                 "| sum of iteration times (min) | selected iteration |")
+    lines.append("| --- | --- | --- | --- | --- | --- |")
+    summary["iteration_seconds"], summary["zero_variance_groups"] = {}, {}
     for recs in by_arm.values():
         for r in recs:
-            its = sum(row.get("seconds_iteration", 0.0) for row in r.get("train", []))
+            train = r.get("train", [])
+            its = sum(row.get("seconds_iteration", 0.0) for row in train)
+            zero = [row["zero_variance_groups"] for row in train if row.get("zero_variance_groups") is not None]
             summary["iteration_seconds"][r["name"]] = its
-            lines.append(f"| {r['name']} | {r['training_episodes']} | {r['wall_seconds'] / 60:.0f} | {its / 60:.0f} | "
-                         f"{r.get('selected_iteration') or '—'} |")
+            summary["zero_variance_groups"][r["name"]] = float(np.mean(zero)) if zero else None
+            lines.append(f"| {r['name']} | {r['training_episodes']} | {f'{100 * np.mean(zero):.0f}%' if zero else '—'} "
+                         f"| {r['wall_seconds'] / 60:.0f} | {its / 60:.0f} | {r.get('selected_iteration') or '—'} |")
     examples = [ex | {"run": r["name"]} for r in by_arm.get("score", []) for ex in r.get("corrections", [])][:3]
     summary["examples"] = examples
     if examples:

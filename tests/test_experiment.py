@@ -135,7 +135,7 @@ def _result(arm, seed, r1, r2, r3=None, episodes=3200):
     return {"name": arm if arm == "base" else f"{arm}-seed{seed}", "arm": arm, "seed": None if arm == "base" else seed, "commit": "x",
             "wall_seconds": 60.0, "final": {"answer_changed": 0.25, "num_problems": len(r1)}, "selected_iteration": None, "per_problem": per,
             "training_episodes": 0 if arm == "base" else episodes, "generated_episodes": 0, "curves": curves,
-            "train": [] if arm == "base" else [{"iteration": i, "seconds_iteration": 90.0} for i in range(4)]}
+            "train": [] if arm == "base" else [{"iteration": i, "seconds_iteration": 90.0, "zero_variance_groups": i / 4} for i in range(4)]}
 
 
 def test_report_is_rebuilt_from_result_files_alone(tmp_path):
@@ -165,8 +165,9 @@ def test_report_is_rebuilt_from_result_files_alone(tmp_path):
     assert summary["accuracy_by_attempt"]["score"] == pytest.approx([0.5, 7 / 12, 2 / 3])
     assert (docs / "self_correction.png").stat().st_size > 10_000
     md = (docs / "self_correction.md").read_text()
-    assert "(e) plain two-turn RL" in md and "Accuracy@t3" in md and "| score-seed1 | 2400 | 1 | 6 |" in md
+    assert "(e) plain two-turn RL" in md and "Accuracy@t3" in md and "| score-seed1 | 2400 | 38% | 1 | 6 |" in md
     assert summary["iteration_seconds"]["score-seed0"] == pytest.approx(360.0)
+    assert summary["zero_variance_groups"]["score-seed0"] == pytest.approx(0.375) and summary["zero_variance_groups"]["base"] is None
     assert summary["examples"] == [fixed | {"run": "score-seed0"}]
     assert "> attempt 2: 2 + 3 = 5. Tom has 5 apples." in md and "(gold: 5)" in md
 
