@@ -428,8 +428,8 @@ def report(results: Path, doc_dir: Path) -> int:
             its = sum(row.get("seconds_iteration", 0.0) for row in train)
             zero = [row["zero_variance_groups"] for row in train if row.get("zero_variance_groups") is not None]
             summary["iteration_seconds"][r["name"]] = its
-            summary["zero_variance_groups"][r["name"]] = float(np.mean(zero)) if zero else None
-            lines.append(f"| {r['name']} | {r['training_episodes']} | {f'{100 * np.mean(zero):.0f}%' if zero else '—'} "
+            mean_zero = summary["zero_variance_groups"][r["name"]] = float(np.mean(zero)) if zero else None
+            lines.append(f"| {r['name']} | {r['training_episodes']} | {'—' if mean_zero is None else f'{100 * mean_zero:.0f}%'} "
                          f"| {r['wall_seconds'] / 60:.0f} | {its / 60:.0f} | {r.get('selected_iteration') or '—'} |")
     examples = [ex | {"run": r["name"]} for r in by_arm.get("score", []) for ex in r.get("corrections", [])][:3]
     summary["examples"] = examples

@@ -13,7 +13,8 @@ layout is derived from the weight:
 
 :class:`ReloadLoader` is vLLM's layerwise reload (``model_runner.reload_weights``): it rebuilds
 each layer in checkpoint format, loads it, runs the layer's full post-processing and copies the
-result back. It handles every quantization method, at about twice the cost; ``rollout.sync_load:
+result back. It handles every quantization method, at 1.6x the sync time on CPU (``bench
+generation``); ``rollout.sync_load:
 reload`` selects it, and the in-place loader falls back to it for models it does not cover
 (quantized layers, a vLLM without the reload metadata).
 
