@@ -43,7 +43,8 @@ class RunConfig(_Section):
     num_cpus: int | None = Field(None, ge=1)  # logical CPUs of a new local Ray (default: max(4, cores))
     dashboard: bool = True  # start the Ray dashboard with a new local Ray
     progress: bool = True  # progress bars on the console
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"  # operational messages, driver and workers
+    # operational messages, driver and workers; unset: $SCORE_LOG_LEVEL, else INFO
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] | None = None
 
 
 class ModelConfig(_Section):
@@ -68,6 +69,9 @@ class TaskConfig(_Section):
     train_path: str | None = None  # file (JSONL/Parquet) or hub dataset name; not for arithmetic/humaneval
     eval_path: str | None = None
     difficulty: int = Field(2, ge=1, le=5)  # arithmetic only
+    # arithmetic only: largest operand, overriding the level's (e.g. difficulty 2 with max_operand 20 is
+    # one step on numbers up to 20); unset keeps the level's numbers and its problems unchanged
+    max_operand: int | None = Field(None, ge=2, le=10_000)
     train_size: int = Field(2000, ge=1)  # arithmetic only: problems generated for training
     eval_size: int = Field(200, ge=1)  # arithmetic only: held-out problems
     # validation problems taken out of the training set (seeded); periodic evaluations use them

@@ -22,7 +22,7 @@ from common.logs import setup_logging
 from rewards.tasks import TaskDataError, build_task
 
 USER_ERRORS = (ConfigError, TaskDataError, ModelPrepError)
-log = logging.getLogger(__name__)
+log = logging.getLogger("cluster.main")  # not __name__: run with -m, that is "__main__", outside the one level switch
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:

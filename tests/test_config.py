@@ -1,3 +1,4 @@
+import os
 import subprocess
 from pathlib import Path
 import sys
@@ -89,6 +90,16 @@ def test_cli_user_errors_are_one_line_without_traceback(args, expected):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_cli_info_messages_reach_stdout_when_run_as_a_module():
+    """Run with ``-m``, a module's ``__name__`` is ``"__main__"``: its logger must still be under the one level switch."""
+    proc = subprocess.run([sys.executable, "-m", "cluster.main", "train", "--set", "model.path=/no/such/model", "--set", "task.train_size=50",
+                           "--set", "task.eval_size=10"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "model folder not found" in proc.stderr
+    assert "arithmetic(difficulty=2, train): 50 problems" in proc.stdout  # the data report, logged at INFO
+    quiet = subprocess.run(proc.args, cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, "SCORE_LOG_LEVEL": "WARNING"})
+    assert quiet.returncode == 2 and "problems" not in quiet.stdout
 
 
 def test_cli_help_lists_the_commands():

@@ -51,6 +51,24 @@ def test_validation_split_is_carved_out_of_train_and_apart_from_eval():
     assert [p.uid for p in build_task(cfg.task).problems("val")] == [p.uid for p in task.problems("val")]
 
 
+def test_max_operand_widens_the_numbers_and_leaves_the_level_alone():
+    wide = ArithmeticTask(2, train_size=300, eval_size=100, max_operand=20)
+    problems = wide.problems("train") + wide.problems("eval")
+    numbers = [int(n) for p in problems for n in re.findall(r"\d+", p.question)]
+    assert max(numbers) > 9 and max(numbers) <= 20  # the level's 9 is lifted to 20, not beyond
+    for p in problems:
+        assert int(p.gold) == _solve(p.question) >= 0
+        assert len(_STEP.findall(p.question)) == DIFFICULTIES[2].steps
+    # unset, the level's problems are exactly what they were (finished experiments evaluated on them)
+    plain = ArithmeticTask(2, train_size=300, eval_size=100)
+    assert plain.problems("eval") == ArithmeticTask(2, train_size=300, eval_size=100, max_operand=None).problems("eval")
+    assert {p.question for p in plain.problems("eval")} != {p.question for p in wide.problems("eval")}
+    cfg = load_config(None, ["task.max_operand=20", "task.train_size=300", "task.eval_size=100"])
+    assert build_task(cfg.task).problems("eval") == wide.problems("eval")
+    with pytest.raises(ValueError, match="max_operand"):
+        ArithmeticTask(2, max_operand=1)
+
+
 def test_arithmetic_is_seeded():
     a = ArithmeticTask(3, train_size=50, eval_size=20, seed=1).problems("train")
     b = ArithmeticTask(3, train_size=50, eval_size=20, seed=1).problems("train")

@@ -10,7 +10,7 @@ Train and eval problems come from different seeds and never share a question.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from rewards.tasks.base import MATH_INSTRUCTION, LoadReport, Problem, Split, Task
@@ -68,25 +68,31 @@ class ArithmeticTask(Task):
     default_instruction = MATH_INSTRUCTION
     answer_format = "Answer with a number."
 
-    def __init__(self, difficulty: int = 2, train_size: int = 2000, eval_size: int = 200, seed: int = 0, **kwargs: Any):
+    def __init__(self, difficulty: int = 2, train_size: int = 2000, eval_size: int = 200, seed: int = 0,
+                 max_operand: int | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         if difficulty not in DIFFICULTIES:
             raise ValueError(f"arithmetic difficulty must be one of {sorted(DIFFICULTIES)}, got {difficulty}")
-        self.level = DIFFICULTIES[difficulty]
+        if max_operand is not None and max_operand < 2:
+            raise ValueError(f"arithmetic max_operand must be at least 2, got {max_operand}")
+        self.level = DIFFICULTIES[difficulty] if max_operand is None else replace(DIFFICULTIES[difficulty], max_operand=max_operand)
         self.difficulty = difficulty
+        self.max_operand = max_operand
+        # the level's own problems keep their seed; an operand override draws a different set
+        self.label = f"{difficulty}" if max_operand is None else f"{difficulty}-max{max_operand}"
         self.sizes = {"train": train_size, "eval": eval_size}
         self.seed = seed
 
     def _generate(self, split: Split, exclude: set[str]) -> list[Problem]:
         # Distinct seeds per split; eval questions are also excluded from train.
-        rng = random.Random(f"arithmetic-{self.seed}-{self.difficulty}-{split}")
+        rng = random.Random(f"arithmetic-{self.seed}-{self.label}-{split}")
         problems, seen = [], set(exclude)
         attempts = 0
         while len(problems) < self.sizes[split]:
             attempts += 1
             if attempts > 50 * self.sizes[split]:
                 raise ValueError(
-                    f"arithmetic difficulty {self.difficulty} cannot produce {self.sizes[split]} distinct problems"
+                    f"arithmetic difficulty {self.label} cannot produce {self.sizes[split]} distinct problems"
                 )
             story, answer = make_problem(rng, self.level)
             question = f"{story} {self.answer_format}"
@@ -99,5 +105,5 @@ class ArithmeticTask(Task):
     def _load(self, split: Split) -> list[Problem]:
         exclude = {p.question for p in self.problems("eval")} if split == "train" else set()
         problems = self._generate(split, exclude)
-        self.reports.append(LoadReport(f"arithmetic(difficulty={self.difficulty}, {split})", rows=len(problems)))
+        self.reports.append(LoadReport(f"arithmetic(difficulty={self.label}, {split})", rows=len(problems)))
         return problems
