@@ -17,7 +17,13 @@ Invariants:
 - a finished run writes ``<results>/<run>.json`` (per-problem outcomes, curves, examples, wall time);
   those files are the experiment's record: ``run`` skips runs that have one, ``--commit`` commits each
   as it appears, and ``report`` is rebuilt from them alone, at any time, on any machine;
-- an unfinished run that left a checkpoint continues from it (``--resume``).
+- an unfinished run that left a checkpoint continues from it (``--resume``); a finished one keeps its
+  exported model (``hf_model``) and, unless ``--keep-checkpoints``, drops its DeepSpeed checkpoints
+  (1.8 GiB each for the embedded model: thirteen runs would not fit on a small disk otherwise);
+- every run (the base model too) is also evaluated on a second held-out set, the *transfer set*
+  (``Plan.transfer``: the same task with numbers up to 20 by default), written to
+  ``<results>/transfer/<run>.json``; on it the trained models stay below the ceiling they reach on
+  the training distribution, so Δ(t1,t2) there still has room to show self-correction.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import subprocess
 import sys
 import time
@@ -40,7 +47,7 @@ from cluster.evaluate import LABELS, METRICS, metric_array
 from common.logs import setup_logging
 from rewards.tasks import build_task
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cluster.experiment")  # not __name__: see cluster.main
 
 ARMS = ("base", "score", "stage2_only", "no_shaping", "plain_rl")
 TRAINED = ARMS[1:]
@@ -49,6 +56,10 @@ ARM_TITLES = {"base": "(a) base, prompted", "score": "(b) SCoRe", "stage2_only":
               "no_shaping": "(d) SCoRe, α = 0", "plain_rl": "(e) plain two-turn RL"}
 EXAMPLES_PER_RUN = 5
 MANY_ATTEMPTS = ("base", "score")  # the arms evaluated with Plan.attempts attempts; the others with two
+# the transfer set: one step, as in training, on numbers up to 20 instead of 9. Chosen on the validation
+# split (docs/results/transfer_calibration.json): the trained models of seed 0 score 63% and 76% there,
+# against 100% and 86-88% on the training distribution, and difficulty 3 (two steps) floors them at 4-8%
+TRANSFER = ("task.max_operand=20",)
 
 
 @dataclass
@@ -65,15 +76,19 @@ class Plan:
     results: Path = Path("docs/results/runs")
     attempts: int = 5
     arms: tuple[str, ...] = field(default=ARMS)
+    transfer: tuple[str, ...] = TRANSFER  # overrides that make the transfer set; empty: no transfer evaluation
+    keep_checkpoints: bool = False
+
+    def shared_sets(self, attempts: int) -> list[str]:
+        """The overrides every run shares: the fixed held-out problems, the evaluation, the user's ``--set``."""
+        return [f"run.output_dir={self.out}", "task.data_seed=0", f"task.eval_size={self.problems}",
+                f"eval.num_problems={self.problems}", f"eval.attempts={attempts}", "eval.before=false",
+                "run.progress=false", *self.overrides]
 
     def common(self, arm: str) -> list[str]:
         # attempts beyond two cost minutes per run (each one's prompt holds all before it): the paper's
         # Figure 8 comparison needs them for the base model and SCoRe only
-        attempts = self.attempts if arm in MANY_ATTEMPTS else 2
-        sets = [f"run.output_dir={self.out}", "task.data_seed=0", f"task.eval_size={self.problems}",
-                f"eval.num_problems={self.problems}", f"eval.attempts={attempts}", "eval.before=false",
-                "run.progress=false", *self.overrides]
-        return [a for s in sets for a in ("--set", s)]
+        return _as_sets(self.shared_sets(self.attempts if arm in MANY_ATTEMPTS else 2))
 
     def arm_sets(self, arm: str) -> list[str]:
         s1, s2 = self.stage1, self.stage2
@@ -83,6 +98,13 @@ class Plan:
             "no_shaping": [f"algorithm.stage1_iterations={s1}", f"algorithm.stage2_iterations={s2}", "algorithm.alpha=0"],
             "plain_rl": ["algorithm.stage1_iterations=0", f"algorithm.stage2_iterations={s1 + s2}", "algorithm.alpha=0"],
         }[arm]
+
+    def transfer_command(self, name: str, where: Path) -> list[str]:
+        """Evaluate a finished run's exported model (the base model for ``base``) on the transfer set, two attempts."""
+        model = "embedded" if name == "base" else str(where / "hf_model")
+        sets = [*self.shared_sets(2), *self.transfer, f"run.name={name}-transfer"]
+        return [sys.executable, "-m", "cluster.main", "eval", "--config", self.config, "--model", model,
+                "--out", str(where / "transfer"), *_as_sets(sets)]
 
     def commands(self) -> list[tuple[str, Path, list[str]]]:
         """(name, run directory, command) for every run, in the order they run."""
@@ -96,8 +118,12 @@ class Plan:
                 name = f"{arm}-seed{seed}"
                 sets = [*self.arm_sets(arm), f"run.seed={seed}", f"run.name={name}"]
                 runs.append((name, self.out / name, [*py, "train", "--overwrite", "--config", self.config, *self.common(arm),
-                                                     *[a for s in sets for a in ("--set", s)]]))
+                                                     *_as_sets(sets)]))
         return runs
+
+
+def _as_sets(sets: list[str]) -> list[str]:
+    return [a for s in sets for a in ("--set", s)]
 
 
 def run(plan: Plan, dry_run: bool = False, commit: bool = False) -> int:
@@ -105,39 +131,84 @@ def run(plan: Plan, dry_run: bool = False, commit: bool = False) -> int:
     todo = plan.commands()
     failed = 0
     for i, (name, where, cmd) in enumerate(todo, 1):
-        result_file = plan.results / f"{name}.json"
-        if result_file.exists():
-            log.info(f"[{i}/{len(todo)}] {name}: done already ({result_file})")
-            continue
+        step = f"[{i}/{len(todo)}] {name}"
+        rc = _run_one(plan, step, name, where, cmd, dry_run, commit)
+        if rc in (130, 143):  # interrupted: stop the grid too
+            return rc
+        if rc == 0 and plan.transfer and (plan.results / f"{name}.json").exists():  # finished (not just planned by a dry run)
+            rc = _run_transfer(plan, step, name, where, dry_run, commit)
+            if rc in (130, 143):
+                return rc
+        failed += rc != 0
+    return 1 if failed else 0
+
+
+def _run_one(plan: Plan, step: str, name: str, where: Path, cmd: list[str], dry_run: bool, commit: bool) -> int:
+    """Train (or evaluate) one run unless its result file exists, then write and commit that file."""
+    result_file = plan.results / f"{name}.json"
+    if result_file.exists():
+        log.info(f"{step}: done already ({result_file})")
+    else:
         if finished(name, where):  # the run ended but its record was not written (the runner was stopped)
-            log.info(f"[{i}/{len(todo)}] {name}: finished earlier; writing its record")
+            log.info(f"{step}: finished earlier; writing its record")
             if not dry_run:
                 _record_stopped_attempt(plan.out, plan.out / f"{name}.attempt.json")
             rc, took = 0, 0.0
         else:
             if "--overwrite" in cmd and any(not c.name.endswith(".partial") for c in (where / "checkpoints").glob("iter_*")):
                 cmd = [("--resume" if c == "--overwrite" else c) for c in cmd]  # an unfinished run continues from its checkpoint
-            log.info(f"[{i}/{len(todo)}] {name}: {' '.join(cmd)}")
+            log.info(f"{step}: {' '.join(cmd)}")
             if dry_run:
-                continue
+                return 0
             rc, took = run_attempt(plan.out, name, cmd)
         if dry_run:
-            continue
+            return 0
         if rc != 0:
-            failed += 1
             log.warning(f"    FAILED (exit {rc}) after {took / 60:.1f} min, see {plan.out / name}.log; `run` again continues it")
-            if rc in (130, 143):  # interrupted: stop the grid too
-                return rc
-            continue
+            return rc
         summary = summarize_run(name, where, _wall_seconds(plan.out, name, where))
-        plan.results.mkdir(parents=True, exist_ok=True)
-        result_file.write_text(json.dumps(summary, indent=1) + "\n")
+        _write_record(result_file, summary, commit, f"experiment: {name} finished")
         f = summary["final"]
         log.info(f"    finished in {took / 60:.1f} min: Accuracy@t1 {f['accuracy_t1']:.3f}, Accuracy@t2 {f['accuracy_t2']:.3f}, "
-                 f"Δ {f['delta_t1_t2']:+.3f}; wrote {result_file}")
-        if commit:
-            _commit(result_file, f"experiment: {name} finished (Δ(t1,t2) {100 * f['delta_t1_t2']:+.1f} points on {f['num_problems']} problems)")
-    return 1 if failed else 0
+                 f"Δ {f['delta_t1_t2']:+.3f}")
+    if not dry_run and not plan.keep_checkpoints and (where / "checkpoints").is_dir() and (where / "hf_model").is_dir():
+        size = sum(f.stat().st_size for f in (where / "checkpoints").rglob("*") if f.is_file())
+        shutil.rmtree(where / "checkpoints")
+        log.info(f"    removed {name}'s checkpoints ({size / 2**30:.1f} GiB); its exported model stays in {where / 'hf_model'}")
+    return 0
+
+
+def _run_transfer(plan: Plan, step: str, name: str, where: Path, dry_run: bool, commit: bool) -> int:
+    """Evaluate a finished run on the transfer set unless its transfer record exists."""
+    record = plan.results / "transfer" / f"{name}.json"
+    if record.exists():
+        return 0
+    if name != "base" and not (where / "hf_model").is_dir():
+        log.warning(f"{step}, transfer set: {where / 'hf_model'} is missing (the run finished on another machine?); skipped")
+        return 0
+    cmd = plan.transfer_command(name, where)
+    log.info(f"{step}, transfer set: {' '.join(cmd)}")
+    if dry_run:
+        return 0
+    rc, took = run_attempt(plan.out, f"{name}.transfer", cmd)
+    if rc != 0:
+        log.warning(f"    FAILED (exit {rc}) after {took / 60:.1f} min, see {plan.out / name}.transfer.log; `run` again repeats it")
+        return rc
+    summary = summarize_run(name, where / "transfer", took, eval_only=True) | {"overrides": list(plan.transfer)}
+    _write_record(record, summary, commit, f"experiment: {name} on the transfer set")
+    f = summary["final"]
+    log.info(f"    transfer set in {took / 60:.1f} min: Accuracy@t1 {f['accuracy_t1']:.3f}, Accuracy@t2 {f['accuracy_t2']:.3f}, "
+             f"Δ {f['delta_t1_t2']:+.3f}")
+    return 0
+
+
+def _write_record(path: Path, summary: dict[str, Any], commit: bool, message: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=1) + "\n")
+    log.info(f"    wrote {path}")
+    if commit:
+        f = summary["final"]
+        _commit(path, f"{message} (Δ(t1,t2) {100 * f['delta_t1_t2']:+.1f} points on {f['num_problems']} problems)")
 
 
 def run_attempt(out: Path, name: str, cmd: list[str], beat_s: float = 30.0) -> tuple[int, float]:
@@ -212,12 +283,13 @@ def _bits(values: list[float]) -> str:
     return "".join("1" if v >= 0.5 else "0" for v in values)
 
 
-def summarize_run(name: str, run_dir: Path, wall_seconds: float) -> dict[str, Any]:
-    """Everything the report needs from one finished run, small enough to commit."""
+def summarize_run(name: str, run_dir: Path, wall_seconds: float, eval_only: bool = False) -> dict[str, Any]:
+    """Everything the report needs from one finished run, small enough to commit. ``eval_only``: ``run_dir``
+    holds one ``cluster.main eval`` (the base model's run, or any run's transfer evaluation)."""
     import pyarrow.parquet as pq  # heavy-ish, and only for summarising; `report` reads JSON alone
 
     arm = name.split("-seed")[0]
-    if arm == "base":
+    if eval_only or arm == "base":
         final = json.loads((run_dir / "eval.json").read_text())
         samples = run_dir / "samples.parquet"
         cfg_path = None
@@ -332,6 +404,11 @@ def markdown_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _differences(summary: dict[str, Any]) -> list[str]:
+    return [f"- Δ(t1,t2) of SCoRe minus {ARM_TITLES[arm]}: {100 * d['mean']:+.1f} points [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]"
+            for arm, d in summary.get("score_minus", {}).items()]
+
+
 def attempts_table(by_arm: dict[str, list[dict[str, Any]]]) -> tuple[str, dict[str, list[float]]]:
     """Accuracy@t1 ... @tN per arm (mean over seeds), as far as every run of the arm has attempts."""
     rows, data = [], {}
@@ -410,10 +487,7 @@ def report(results: Path, doc_dir: Path) -> int:
     summary["answer_changed"] = {arm: float(np.mean([r["final"]["answer_changed"] for r in recs])) for arm, recs in by_arm.items()}
     att_md, summary["accuracy_by_attempt"] = attempts_table(by_arm)
     doc_dir.mkdir(parents=True, exist_ok=True)
-    table = markdown_table(summary)
-    lines = [table, ""]
-    for arm, d in summary.get("score_minus", {}).items():
-        lines.append(f"- Δ(t1,t2) of SCoRe minus {ARM_TITLES[arm]}: {100 * d['mean']:+.1f} points [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]")
+    lines = [markdown_table(summary), "", *_differences(summary)]
     lines += ["", "Attempt 2 gives a different final answer from attempt 1 (held-out, mean over seeds): "
               + ", ".join(f"{ARM_TITLES[a]} {100 * v:.1f}%" for a, v in summary["answer_changed"].items()), "", att_md, ""]
     # The runner's wall time covers every attempt it timed (before heartbeats, an attempt stopped with the session
@@ -431,6 +505,16 @@ def report(results: Path, doc_dir: Path) -> int:
             mean_zero = summary["zero_variance_groups"][r["name"]] = float(np.mean(zero)) if zero else None
             lines.append(f"| {r['name']} | {r['training_episodes']} | {'—' if mean_zero is None else f'{100 * mean_zero:.0f}%'} "
                          f"| {r['wall_seconds'] / 60:.0f} | {its / 60:.0f} | {r.get('selected_iteration') or '—'} |")
+    transfer = load_results(results / "transfer")
+    if transfer:
+        t = summary["transfer"] = bootstrap({arm: [(outcomes(r, 1), outcomes(r, 2)) for r in recs] for arm, recs in transfer.items()})
+        overrides = sorted({o for recs in transfer.values() for r in recs for o in r.get("overrides", [])})
+        t["overrides"] = overrides
+        t["answer_changed"] = {arm: float(np.mean([r["final"]["answer_changed"] for r in recs])) for arm, recs in transfer.items()}
+        lines += ["", f"Transfer set: {t[next(iter(transfer))]['problems']} held-out problems with {', '.join(overrides)} "
+                  "(the selected checkpoint of every run, greedy, two attempts):", "", markdown_table(t), "", *_differences(t),
+                  "", "Attempt 2 gives a different final answer on the transfer set: "
+                  + ", ".join(f"{ARM_TITLES[a]} {100 * v:.1f}%" for a, v in t["answer_changed"].items())]
     examples = [ex | {"run": r["name"]} for r in by_arm.get("score", []) for ex in r.get("corrections", [])][:3]
     summary["examples"] = examples
     if examples:
@@ -461,11 +545,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
     p.add_argument("--results", default="docs/results/runs", help="one result file per finished run (default: %(default)s)")
     p.add_argument("--docs", default="docs/results", help="report output folder (default: %(default)s)")
+    p.add_argument("--transfer", nargs="*", default=list(TRANSFER), metavar="KEY=VALUE",
+                   help="overrides that make the transfer set every run is also evaluated on; none: skip it (default: %(default)s)")
+    p.add_argument("--keep-checkpoints", action="store_true", help="keep a finished run's DeepSpeed checkpoints (default: drop them, keep hf_model)")
     p.add_argument("--commit", action="store_true", help="git-commit each run's result file as it is written")
     p.add_argument("--dry-run", action="store_true", help="print the commands without running them")
     a = p.parse_args(argv)
     setup_logging()
-    plan = Plan(Path(a.out), a.config, a.seeds, a.problems, a.stage1, a.stage2, a.overrides, Path(a.results), a.attempts, tuple(a.arms))
+    plan = Plan(Path(a.out), a.config, a.seeds, a.problems, a.stage1, a.stage2, a.overrides, Path(a.results), a.attempts, tuple(a.arms),
+                tuple(a.transfer), a.keep_checkpoints)
     if a.command == "run":
         return run(plan, a.dry_run, a.commit)
     return report(plan.results, Path(a.docs))

@@ -1,12 +1,15 @@
 """The experiment's plan and its statistics (pure logic on hand-made outcomes)."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from cluster import experiment
 from cluster.experiment import Plan, bootstrap, markdown_table
+from tests.conftest import REPO
 
 
 def _plan(tmp_path):
@@ -27,6 +30,14 @@ def test_plan_has_one_base_eval_and_four_trained_arms_per_seed_on_fixed_problems
     plain = by_name["plain_rl-seed0"]
     assert "algorithm.stage1_iterations=0" in plain and "algorithm.stage2_iterations=5" in plain and "algorithm.alpha=0" in plain
     assert "algorithm.alpha" not in by_name["score-seed0"] and "eval.before=false" in by_name["score-seed0"]
+    plan = _plan(tmp_path)
+    base_t = " ".join(plan.transfer_command("base", plan.out / "base"))
+    assert "--model embedded" in base_t and f"--out {plan.out / 'base' / 'transfer'}" in base_t
+    trained_t = plan.transfer_command("score-seed1", plan.out / "score-seed1")
+    assert trained_t[trained_t.index("--model") + 1] == str(plan.out / "score-seed1" / "hf_model")
+    for cmd in (base_t, " ".join(trained_t)):  # the same problems, two attempts, the wider numbers, the user's overrides
+        assert " eval " in cmd and "task.max_operand=20" in cmd and "task.data_seed=0" in cmd and "learner.lr=1e-5" in cmd
+        assert cmd.count("eval.attempts=") == 1 and "eval.attempts=2" in cmd
     only = Plan(tmp_path, "c.yaml", [0], 10, 1, 1, [], arms=("score", "plain_rl")).commands()
     assert [n for n, _, _ in only] == ["score-seed0", "plain_rl-seed0"]
 
@@ -51,6 +62,41 @@ def test_run_skips_runs_with_a_result_file_and_resumes_checkpointed_ones(tmp_pat
     assert "--overwrite" in lines["score-seed2"] and "--overwrite" in lines["score-seed0"]
     assert "done already" not in lines["plain_rl-seed0"] and "cluster.main train" in lines["plain_rl-seed0"]
     assert "finished earlier" in lines["stage2_only-seed0"]  # summarised, not trained again
+    transfer = [m for m in caplog.messages if "transfer set:" in m]
+    assert len(transfer) == 1 and transfer[0].startswith("[1/13] base, transfer set:")  # only runs done so far; their own line
+    (plan.results / "transfer").mkdir()
+    (plan.results / "transfer" / "base.json").write_text("{}")
+    caplog.clear()
+    with caplog.at_level("INFO", logger="cluster.experiment"):
+        experiment.run(plan, dry_run=True)
+    assert not [m for m in caplog.messages if "transfer set" in m]
+
+
+def test_the_runner_reports_its_plan_when_run_as_a_module(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "cluster.experiment", "run", "--dry-run", "--out", str(tmp_path / "runs"), "--results",
+                           str(tmp_path / "results"), "--seeds", "0", "--arms", "score"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "[1/1] score-seed0: " in proc.stdout and "cluster.main train --overwrite" in proc.stdout
+
+
+def test_a_finished_run_drops_its_checkpoints_and_keeps_its_model(tmp_path, caplog):
+    for keep in (False, True):
+        plan = Plan(tmp_path / f"runs{keep}", "c.yaml", [0], 10, 1, 1, [], results=tmp_path / f"results{keep}", arms=("score",),
+                    transfer=(), keep_checkpoints=keep)
+        where = plan.out / "score-seed0"
+        (where / "checkpoints" / "iter_000002" / "state").mkdir(parents=True)
+        (where / "checkpoints" / "iter_000002" / "state" / "optim.pt").write_bytes(b"x" * 1000)
+        (where / "hf_model").mkdir()
+        plan.results.mkdir()
+        (plan.results / "score-seed0.json").write_text("{}")
+        with caplog.at_level("INFO", logger="cluster.experiment"):
+            assert experiment.run(plan) == 0
+        assert (where / "hf_model").is_dir() and (where / "checkpoints").exists() == keep
+    unfinished = Plan(tmp_path / "runs2", "c.yaml", [0], 10, 1, 1, [], results=tmp_path / "results2", arms=("score",), transfer=())
+    (unfinished.out / "score-seed0" / "checkpoints" / "iter_000002").mkdir(parents=True)
+    (unfinished.out / "score-seed0" / "hf_model").mkdir()  # a result file is what marks a run finished, not a model folder
+    experiment.run(unfinished, dry_run=True)
+    assert (unfinished.out / "score-seed0" / "checkpoints" / "iter_000002").is_dir()
 
 
 def test_an_attempt_stopped_with_the_session_still_counts_in_the_wall_time(tmp_path):
@@ -170,6 +216,20 @@ def test_report_is_rebuilt_from_result_files_alone(tmp_path):
     assert summary["zero_variance_groups"]["score-seed0"] == pytest.approx(0.375) and summary["zero_variance_groups"]["base"] is None
     assert summary["examples"] == [fixed | {"run": "score-seed0"}]
     assert "> attempt 2: 2 + 3 = 5. Tom has 5 apples." in md and "(gold: 5)" in md
+    assert "transfer" not in summary and "Transfer set" not in md
+    (results / "transfer").mkdir()
+    for rec in (_result("base", None, [0, 0, 0, 0], [0, 0, 0, 1]), _result("score", 0, [1, 0, 0, 0], [1, 1, 1, 0]),
+                _result("plain_rl", 0, [1, 1, 0, 0], [1, 1, 0, 0])):
+        (results / "transfer" / f"{rec['name']}.json").write_text(json.dumps(rec | {"overrides": ["task.max_operand=20"]}))
+    assert experiment.report(results, docs) == 0
+    summary = json.loads((docs / "self_correction.json").read_text())
+    assert summary["score"]["seeds"] == 2  # the main table still reads the main result files only
+    t = summary["transfer"]
+    assert t["score"]["problems"] == 4 and t["score"]["delta_t1_t2"]["mean"] == pytest.approx(0.5)
+    assert t["score_minus"]["plain_rl"]["mean"] == pytest.approx(0.5) and t["score_minus"]["base"]["mean"] == pytest.approx(0.25)
+    assert t["overrides"] == ["task.max_operand=20"]
+    md = (docs / "self_correction.md").read_text()
+    assert "Transfer set: 4 held-out problems with task.max_operand=20" in md and md.count("SCoRe minus (e)") == 2
 
 
 def test_report_without_results_is_one_line(tmp_path, capsys):
