@@ -42,10 +42,10 @@ from typing import Any
 import numpy as np
 import yaml
 
-from cluster.config import TaskConfig
+from cluster.config import TaskConfig, load_config
 from cluster.evaluate import LABELS, METRICS, metric_array
 from common.logs import setup_logging
-from rewards.tasks import build_task
+from rewards.tasks import Problem, build_task
 
 log = logging.getLogger("cluster.experiment")  # not __name__: see cluster.main
 
@@ -105,6 +105,10 @@ class Plan:
         sets = [*self.shared_sets(2), *self.transfer, f"run.name={name}-transfer"]
         return [sys.executable, "-m", "cluster.main", "eval", "--config", self.config, "--model", model,
                 "--out", str(where / "transfer"), *_as_sets(sets)]
+
+    def transfer_problems(self) -> list[Problem]:
+        cfg = load_config(self.config, [*self.shared_sets(2), *self.transfer])
+        return build_task(cfg.task, seed=cfg.run.seed).problems("eval")[: cfg.eval.num_problems]
 
     def commands(self) -> list[tuple[str, Path, list[str]]]:
         """(name, run directory, command) for every run, in the order they run."""
@@ -194,7 +198,7 @@ def _run_transfer(plan: Plan, step: str, name: str, where: Path, dry_run: bool, 
     if rc != 0:
         log.warning(f"    FAILED (exit {rc}) after {took / 60:.1f} min, see {plan.out / name}.transfer.log; `run` again repeats it")
         return rc
-    summary = summarize_run(name, where / "transfer", took, eval_only=True) | {"overrides": list(plan.transfer)}
+    summary = summarize_run(name, where / "transfer", took, eval_only=True, problems=plan.transfer_problems()) | {"overrides": list(plan.transfer)}
     _write_record(record, summary, commit, f"experiment: {name} on the transfer set")
     f = summary["final"]
     log.info(f"    transfer set in {took / 60:.1f} min: Accuracy@t1 {f['accuracy_t1']:.3f}, Accuracy@t2 {f['accuracy_t2']:.3f}, "
@@ -283,9 +287,12 @@ def _bits(values: list[float]) -> str:
     return "".join("1" if v >= 0.5 else "0" for v in values)
 
 
-def summarize_run(name: str, run_dir: Path, wall_seconds: float, eval_only: bool = False) -> dict[str, Any]:
+def summarize_run(name: str, run_dir: Path, wall_seconds: float, eval_only: bool = False,
+                  problems: list[Problem] | None = None) -> dict[str, Any]:
     """Everything the report needs from one finished run, small enough to commit. ``eval_only``: ``run_dir``
-    holds one ``cluster.main eval`` (the base model's run, or any run's transfer evaluation)."""
+    holds one ``cluster.main eval`` (the base model's run, or any run's transfer evaluation). The quoted
+    corrections need the evaluated problems: a trained run's come from its saved config, an evaluation's
+    from ``problems``."""
     import pyarrow.parquet as pq  # heavy-ish, and only for summarising; `report` reads JSON alone
 
     arm = name.split("-seed")[0]
@@ -324,11 +331,14 @@ def summarize_run(name: str, run_dir: Path, wall_seconds: float, eval_only: bool
                            **{k: roll.get(k) for k in ("problems_per_iteration", "samples_per_problem", "skip_zero_variance_groups")},
                            "temperature": roll["attempt1"]["temperature"], "checkpoint_select": saved["checkpoint"].get("select"),
                            "difficulty": saved["task"]["difficulty"], "dtype": saved["model"]["dtype"]}
-        task = build_task(TaskConfig.model_validate(saved["task"]), seed=saved["run"]["seed"])
-        problems = task.problems("eval")
+        problems = build_task(TaskConfig.model_validate(saved["task"]), seed=saved["run"]["seed"]).problems("eval")
+    if problems is not None:
         idx = table["problem_index"].to_pylist()
         r1, r2 = table["r1"].to_pylist(), table["r2"].to_pylist()
         fixed = [i for i, (a, b) in enumerate(zip(r1, r2)) if a < 0.5 <= b][:EXAMPLES_PER_RUN]
+        asked = [json.loads(table["a1_messages"][i].as_py())[0]["content"] for i in fixed]
+        if any(q != problems[idx[i]].question for q, i in zip(asked, fixed)):
+            raise ValueError(f"{name}: the evaluated problems are not the ones rebuilt from its settings")
         out["corrections"] = [{"problem_index": idx[i], "problem": problems[idx[i]].question, "attempt1": table["a1_text"][i].as_py(),
                                "attempt2": table["a2_text"][i].as_py(), "gold": problems[idx[i]].gold} for i in fixed]
     return out
@@ -402,6 +412,17 @@ def markdown_table(summary: dict[str, Any]) -> str:
             s = summary[arm]
             lines.append(f"| {ARM_TITLES[arm]} | {s['seeds']} | " + " | ".join(_pct(s[m], m.startswith("delta")) for m in METRICS) + " |")
     return "\n".join(lines)
+
+
+def _examples(by_arm: dict[str, list[dict[str, Any]]], where: str, n: int = 3) -> tuple[list[dict[str, Any]], list[str]]:
+    """The first ``n`` corrections SCoRe's runs recorded, and their quotation in full."""
+    examples = [ex | {"run": r["name"]} for r in by_arm.get("score", []) for ex in r.get("corrections", [])][:n]
+    lines = ["", f"{where} where SCoRe's attempt 2 corrects its attempt 1 (greedy, quoted in full):"] if examples else []
+    for ex in examples:
+        lines += ["", f"**{ex['run']}, problem {ex['problem_index']}** (gold: {ex['gold']})", "",
+                  *[f"> {label}: {text}" for label, text in (("problem", ex["problem"]), ("attempt 1", ex["attempt1"]),
+                                                              ("attempt 2", ex["attempt2"]))]]
+    return examples, lines
 
 
 def _differences(summary: dict[str, Any]) -> list[str]:
@@ -505,6 +526,8 @@ def report(results: Path, doc_dir: Path) -> int:
             mean_zero = summary["zero_variance_groups"][r["name"]] = float(np.mean(zero)) if zero else None
             lines.append(f"| {r['name']} | {r['training_episodes']} | {'—' if mean_zero is None else f'{100 * mean_zero:.0f}%'} "
                          f"| {r['wall_seconds'] / 60:.0f} | {its / 60:.0f} | {r.get('selected_iteration') or '—'} |")
+    summary["examples"], quoted = _examples(by_arm, "Held-out problems")
+    lines += quoted
     transfer = load_results(results / "transfer")
     if transfer:
         t = summary["transfer"] = bootstrap({arm: [(outcomes(r, 1), outcomes(r, 2)) for r in recs] for arm, recs in transfer.items()})
@@ -515,14 +538,8 @@ def report(results: Path, doc_dir: Path) -> int:
                   "(the selected checkpoint of every run, greedy, two attempts):", "", markdown_table(t), "", *_differences(t),
                   "", "Attempt 2 gives a different final answer on the transfer set: "
                   + ", ".join(f"{ARM_TITLES[a]} {100 * v:.1f}%" for a, v in t["answer_changed"].items())]
-    examples = [ex | {"run": r["name"]} for r in by_arm.get("score", []) for ex in r.get("corrections", [])][:3]
-    summary["examples"] = examples
-    if examples:
-        lines += ["", "Held-out problems where SCoRe's attempt 2 corrects its attempt 1 (greedy, quoted in full):"]
-        for ex in examples:
-            lines += ["", f"**{ex['run']}, problem {ex['problem_index']}** (gold: {ex['gold']})", "",
-                      *[f"> {label}: {text}" for label, text in (("problem", ex["problem"]), ("attempt 1", ex["attempt1"]),
-                                                                  ("attempt 2", ex["attempt2"]))]]
+        t["examples"], quoted = _examples(transfer, "Transfer-set problems")
+        lines += quoted
     (doc_dir / "self_correction.json").write_text(json.dumps(summary, indent=1))
     (doc_dir / "self_correction.md").write_text("\n".join(lines) + "\n")
     png = plot(summary, by_arm, doc_dir / "self_correction.png")

@@ -220,6 +220,8 @@ def test_report_is_rebuilt_from_result_files_alone(tmp_path):
     (results / "transfer").mkdir()
     for rec in (_result("base", None, [0, 0, 0, 0], [0, 0, 0, 1]), _result("score", 0, [1, 0, 0, 0], [1, 1, 1, 0]),
                 _result("plain_rl", 0, [1, 1, 0, 0], [1, 1, 0, 0])):
+        if rec["arm"] == "score":
+            rec["corrections"] = [fixed | {"problem": "Lily has 14 shells and buys 15 more shells.", "gold": "29"}]
         (results / "transfer" / f"{rec['name']}.json").write_text(json.dumps(rec | {"overrides": ["task.max_operand=20"]}))
     assert experiment.report(results, docs) == 0
     summary = json.loads((docs / "self_correction.json").read_text())
@@ -230,6 +232,31 @@ def test_report_is_rebuilt_from_result_files_alone(tmp_path):
     assert t["overrides"] == ["task.max_operand=20"]
     md = (docs / "self_correction.md").read_text()
     assert "Transfer set: 4 held-out problems with task.max_operand=20" in md and md.count("SCoRe minus (e)") == 2
+    assert t["examples"][0]["gold"] == "29" and summary["examples"] == [fixed | {"run": "score-seed0"}]
+    assert md.index("Transfer-set problems where SCoRe") > md.index("Transfer set: 4") > md.index("(gold: 5)")
+    assert "> problem: Lily has 14 shells and buys 15 more shells." in md
+
+
+def test_an_evaluation_record_quotes_corrections_from_the_evaluated_problems(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rewards.tasks.arithmetic import ArithmeticTask
+
+    problems = ArithmeticTask(2, train_size=20, eval_size=4, max_operand=20).problems("eval")
+    rows = {"problem_index": [2, 0, 1, 3], "r1": [0.0, 1.0, 0.0, 1.0], "r2": [1.0, 1.0, 0.0, 0.0],
+            "a1_messages": [json.dumps([{"role": "user", "content": problems[i].question}]) for i in (2, 0, 1, 3)],
+            "a1_text": ["one", "two", "three", "four"], "a2_text": ["fixed", "kept", "still wrong", "broken"]}
+    pq.write_table(pa.table(rows), tmp_path / "samples.parquet")
+    (tmp_path / "eval.json").write_text(json.dumps({"accuracy_t1": 0.5, "accuracy_t2": 0.5, "delta_t1_t2": 0.0, "num_problems": 4}))
+    rec = experiment.summarize_run("score-seed0", tmp_path, 12.0, eval_only=True, problems=problems)
+    assert rec["per_problem"] == {"r1": "1001", "r2": "1010"}  # in problem order
+    assert rec["corrections"] == [{"problem_index": 2, "problem": problems[2].question, "attempt1": "one", "attempt2": "fixed",
+                                   "gold": problems[2].gold}]
+    assert "corrections" not in experiment.summarize_run("base", tmp_path, 12.0, eval_only=True)
+    other = ArithmeticTask(2, train_size=20, eval_size=4).problems("eval")  # the level's own numbers: other problems
+    with pytest.raises(ValueError, match="not the ones rebuilt"):
+        experiment.summarize_run("score-seed0", tmp_path, 12.0, eval_only=True, problems=other)
 
 
 def test_report_without_results_is_one_line(tmp_path, capsys):
