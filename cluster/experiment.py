@@ -447,16 +447,9 @@ def attempts_table(by_arm: dict[str, list[dict[str, Any]]]) -> tuple[str, dict[s
     return "\n".join(rows), data
 
 
-def plot(summary: dict[str, Any], by_arm: dict[str, list[dict[str, Any]]], out: Path) -> Path:
-    """Final metrics with intervals; validation accuracy and Δ over training; the collapse diagnostic over training."""
-    import matplotlib  # heavy: only for the figure
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _bars(ax: Any, summary: dict[str, Any], title: str) -> list[str]:
+    """The five metrics per arm with their intervals; returns the arms drawn."""
     arms = [a for a in ARMS if a in summary]
-    fig, axes = plt.subplots(2, 2, figsize=(13, 8.5))
-    ax = axes[0, 0]
     width = 0.8 / len(METRICS)
     for j, m in enumerate(METRICS):
         means = [100 * summary[a][m]["mean"] for a in arms]
@@ -464,9 +457,36 @@ def plot(summary: dict[str, Any], by_arm: dict[str, list[dict[str, Any]]], out: 
         ax.bar(np.arange(len(arms)) + (j - (len(METRICS) - 1) / 2) * width, means, width, yerr=err, capsize=2, label=LABELS[m])
     ax.set_xticks(np.arange(len(arms)), [ARM_TITLES[a] for a in arms], fontsize=7)
     ax.axhline(0, color="grey", lw=0.5)
-    ax.set_ylabel("% of held-out problems (95% CI)")
+    ax.set_ylabel("% of problems (95% CI)")
     ax.legend(fontsize=7)
-    ax.set_title(f"final evaluation, {summary[arms[0]]['problems']} held-out problems, greedy")
+    ax.set_title(title, fontsize=9)
+    return arms
+
+
+def plot(summary: dict[str, Any], by_arm: dict[str, list[dict[str, Any]]], out: Path) -> Path:
+    """Final metrics with intervals, on the held-out and the transfer set; validation accuracy and Δ over training;
+    the collapse diagnostic over training; accuracy over five attempts (the paper's Figure 8)."""
+    import matplotlib  # heavy: only for the figure
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(19, 8.5))
+    _bars(axes[0, 0], summary, f"final evaluation, {summary[next(a for a in ARMS if a in summary)]['problems']} held-out problems, greedy")
+    if "transfer" in summary:
+        t = summary["transfer"]
+        _bars(axes[0, 2], t, f"transfer set ({', '.join(t['overrides'])}), {t[next(a for a in ARMS if a in t)]['problems']} problems, greedy")
+    else:
+        axes[0, 2].set_axis_off()
+    ax = axes[1, 2]  # the paper's Figure 8: accuracy over more attempts than were trained
+    for arm, accs in summary.get("accuracy_by_attempt", {}).items():
+        if len(accs) > 2:
+            ax.plot(range(1, len(accs) + 1), [100 * a for a in accs], marker="o", color=f"C{ARMS.index(arm)}", label=ARM_TITLES[arm])
+    ax.set_xticks(range(1, 1 + max((len(v) for v in summary.get("accuracy_by_attempt", {}).values()), default=2)))
+    ax.set_xlabel("attempt")
+    ax.set_ylabel("held-out accuracy (%)")
+    ax.set_title("Accuracy@t1 ... @tN, mean over seeds", fontsize=9)
+    ax.legend(fontsize=7)
     panels = [(axes[0, 1], "accuracy_t2", "validation Accuracy@t2 (%)"),
               (axes[1, 0], "delta_t1_t2", "validation Δ(t1,t2) (points)"),
               (axes[1, 1], "answer_changed", "validation: attempt 2 changes the answer (%)")]
