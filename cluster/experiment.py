@@ -447,8 +447,8 @@ def attempts_table(by_arm: dict[str, list[dict[str, Any]]]) -> tuple[str, dict[s
     return "\n".join(rows), data
 
 
-def _bars(ax: Any, summary: dict[str, Any], title: str) -> list[str]:
-    """The five metrics per arm with their intervals; returns the arms drawn."""
+def _bars(ax: Any, summary: dict[str, Any], title: str) -> None:
+    """The five metrics per arm with their intervals."""
     arms = [a for a in ARMS if a in summary]
     width = 0.8 / len(METRICS)
     for j, m in enumerate(METRICS):
@@ -460,7 +460,6 @@ def _bars(ax: Any, summary: dict[str, Any], title: str) -> list[str]:
     ax.set_ylabel("% of problems (95% CI)")
     ax.legend(fontsize=7)
     ax.set_title(title, fontsize=9)
-    return arms
 
 
 def plot(summary: dict[str, Any], by_arm: dict[str, list[dict[str, Any]]], out: Path) -> Path:
@@ -472,10 +471,10 @@ def plot(summary: dict[str, Any], by_arm: dict[str, list[dict[str, Any]]], out: 
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 3, figsize=(19, 8.5))
-    _bars(axes[0, 0], summary, f"final evaluation, {summary[next(a for a in ARMS if a in summary)]['problems']} held-out problems, greedy")
+    _bars(axes[0, 0], summary, f"final evaluation, {summary['num_problems']} held-out problems, greedy")
     if "transfer" in summary:
         t = summary["transfer"]
-        _bars(axes[0, 2], t, f"transfer set ({', '.join(t['overrides'])}), {t[next(a for a in ARMS if a in t)]['problems']} problems, greedy")
+        _bars(axes[0, 2], t, f"transfer set ({', '.join(t['overrides'])}), {t['num_problems']} problems, greedy")
     else:
         axes[0, 2].set_axis_off()
     ax = axes[1, 2]  # the paper's Figure 8: accuracy over more attempts than were trained
@@ -515,17 +514,24 @@ def plot(summary: dict[str, Any], by_arm: dict[str, list[dict[str, Any]]], out: 
     return out
 
 
+def _summarize(by_arm: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Means and intervals per arm, the paired differences, and the share of changed answers, of one problem set."""
+    summary = bootstrap({arm: [(outcomes(r, 1), outcomes(r, 2)) for r in recs] for arm, recs in by_arm.items()})
+    summary["num_problems"] = next(iter(summary.values()))["problems"]
+    summary["answer_changed"] = {arm: float(np.mean([r["final"]["answer_changed"] for r in recs])) for arm, recs in by_arm.items()}
+    return summary
+
+
 def report(results: Path, doc_dir: Path) -> int:
     by_arm = load_results(results)
     if not by_arm:
         print(f"error: no result files under {results}", file=sys.stderr)
         return 2
-    summary = bootstrap({arm: [(outcomes(r, 1), outcomes(r, 2)) for r in recs] for arm, recs in by_arm.items()})
+    summary = _summarize(by_arm)
     summary["wall_seconds"] = {r["name"]: r["wall_seconds"] for recs in by_arm.values() for r in recs}
     episodes = {r["name"]: r["training_episodes"] for arm in TRAINED for r in by_arm.get(arm, [])}
     summary["training_episodes_per_run"] = min(episodes.values()) if episodes else 0
     summary["training_episodes"] = episodes
-    summary["answer_changed"] = {arm: float(np.mean([r["final"]["answer_changed"] for r in recs])) for arm, recs in by_arm.items()}
     att_md, summary["accuracy_by_attempt"] = attempts_table(by_arm)
     doc_dir.mkdir(parents=True, exist_ok=True)
     lines = [markdown_table(summary), "", *_differences(summary)]
@@ -550,11 +556,9 @@ def report(results: Path, doc_dir: Path) -> int:
     lines += quoted
     transfer = load_results(results / "transfer")
     if transfer:
-        t = summary["transfer"] = bootstrap({arm: [(outcomes(r, 1), outcomes(r, 2)) for r in recs] for arm, recs in transfer.items()})
-        overrides = sorted({o for recs in transfer.values() for r in recs for o in r.get("overrides", [])})
-        t["overrides"] = overrides
-        t["answer_changed"] = {arm: float(np.mean([r["final"]["answer_changed"] for r in recs])) for arm, recs in transfer.items()}
-        lines += ["", f"Transfer set: {t[next(iter(transfer))]['problems']} held-out problems with {', '.join(overrides)} "
+        t = summary["transfer"] = _summarize(transfer)
+        overrides = t["overrides"] = sorted({o for recs in transfer.values() for r in recs for o in r.get("overrides", [])})
+        lines += ["", f"Transfer set: {t['num_problems']} held-out problems with {', '.join(overrides)} "
                   "(the selected checkpoint of every run, greedy, two attempts):", "", markdown_table(t), "", *_differences(t),
                   "", "Attempt 2 gives a different final answer on the transfer set: "
                   + ", ".join(f"{ARM_TITLES[a]} {100 * v:.1f}%" for a, v in t["answer_changed"].items())]

@@ -202,7 +202,7 @@ def test_report_is_rebuilt_from_result_files_alone(tmp_path):
     assert summary["score"]["seeds"] == 2 and summary["score"]["accuracy_t1"]["mean"] == pytest.approx(0.5)
     assert summary["score"]["delta_i_to_c"]["mean"] == pytest.approx(1 / 6)
     assert summary["score"]["delta_c_to_i"]["mean"] == pytest.approx(1 / 12)
-    assert summary["training_episodes_per_run"] == 2400  # the smallest run's
+    assert summary["training_episodes_per_run"] == 2400 and summary["num_problems"] == 6  # the smallest run's
     for arm in ("base", "plain_rl"):
         d = summary["score_minus"][arm]
         assert d["lo"] <= d["mean"] <= d["hi"]
@@ -229,7 +229,7 @@ def test_report_is_rebuilt_from_result_files_alone(tmp_path):
     t = summary["transfer"]
     assert t["score"]["problems"] == 4 and t["score"]["delta_t1_t2"]["mean"] == pytest.approx(0.5)
     assert t["score_minus"]["plain_rl"]["mean"] == pytest.approx(0.5) and t["score_minus"]["base"]["mean"] == pytest.approx(0.25)
-    assert t["overrides"] == ["task.max_operand=20"]
+    assert t["overrides"] == ["task.max_operand=20"] and t["num_problems"] == 4 and t["answer_changed"]["score"] == 0.25
     md = (docs / "self_correction.md").read_text()
     assert "Transfer set: 4 held-out problems with task.max_operand=20" in md and md.count("SCoRe minus (e)") == 2
     assert t["examples"][0]["gold"] == "29" and summary["examples"] == [fixed | {"run": "score-seed0"}]
