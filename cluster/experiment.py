@@ -1,6 +1,7 @@
 """The self-correction experiment of docs/RESULTS.md: five arms x seeds, one result file per run, a report.
 
     python -m cluster.experiment run    --out runs/experiment [--commit]   # trains and evaluates every arm
+    python -m cluster.experiment status --out runs/experiment              # which runs are done, running, left
     python -m cluster.experiment report                                     # tables, intervals, curves
 
 Arms (the paper's ablations, Table 4, and its Figure 5 baseline):
@@ -279,6 +280,55 @@ def _commit(path: Path, message: str) -> None:
             log.warning(f"    could not commit {path}: {done.stderr.strip() or done.stdout.strip()}")
             return
     log.info(f"    committed {path}")
+
+
+def status(plan: Plan, now: float | None = None, fresh_s: float = 120.0) -> list[dict[str, Any]]:
+    """Where the grid stands, from the files alone (the runner need not be alive): per run, ``done``,
+    ``running`` (its heartbeat is fresher than ``fresh_s``), ``stopped`` (a stale heartbeat or a checkpoint
+    left behind) or ``pending``; the iteration it has reached; whether its transfer record exists."""
+    now = time.time() if now is None else now
+    rows = []
+    for name, where, _ in plan.commands():
+        total = 0 if name == "base" else plan.stage1 + plan.stage2
+        record = plan.results / f"{name}.json"
+        beat = plan.out / f"{name}.attempt.json"
+        metrics = where / "metrics.jsonl"
+        reached = 0
+        if metrics.exists():
+            train = [json.loads(line) for line in metrics.read_text().splitlines() if '"train"' in line]
+            reached = max((r["iteration"] for r in train if r.get("kind") == "train"), default=0)
+        checkpoints = [int(c.name.split("_")[1]) for c in (where / "checkpoints").glob("iter_*") if not c.name.endswith(".partial")]
+        if record.exists():
+            state, reached = "done", total
+        elif beat.exists() and now - beat.stat().st_mtime < fresh_s:
+            state = "running"
+        elif beat.exists() or checkpoints:
+            state = "stopped"
+        else:
+            state = "pending"
+        rows.append({"run": name, "state": state, "iteration": reached, "iterations": total,
+                     "resumes_from": max(checkpoints, default=0) if state in ("running", "stopped") else None,
+                     "transfer": (plan.results / "transfer" / f"{name}.json").exists() if plan.transfer else None})
+    return rows
+
+
+def print_status(plan: Plan) -> int:
+    rows = status(plan)
+    print(f"{'run':<20} {'state':<8} {'iteration':<24} transfer")
+    for r in rows:
+        it = "—" if not r["iterations"] else f"{r['iteration']}/{r['iterations']}"
+        if r["resumes_from"] is not None:
+            it += f" (checkpoint {r['resumes_from']})"
+        print(f"{r['run']:<20} {r['state']:<8} {it:<24} {'—' if r['transfer'] is None else 'done' if r['transfer'] else 'pending'}")
+    seconds = [row["seconds_iteration"] for path in plan.results.glob("*.json") for row in json.loads(path.read_text()).get("train", [])
+               if row.get("seconds_iteration")]
+    left = sum(r["iterations"] - (r["iteration"] if r["state"] == "running" else r["resumes_from"] or 0) for r in rows if r["state"] != "done")
+    done = sum(r["state"] == "done" for r in rows)
+    line = f"{done} of {len(rows)} runs done; {left} training iterations left"
+    if seconds and left:
+        line += f", about {left * float(np.median(seconds)) / 3600:.1f} h of training at the finished runs' median {np.median(seconds):.0f} s per iteration (evaluations not counted)"
+    print(line)
+    return 0
 
 
 # -- one run's record ---------------------------------------------------------------------------
@@ -574,7 +624,7 @@ def report(results: Path, doc_dir: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m cluster.experiment", description="SCoRe's ablations: five arms x seeds, and their report.")
-    p.add_argument("command", choices=["run", "report"])
+    p.add_argument("command", choices=["run", "status", "report"], help="run the grid, show where it stands, or rebuild the report")
     p.add_argument("--out", default="runs/experiment", help="where the runs go (default: %(default)s)")
     p.add_argument("--config", default="configs/experiment_cpu.yaml", help="shared settings of every run (default: %(default)s)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -597,6 +647,8 @@ def main(argv: list[str] | None = None) -> int:
                 tuple(a.transfer), a.keep_checkpoints)
     if a.command == "run":
         return run(plan, a.dry_run, a.commit)
+    if a.command == "status":
+        return print_status(plan)
     return report(plan.results, Path(a.docs))
 
 

@@ -262,3 +262,29 @@ def test_an_evaluation_record_quotes_corrections_from_the_evaluated_problems(tmp
 def test_report_without_results_is_one_line(tmp_path, capsys):
     assert experiment.report(tmp_path / "nothing", tmp_path / "docs") == 2
     assert capsys.readouterr().err.startswith("error: no result files")
+
+
+def test_status_reads_where_the_grid_stands_from_its_files(tmp_path, capsys):
+    import os
+    import time
+
+    plan = Plan(tmp_path / "runs", "c.yaml", [0], 10, 2, 3, [], results=tmp_path / "results", arms=("base", "score", "plain_rl", "stage2_only"))
+    plan.results.mkdir()
+    (plan.results / "base.json").write_text(json.dumps(_result("base", None, [1, 0], [1, 1])))
+    for name, iterations in (("score-seed0", 4), ("plain_rl-seed0", 3)):
+        where = plan.out / name
+        (where / "checkpoints" / "iter_000002").mkdir(parents=True)
+        (where / "metrics.jsonl").write_text("".join(json.dumps({"kind": "train", "iteration": i, "seconds_iteration": 60.0}) + "\n"
+                                                     for i in range(1, iterations + 1)))
+        (plan.out / f"{name}.attempt.json").write_text("{}")
+    stale = time.time() - 600
+    os.utime(plan.out / "plain_rl-seed0.attempt.json", (stale, stale))  # its runner was stopped ten minutes ago
+    rows = {r["run"]: r for r in experiment.status(plan)}
+    assert rows["base"]["state"] == "done" and rows["base"]["transfer"] is False
+    assert (rows["score-seed0"]["state"], rows["score-seed0"]["iteration"], rows["score-seed0"]["resumes_from"]) == ("running", 4, 2)
+    assert (rows["plain_rl-seed0"]["state"], rows["plain_rl-seed0"]["resumes_from"]) == ("stopped", 2)
+    assert rows["stage2_only-seed0"]["state"] == "pending" and rows["stage2_only-seed0"]["iterations"] == 5
+    assert experiment.print_status(plan) == 0
+    out = capsys.readouterr().out
+    assert "score-seed0          running  4/5 (checkpoint 2)" in out
+    assert "1 of 4 runs done; 9 training iterations left" in out  # 1 + 3 (resumes at 2) + 5
