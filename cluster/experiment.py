@@ -318,7 +318,7 @@ def print_status(plan: Plan) -> int:
     for r in rows:
         it = "—" if not r["iterations"] else f"{r['iteration']}/{r['iterations']}"
         if r["resumes_from"] is not None:
-            it += f" (checkpoint {r['resumes_from']})"
+            it += f" (checkpoint {r['resumes_from']})" if r["resumes_from"] else " (no checkpoint yet)"
         print(f"{r['run']:<20} {r['state']:<8} {it:<24} {'—' if r['transfer'] is None else 'done' if r['transfer'] else 'pending'}")
     seconds = [row["seconds_iteration"] for path in plan.results.glob("*.json") for row in json.loads(path.read_text()).get("train", [])
                if row.get("seconds_iteration")]

@@ -284,7 +284,10 @@ def test_status_reads_where_the_grid_stands_from_its_files(tmp_path, capsys):
     assert (rows["score-seed0"]["state"], rows["score-seed0"]["iteration"], rows["score-seed0"]["resumes_from"]) == ("running", 4, 2)
     assert (rows["plain_rl-seed0"]["state"], rows["plain_rl-seed0"]["resumes_from"]) == ("stopped", 2)
     assert rows["stage2_only-seed0"]["state"] == "pending" and rows["stage2_only-seed0"]["iterations"] == 5
+    (plan.out / "stage2_only-seed0.attempt.json").write_text("{}")  # just started: a heartbeat, no checkpoint
+    assert experiment.status(plan)[-1]["state"] == "running" and experiment.status(plan)[-1]["resumes_from"] == 0
     assert experiment.print_status(plan) == 0
     out = capsys.readouterr().out
     assert "score-seed0          running  4/5 (checkpoint 2)" in out
-    assert "1 of 4 runs done; 9 training iterations left" in out  # 1 + 3 (resumes at 2) + 5
+    assert "stage2_only-seed0    running  0/5 (no checkpoint yet)" in out
+    assert "1 of 4 runs done; 9 training iterations left" in out  # 1 + 3 (resumes at 2) + 5 - 0
