@@ -160,7 +160,7 @@ def _run_one(plan: Plan, step: str, name: str, where: Path, cmd: list[str], dry_
                 _record_stopped_attempt(plan.out, plan.out / f"{name}.attempt.json")
             rc, took = 0, 0.0
         else:
-            if "--overwrite" in cmd and any(not c.name.endswith(".partial") for c in (where / "checkpoints").glob("iter_*")):
+            if "--overwrite" in cmd and _checkpoint_iterations(where):
                 cmd = [("--resume" if c == "--overwrite" else c) for c in cmd]  # an unfinished run continues from its checkpoint
             log.info(f"{step}: {' '.join(cmd)}")
             if dry_run:
@@ -246,6 +246,11 @@ def _record_stopped_attempt(out: Path, beat: Path) -> None:
         beat.unlink()
 
 
+def _checkpoint_iterations(where: Path) -> list[int]:
+    """Iterations of the run's checkpoint folders that were completely written (not ``.partial``)."""
+    return [int(c.name.split("_")[1]) for c in (where / "checkpoints").glob("iter_*") if not c.name.endswith(".partial")]
+
+
 def finished(name: str, where: Path) -> bool:
     """Did the run complete its final evaluation (and export)? Then only its record is missing."""
     if name == "base":
@@ -293,11 +298,9 @@ def status(plan: Plan, now: float | None = None, fresh_s: float = 120.0) -> list
         record = plan.results / f"{name}.json"
         beat = plan.out / f"{name}.attempt.json"
         metrics = where / "metrics.jsonl"
-        reached = 0
-        if metrics.exists():
-            train = [json.loads(line) for line in metrics.read_text().splitlines() if '"train"' in line]
-            reached = max((r["iteration"] for r in train if r.get("kind") == "train"), default=0)
-        checkpoints = [int(c.name.split("_")[1]) for c in (where / "checkpoints").glob("iter_*") if not c.name.endswith(".partial")]
+        records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.exists() else []
+        reached = max((r["iteration"] for r in records if r.get("kind") == "train"), default=0)
+        checkpoints = _checkpoint_iterations(where)
         if record.exists():
             state, reached = "done", total
         elif beat.exists() and now - beat.stat().st_mtime < fresh_s:
