@@ -483,6 +483,48 @@ def _differences(summary: dict[str, Any]) -> list[str]:
             for arm, d in summary.get("score_minus", {}).items()]
 
 
+MIN_EPISODES, MIN_SEEDS = 2400, 3  # the issue's scale: episodes per trained run, seeds per trained arm
+
+
+def goal_check(summary: dict[str, Any], scale: bool = True) -> list[dict[str, Any]]:
+    """The experiment's goal (docs/RESULTS.md 1.1), clause by clause, read off a summary of one problem set.
+
+    Each clause is ``{"clause", "value", "met"}``; ``met`` is None while an arm it needs has no run yet.
+    SCoRe's Δ(t1,t2) must be positive with its interval above 0, larger than every other arm's with the
+    paired interval above 0, and its Δ_c→i at most half of its Δ_i→c; with ``scale`` also the run sizes.
+    """
+    checks: list[dict[str, Any]] = []
+    score = summary.get("score")
+
+    def add(clause: str, value: str, met: bool | None) -> None:
+        checks.append({"clause": clause, "value": value, "met": met})
+
+    if score is None:
+        add("SCoRe's Δ(t1,t2) > 0, interval above 0", "no SCoRe run yet", None)
+    else:
+        d = score["delta_t1_t2"]
+        add("SCoRe's Δ(t1,t2) > 0, interval above 0", _pct(d, True), d["lo"] > 0)
+    for arm in ARMS[:1] + ARMS[2:]:
+        diff = summary.get("score_minus", {}).get(arm)
+        clause = f"SCoRe's Δ minus that of {ARM_TITLES[arm]}, interval above 0"
+        add(clause, _pct(diff, True) if diff else "needs both runs", None if diff is None else diff["lo"] > 0)
+    if score is not None:
+        i2c, c2i = score["delta_i_to_c"]["mean"], score["delta_c_to_i"]["mean"]
+        add("SCoRe's Δ_c→i at most half of its Δ_i→c", f"{100 * c2i:.1f} vs {100 * i2c:.1f}", c2i <= i2c / 2)
+    if scale:
+        episodes = summary.get("training_episodes_per_run", 0)
+        add(f"at least {MIN_EPISODES} training episodes per run", str(episodes), episodes >= MIN_EPISODES if episodes else None)
+        seeds = {arm: summary[arm]["seeds"] for arm in TRAINED if arm in summary}
+        add(f"at least {MIN_SEEDS} seeds per trained arm", ", ".join(f"{ARM_TITLES[a]} {n}" for a, n in seeds.items()) or "none",
+            len(seeds) == len(TRAINED) and min(seeds.values()) >= MIN_SEEDS)
+    return checks
+
+
+def goal_lines(checks: list[dict[str, Any]]) -> list[str]:
+    mark = {True: "met", False: "**not met**", None: "open"}
+    return [f"- {c['clause']}: {c['value']} — {mark[c['met']]}" for c in checks]
+
+
 def attempts_table(by_arm: dict[str, list[dict[str, Any]]]) -> tuple[str, dict[str, list[float]]]:
     """Accuracy@t1 ... @tN per arm (mean over seeds), as far as every run of the arm has attempts."""
     rows, data = [], {}
@@ -588,6 +630,8 @@ def report(results: Path, doc_dir: Path) -> int:
     att_md, summary["accuracy_by_attempt"] = attempts_table(by_arm)
     doc_dir.mkdir(parents=True, exist_ok=True)
     lines = [markdown_table(summary), "", *_differences(summary)]
+    summary["goal"] = goal_check(summary)
+    lines += ["", "The goal, clause by clause (held-out set):", *goal_lines(summary["goal"])]
     lines += ["", "Attempt 2 gives a different final answer from attempt 1 (held-out, mean over seeds): "
               + ", ".join(f"{ARM_TITLES[a]} {100 * v:.1f}%" for a, v in summary["answer_changed"].items()), "", att_md, ""]
     # The runner's wall time covers every attempt it timed (before heartbeats, an attempt stopped with the session
@@ -611,8 +655,10 @@ def report(results: Path, doc_dir: Path) -> int:
     if transfer:
         t = summary["transfer"] = _summarize(transfer)
         overrides = t["overrides"] = sorted({o for recs in transfer.values() for r in recs for o in r.get("overrides", [])})
+        t["goal"] = goal_check(t, scale=False)
         lines += ["", f"Transfer set: {t['num_problems']} held-out problems with {', '.join(overrides)} "
                   "(the selected checkpoint of every run, greedy, two attempts):", "", markdown_table(t), "", *_differences(t),
+                  "", "The goal's clauses on the transfer set:", *goal_lines(t["goal"]),
                   "", "Attempt 2 gives a different final answer on the transfer set: "
                   + ", ".join(f"{ARM_TITLES[a]} {100 * v:.1f}%" for a, v in t["answer_changed"].items())]
         t["examples"], quoted = _examples(transfer, "Transfer-set problems")

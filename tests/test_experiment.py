@@ -166,6 +166,31 @@ def test_bootstrap_means_intervals_and_paired_difference():
     assert "(a) base, prompted" in table and "(b) SCoRe" in table and table.count("\n") == 3
 
 
+def test_the_goal_is_checked_clause_by_clause_from_the_bootstrap():
+    rng = np.random.default_rng(2)
+    n = 500
+    r1 = rng.random(n) < 0.5
+    fixes = r1 | (rng.random(n) < 0.3)  # wrong-to-right on ~15% of problems, never right-to-wrong
+    seeds = [(r1, fixes)] * 3
+    summary = bootstrap({"base": [(r1, r1 & (rng.random(n) > 0.2))], "score": seeds, "stage2_only": [(r1, r1)] * 3,
+                         "plain_rl": [(r1, fixes)] * 3}, draws=300)
+    summary["training_episodes_per_run"] = 2560
+    checks = {c["clause"]: c for c in experiment.goal_check(summary)}
+    assert checks["SCoRe's Δ(t1,t2) > 0, interval above 0"]["met"] is True
+    assert checks["SCoRe's Δ minus that of (a) base, prompted, interval above 0"]["met"] is True
+    assert checks["SCoRe's Δ minus that of (c) Stage II only, interval above 0"]["met"] is True
+    assert checks["SCoRe's Δ minus that of (e) plain two-turn RL, interval above 0"]["met"] is False  # the same outcomes: no difference
+    assert checks["SCoRe's Δ minus that of (d) SCoRe, α = 0, interval above 0"]["met"] is None  # no run of (d) yet
+    assert checks["SCoRe's Δ_c→i at most half of its Δ_i→c"]["met"] is True
+    assert checks["at least 2400 training episodes per run"]["met"] is True
+    assert checks["at least 3 seeds per trained arm"]["met"] is False  # (d) has none
+    assert "**not met**" in "\n".join(experiment.goal_lines(list(checks.values())))
+    worse = bootstrap({"score": [(fixes, r1)]}, draws=100)  # attempt 2 undoes corrections
+    checks = {c["clause"]: c["met"] for c in experiment.goal_check(worse, scale=False)}
+    assert checks["SCoRe's Δ(t1,t2) > 0, interval above 0"] is False and checks["SCoRe's Δ_c→i at most half of its Δ_i→c"] is False
+    assert not any("episodes" in c for c in checks)
+
+
 def test_bootstrap_refuses_runs_on_different_problems():
     a = np.ones(10, bool)
     with pytest.raises(ValueError, match="same 10 problems"):
@@ -216,6 +241,8 @@ def test_report_is_rebuilt_from_result_files_alone(tmp_path):
     assert summary["zero_variance_groups"]["score-seed0"] == pytest.approx(0.375) and summary["zero_variance_groups"]["base"] is None
     assert summary["examples"] == [fixed | {"run": "score-seed0"}]
     assert "> attempt 2: 2 + 3 = 5. Tom has 5 apples." in md and "(gold: 5)" in md
+    assert "SCoRe's Δ minus that of (e) plain two-turn RL, interval above 0" in md and "at least 3 seeds per trained arm" in md
+    assert [c["met"] for c in summary["goal"] if c["clause"].startswith("at least")] == [True, False]  # 2400 is enough; 2 seeds are not
     assert "transfer" not in summary and "Transfer set" not in md
     (results / "transfer").mkdir()
     for rec in (_result("base", None, [0, 0, 0, 0], [0, 0, 0, 1]), _result("score", 0, [1, 0, 0, 0], [1, 1, 1, 0]),
@@ -235,6 +262,7 @@ def test_report_is_rebuilt_from_result_files_alone(tmp_path):
     assert t["examples"][0]["gold"] == "29" and summary["examples"] == [fixed | {"run": "score-seed0"}]
     assert md.index("Transfer-set problems where SCoRe") > md.index("Transfer set: 4") > md.index("(gold: 5)")
     assert "> problem: Lily has 14 shells and buys 15 more shells." in md
+    assert "The goal's clauses on the transfer set:" in md and len(t["goal"]) == 6  # no scale clauses
 
 
 def test_an_evaluation_record_quotes_corrections_from_the_evaluated_problems(tmp_path):
