@@ -609,11 +609,40 @@ def plot(summary: dict[str, Any], by_arm: dict[str, list[dict[str, Any]]], out: 
     return out
 
 
+def correction_rates(runs: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """How often attempt 2 fixes a wrong attempt 1, and breaks a right one, pooled over seeds.
+
+    Δ_i→c and Δ_c→i are shares of all problems, so they shrink as attempt 1 improves: a model at 90%
+    has few wrong first attempts left to fix. These rates divide by the first attempts that could
+    change, so arms at different Accuracy@t1 compare as self-correctors.
+    """
+    r1 = np.concatenate([a for a, _ in runs])
+    r2 = np.concatenate([b for _, b in runs])
+    wrong, right = int((~r1).sum()), int(r1.sum())
+    return {"wrong_t1": wrong, "right_t1": right,
+            "fixed": float((~r1 & r2).sum() / wrong) if wrong else None,
+            "broken": float((r1 & ~r2).sum() / right) if right else None}
+
+
+def _rates_table(rates: dict[str, dict[str, Any]]) -> str:
+    def pct(v: float | None) -> str:
+        return "—" if v is None else f"{100 * v:.1f}%"
+
+    lines = ["| arm | wrong attempts 1 (all seeds) | of them right at attempt 2 | right attempts 1 | of them wrong at attempt 2 |",
+             "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {ARM_TITLES[arm]} | {r['wrong_t1']} | {pct(r['fixed'])} | {r['right_t1']} | {pct(r['broken'])} |"
+              for arm in ARMS if (r := rates.get(arm))]
+    return "\n".join(lines)
+
+
 def _summarize(by_arm: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """Means and intervals per arm, the paired differences, and the share of changed answers, of one problem set."""
-    summary = bootstrap({arm: [(outcomes(r, 1), outcomes(r, 2)) for r in recs] for arm, recs in by_arm.items()})
+    """Means and intervals per arm, the paired differences, the share of changed answers, and the correction
+    rates, of one problem set."""
+    runs = {arm: [(outcomes(r, 1), outcomes(r, 2)) for r in recs] for arm, recs in by_arm.items()}
+    summary = bootstrap(runs)
     summary["num_problems"] = next(iter(summary.values()))["problems"]
     summary["answer_changed"] = {arm: float(np.mean([r["final"]["answer_changed"] for r in recs])) for arm, recs in by_arm.items()}
+    summary["correction_rates"] = {arm: correction_rates(r) for arm, r in runs.items()}
     return summary
 
 
@@ -633,7 +662,9 @@ def report(results: Path, doc_dir: Path) -> int:
     summary["goal"] = goal_check(summary)
     lines += ["", "The goal, clause by clause (held-out set):", *goal_lines(summary["goal"])]
     lines += ["", "Attempt 2 gives a different final answer from attempt 1 (held-out, mean over seeds): "
-              + ", ".join(f"{ARM_TITLES[a]} {100 * v:.1f}%" for a, v in summary["answer_changed"].items()), "", att_md, ""]
+              + ", ".join(f"{ARM_TITLES[a]} {100 * v:.1f}%" for a, v in summary["answer_changed"].items()), "",
+              "Correction rates (held-out; Δ_i→c and Δ_c→i divided by the first attempts that could change):", "",
+              _rates_table(summary["correction_rates"]), "", att_md, ""]
     # The runner's wall time covers every attempt it timed (before heartbeats, an attempt stopped with the session
     # left no timing); the iterations' own seconds cover every attempt, but not start-up or evaluations.
     lines.append("| run | training episodes | zero-variance groups (of generated, mean) | runner wall time (min) "
@@ -660,7 +691,8 @@ def report(results: Path, doc_dir: Path) -> int:
                   "(the selected checkpoint of every run, greedy, two attempts):", "", markdown_table(t), "", *_differences(t),
                   "", "The goal's clauses on the transfer set:", *goal_lines(t["goal"]),
                   "", "Attempt 2 gives a different final answer on the transfer set: "
-                  + ", ".join(f"{ARM_TITLES[a]} {100 * v:.1f}%" for a, v in t["answer_changed"].items())]
+                  + ", ".join(f"{ARM_TITLES[a]} {100 * v:.1f}%" for a, v in t["answer_changed"].items()),
+                  "", "Correction rates on the transfer set:", "", _rates_table(t["correction_rates"])]
         t["examples"], quoted = _examples(transfer, "Transfer-set problems")
         lines += quoted
     (doc_dir / "self_correction.json").write_text(json.dumps(summary, indent=1))

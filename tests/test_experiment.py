@@ -232,6 +232,9 @@ def test_report_is_rebuilt_from_result_files_alone(tmp_path):
         d = summary["score_minus"][arm]
         assert d["lo"] <= d["mean"] <= d["hi"]
     assert summary["score_minus"]["plain_rl"]["mean"] == pytest.approx(1 / 12)
+    # pooled over both seeds: 6 wrong first attempts, 2 fixed; 6 right ones, 1 broken
+    assert summary["correction_rates"]["score"] == pytest.approx({"wrong_t1": 6, "right_t1": 6, "fixed": 1 / 3, "broken": 1 / 6})
+    assert summary["correction_rates"]["plain_rl"]["fixed"] == 0.0
     assert summary["accuracy_by_attempt"]["base"] == pytest.approx([0.5, 1 / 3, 1 / 6])
     assert summary["accuracy_by_attempt"]["score"] == pytest.approx([0.5, 7 / 12, 2 / 3])
     assert (docs / "self_correction.png").stat().st_size > 10_000
@@ -263,6 +266,8 @@ def test_report_is_rebuilt_from_result_files_alone(tmp_path):
     assert md.index("Transfer-set problems where SCoRe") > md.index("Transfer set: 4") > md.index("(gold: 5)")
     assert "> problem: Lily has 14 shells and buys 15 more shells." in md
     assert "The goal's clauses on the transfer set:" in md and len(t["goal"]) == 6  # no scale clauses
+    assert t["correction_rates"]["base"] == {"wrong_t1": 4, "right_t1": 0, "fixed": 0.25, "broken": None}
+    assert "| (a) base, prompted | 4 | 25.0% | 0 | — |" in md
 
 
 def test_an_evaluation_record_quotes_corrections_from_the_evaluated_problems(tmp_path):
