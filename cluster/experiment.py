@@ -557,9 +557,20 @@ def _bars(ax: Any, summary: dict[str, Any], title: str) -> None:
     ax.set_title(title, fontsize=9)
 
 
+def seed_band(recs: list[dict[str, Any]], metric: str) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
+    """A curve's mean over seeds and its range (min, max), at the iterations every seed evaluated."""
+    by_seed = [{p["iteration"]: p[metric] for p in r["curves"]} for r in recs if r["curves"]]
+    its = sorted(set.intersection(*map(set, by_seed))) if by_seed else []
+    values = np.array([[c[i] for i in its] for c in by_seed]) if its else np.zeros((0, 0))
+    if not its:
+        return [], values, values, values
+    return its, values.mean(0), values.min(0), values.max(0)
+
+
 def plot(summary: dict[str, Any], by_arm: dict[str, list[dict[str, Any]]], out: Path) -> Path:
-    """Final metrics with intervals, on the held-out and the transfer set; validation accuracy and Δ over training;
-    the collapse diagnostic over training; accuracy over five attempts (the paper's Figure 8)."""
+    """Final metrics with intervals, on the held-out and the transfer set; validation accuracy and Δ over training
+    (mean over seeds, their range shaded); the collapse diagnostic over training; accuracy over five attempts
+    (the paper's Figure 8)."""
     import matplotlib  # heavy: only for the figure
 
     matplotlib.use("Agg")
@@ -581,20 +592,21 @@ def plot(summary: dict[str, Any], by_arm: dict[str, list[dict[str, Any]]], out: 
     ax.set_ylabel("held-out accuracy (%)")
     ax.set_title("Accuracy@t1 ... @tN, mean over seeds", fontsize=9)
     ax.legend(fontsize=7)
-    panels = [(axes[0, 1], "accuracy_t2", "validation Accuracy@t2 (%)"),
-              (axes[1, 0], "delta_t1_t2", "validation Δ(t1,t2) (points)"),
-              (axes[1, 1], "answer_changed", "validation: attempt 2 changes the answer (%)")]
+    panels = [(axes[0, 1], "accuracy_t2", "validation Accuracy@t2 (%), seeds: mean and range"),
+              (axes[1, 0], "delta_t1_t2", "validation Δ(t1,t2) (points), seeds: mean and range"),
+              (axes[1, 1], "answer_changed", "validation: attempt 2 changes the answer (%), seeds: mean and range")]
     # where Stage II begins for the arms that have a Stage I (the same length for all of them)
     stage2 = sorted({r["settings"]["stage1_iterations"] for arm in TRAINED for r in by_arm.get(arm, [])
                      if r.get("settings", {}).get("stage1_iterations")})
     base = by_arm.get("base")
     for bx, metric, title in panels:
         for arm in TRAINED:
-            for i, rec in enumerate(by_arm.get(arm, [])):
-                pts = rec["curves"]
-                if pts:
-                    bx.plot([p["iteration"] for p in pts], [100 * p[metric] for p in pts], color=f"C{ARMS.index(arm)}", alpha=0.75,
-                            marker="o", ms=2.5, label=ARM_TITLES[arm] if i == 0 else None)
+            its, mean, lo, hi = seed_band(by_arm.get(arm, []), metric)
+            if its:
+                color = f"C{ARMS.index(arm)}"
+                bx.plot(its, 100 * mean, color=color, marker="o", ms=2.5, label=ARM_TITLES[arm])
+                if (lo < hi).any():
+                    bx.fill_between(its, 100 * lo, 100 * hi, color=color, alpha=0.15, lw=0)
         if base and metric in base[0]["final"]:
             bx.axhline(100 * base[0]["final"][metric], color="C0", ls="--", lw=0.8, label="(a) base (held-out)")
         for x in stage2:

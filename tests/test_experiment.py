@@ -191,6 +191,16 @@ def test_the_goal_is_checked_clause_by_clause_from_the_bootstrap():
     assert not any("episodes" in c for c in checks)
 
 
+def test_learning_curves_are_averaged_over_seeds_at_shared_iterations():
+    def rec(points):
+        return {"curves": [{"iteration": i, "accuracy_t2": v} for i, v in points]}
+
+    # seed 1 stopped before its evaluation at iteration 30: the band covers 10 and 20 only
+    its, mean, lo, hi = experiment.seed_band([rec([(10, 0.2), (20, 0.4), (30, 0.5)]), rec([(10, 0.4), (20, 0.6)]), rec([])], "accuracy_t2")
+    assert its == [10, 20] and mean == pytest.approx([0.3, 0.5]) and lo == pytest.approx([0.2, 0.4]) and hi == pytest.approx([0.4, 0.6])
+    assert experiment.seed_band([rec([])], "accuracy_t2")[0] == []
+
+
 def test_bootstrap_refuses_runs_on_different_problems():
     a = np.ones(10, bool)
     with pytest.raises(ValueError, match="same 10 problems"):
