@@ -400,14 +400,14 @@ def summarize_run(name: str, run_dir: Path, wall_seconds: float, eval_only: bool
 # -- the report ------------------------------------------------------------------------------
 
 def load_results(results: Path) -> dict[str, list[dict[str, Any]]]:
-    """Result files by arm, seeds in order."""
+    """Result files by arm, arms in the order of ``ARMS``, seeds in order."""
     by_arm: dict[str, list[dict[str, Any]]] = {}
     for path in sorted(results.glob("*.json")):
         rec = json.loads(path.read_text())
         by_arm.setdefault(rec["arm"], []).append(rec)
     for recs in by_arm.values():
         recs.sort(key=lambda r: -1 if r["seed"] is None else r["seed"])
-    return by_arm
+    return {arm: by_arm[arm] for arm in sorted(by_arm, key=lambda a: ARMS.index(a) if a in ARMS else len(ARMS))}
 
 
 def outcomes(rec: dict[str, Any], attempt: int) -> np.ndarray:

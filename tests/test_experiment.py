@@ -242,6 +242,7 @@ def test_report_is_rebuilt_from_result_files_alone(tmp_path):
         d = summary["score_minus"][arm]
         assert d["lo"] <= d["mean"] <= d["hi"]
     assert summary["score_minus"]["plain_rl"]["mean"] == pytest.approx(1 / 12)
+    assert list(summary["answer_changed"]) == ["base", "score", "plain_rl"]  # arms in ARMS order, not file order
     # pooled over both seeds: 6 wrong first attempts, 2 fixed; 6 right ones, 1 broken
     assert summary["correction_rates"]["score"] == pytest.approx({"wrong_t1": 6, "right_t1": 6, "fixed": 1 / 3, "broken": 1 / 6})
     assert summary["correction_rates"]["plain_rl"]["fixed"] == 0.0
