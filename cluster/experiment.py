@@ -561,9 +561,10 @@ def seed_band(recs: list[dict[str, Any]], metric: str) -> tuple[list[int], np.nd
     """A curve's mean over seeds and its range (min, max), at the iterations every seed evaluated."""
     by_seed = [{p["iteration"]: p[metric] for p in r["curves"]} for r in recs if r["curves"]]
     its = sorted(set.intersection(*map(set, by_seed))) if by_seed else []
-    values = np.array([[c[i] for i in its] for c in by_seed]) if its else np.zeros((0, 0))
     if not its:
-        return [], values, values, values
+        empty = np.zeros(0)
+        return [], empty, empty, empty
+    values = np.array([[c[i] for i in its] for c in by_seed])
     return its, values.mean(0), values.min(0), values.max(0)
 
 
