@@ -504,7 +504,7 @@ def goal_check(summary: dict[str, Any], scale: bool = True) -> list[dict[str, An
     else:
         d = score["delta_t1_t2"]
         add("SCoRe's Δ(t1,t2) > 0, interval above 0", _pct(d, True), d["lo"] > 0)
-    for arm in ARMS[:1] + ARMS[2:]:
+    for arm in (a for a in ARMS if a != "score"):
         diff = summary.get("score_minus", {}).get(arm)
         clause = f"SCoRe's Δ minus that of {ARM_TITLES[arm]}, interval above 0"
         add(clause, _pct(diff, True) if diff else "needs both runs", None if diff is None else diff["lo"] > 0)
