@@ -499,11 +499,11 @@ def goal_check(summary: dict[str, Any], scale: bool = True) -> list[dict[str, An
     def add(clause: str, value: str, met: bool | None) -> None:
         checks.append({"clause": clause, "value": value, "met": met})
 
+    positive = "SCoRe's Δ(t1,t2) > 0, interval above 0"
     if score is None:
-        add("SCoRe's Δ(t1,t2) > 0, interval above 0", "no SCoRe run yet", None)
+        add(positive, "no SCoRe run yet", None)
     else:
-        d = score["delta_t1_t2"]
-        add("SCoRe's Δ(t1,t2) > 0, interval above 0", _pct(d, True), d["lo"] > 0)
+        add(positive, _pct(score["delta_t1_t2"], True), score["delta_t1_t2"]["lo"] > 0)
     for arm in (a for a in ARMS if a != "score"):
         diff = summary.get("score_minus", {}).get(arm)
         clause = f"SCoRe's Δ minus that of {ARM_TITLES[arm]}, interval above 0"

@@ -329,7 +329,8 @@ def test_status_reads_where_the_grid_stands_from_its_files(tmp_path, capsys):
     assert (rows["plain_rl-seed0"]["state"], rows["plain_rl-seed0"]["resumes_from"]) == ("stopped", 2)
     assert rows["stage2_only-seed0"]["state"] == "pending" and rows["stage2_only-seed0"]["iterations"] == 5
     (plan.out / "stage2_only-seed0.attempt.json").write_text("{}")  # just started: a heartbeat, no checkpoint
-    assert experiment.status(plan)[-1]["state"] == "running" and experiment.status(plan)[-1]["resumes_from"] == 0
+    started = experiment.status(plan)[-1]
+    assert started["state"] == "running" and started["resumes_from"] == 0
     assert experiment.print_status(plan) == 0
     out = capsys.readouterr().out
     assert "score-seed0          running  4/5 (checkpoint 2)" in out
