@@ -12,6 +12,7 @@ line meant to be printed as is.
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -262,13 +263,26 @@ class ScoreConfig(_Section):
 # --------------------------------------------------------------------------- loading
 
 
+def _suggestion(loc: tuple[Any, ...]) -> str:
+    """``" (did you mean 'learner.lr'?)"`` for an unknown key close to a real one, else ``""``."""
+    model: type[BaseModel] = ScoreConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return ""
+        model = annotation
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.7)
+    return f" (did you mean '{'.'.join([*map(str, loc[:-1]), close[0]])}'?)" if close else ""
+
+
 def _format_validation_error(err: ValidationError, source: str) -> str:
     """Turn pydantic's report into one line naming each offending key."""
     parts = []
     for item in err.errors():
         key = ".".join(str(p) for p in item["loc"]) or "<root>"
         if item["type"] == "extra_forbidden":
-            parts.append(f"unknown key '{key}'")
+            parts.append(f"unknown key '{key}'{_suggestion(item['loc'])}")
         elif item["type"] in ("value_error", "assertion_error") and not item["loc"]:
             parts.append(str(item["msg"]).removeprefix("Value error, "))
         else:

@@ -32,7 +32,9 @@ def test_dotted_overrides_are_typed():
 @pytest.mark.parametrize(
     "override, expected",
     [
-        ("learner.lrr=1", "unknown key 'learner.lrr'"),
+        ("learner.lrr=1", "unknown key 'learner.lrr' (did you mean 'learner.lr'?)"),
+        ("rollout.attempt1.temprature=1", "(did you mean 'rollout.attempt1.temperature'?)"),
+        ("algorithm.alpah=3", "unknown key 'algorithm.alpah' (did you mean 'algorithm.alpha'?)"),
         ("bogus.x=1", "unknown key 'bogus'"),
         ("learner.lr=abc", "learner.lr: Input should be a valid number"),
         ("learner.zero_stage=1", "learner.zero_stage"),
@@ -52,6 +54,12 @@ def test_bad_values_name_the_key(override, expected):
         load_config(overrides=[override])
     assert expected in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_a_key_close_to_none_gets_no_suggestion():
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=["bogus.x=1", "learner.zzz=1", "learner.lr.deeper=1"])
+    assert "did you mean" not in str(err.value)
 
 
 def test_missing_file_and_bad_yaml(tmp_path):
