@@ -7,8 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-from cluster import experiment
-from cluster.experiment import Plan, bootstrap, markdown_table
+from cluster.experiment import grid, record, report
+from cluster.experiment.arms import Plan
+from cluster.experiment.report import bootstrap, markdown_table
 from tests.conftest import REPO
 
 
@@ -54,7 +55,7 @@ def test_run_skips_runs_with_a_result_file_and_resumes_checkpointed_ones(tmp_pat
     (done / "hf_model").mkdir(parents=True)
     (done / "metrics.jsonl").write_text(json.dumps({"kind": "eval", "label": "final"}) + "\n")
     with caplog.at_level("INFO", logger="cluster.experiment"):
-        experiment.run(plan, dry_run=True)
+        grid.run(plan, dry_run=True)
     out = caplog.text
     assert "base: done already" in out and "score-seed0: " in out and "cluster.main train" in out
     lines = {m.split(":")[0].split("] ")[-1]: m for m in caplog.messages if m.startswith("[")}
@@ -68,7 +69,7 @@ def test_run_skips_runs_with_a_result_file_and_resumes_checkpointed_ones(tmp_pat
     (plan.results / "transfer" / "base.json").write_text("{}")
     caplog.clear()
     with caplog.at_level("INFO", logger="cluster.experiment"):
-        experiment.run(plan, dry_run=True)
+        grid.run(plan, dry_run=True)
     assert not [m for m in caplog.messages if "transfer set" in m]
 
 
@@ -90,12 +91,12 @@ def test_a_finished_run_drops_its_checkpoints_and_keeps_its_model(tmp_path, capl
         plan.results.mkdir()
         (plan.results / "score-seed0.json").write_text("{}")
         with caplog.at_level("INFO", logger="cluster.experiment"):
-            assert experiment.run(plan) == 0
+            assert grid.run(plan) == 0
         assert (where / "hf_model").is_dir() and (where / "checkpoints").exists() == keep
     unfinished = Plan(tmp_path / "runs2", "c.yaml", [0], 10, 1, 1, [], results=tmp_path / "results2", arms=("score",), transfer=())
     (unfinished.out / "score-seed0" / "checkpoints" / "iter_000002").mkdir(parents=True)
     (unfinished.out / "score-seed0" / "hf_model").mkdir()  # a result file is what marks a run finished, not a model folder
-    experiment.run(unfinished, dry_run=True)
+    grid.run(unfinished, dry_run=True)
     assert (unfinished.out / "score-seed0" / "checkpoints" / "iter_000002").is_dir()
 
 
@@ -109,13 +110,13 @@ def test_an_attempt_stopped_with_the_session_still_counts_in_the_wall_time(tmp_p
     (out / "r.attempt.json").write_text(json.dumps({"run": "r", "seconds": 120.0}))  # left by a stopped attempt
     # the child exits 0 only if its own heartbeat exists while it runs
     child = f"import time, pathlib; time.sleep(1.5); raise SystemExit(0 if pathlib.Path({str(out / 'r.attempt.json')!r}).exists() else 5)"
-    rc, took = experiment.run_attempt(out, "r", [sys.executable, "-c", child], beat_s=0.5)
+    rc, took = grid.run_attempt(out, "r", [sys.executable, "-c", child], beat_s=0.5)
     assert rc == 0 and 1.5 <= took < 30
     rows = [json.loads(line) for line in (out / "timings.jsonl").read_text().splitlines()]
     assert rows[0] == {"run": "r", "seconds": 120.0, "rc": "stopped"} and rows[1]["rc"] == 0
     assert not (out / "r.attempt.json").exists()
-    assert experiment._wall_seconds(out, "r", out / "r") == pytest.approx(120.0 + took)
-    rc, _ = experiment.run_attempt(out, "r", [sys.executable, "-c", "raise SystemExit(3)"])
+    assert grid._wall_seconds(out, "r", out / "r") == pytest.approx(120.0 + took)
+    rc, _ = grid.run_attempt(out, "r", [sys.executable, "-c", "raise SystemExit(3)"])
     assert rc == 3
 
 
@@ -175,7 +176,7 @@ def test_the_goal_is_checked_clause_by_clause_from_the_bootstrap():
     summary = bootstrap({"base": [(r1, r1 & (rng.random(n) > 0.2))], "score": seeds, "stage2_only": [(r1, r1)] * 3,
                          "plain_rl": [(r1, fixes)] * 3}, draws=300)
     summary["training_episodes_per_run"] = 2560
-    checks = {c["clause"]: c for c in experiment.goal_check(summary)}
+    checks = {c["clause"]: c for c in report.goal_check(summary)}
     assert checks["SCoRe's Δ(t1,t2) > 0, interval above 0"]["met"] is True
     assert checks["SCoRe's Δ minus that of (a) base, prompted, interval above 0"]["met"] is True
     assert checks["SCoRe's Δ minus that of (c) Stage II only, interval above 0"]["met"] is True
@@ -184,9 +185,9 @@ def test_the_goal_is_checked_clause_by_clause_from_the_bootstrap():
     assert checks["SCoRe's Δ_c→i at most half of its Δ_i→c"]["met"] is True
     assert checks["at least 2400 training episodes per run"]["met"] is True
     assert checks["at least 3 seeds per trained arm"]["met"] is False  # (d) has none
-    assert "**not met**" in "\n".join(experiment.goal_lines(list(checks.values())))
+    assert "**not met**" in "\n".join(report.goal_lines(list(checks.values())))
     worse = bootstrap({"score": [(fixes, r1)]}, draws=100)  # attempt 2 undoes corrections
-    checks = {c["clause"]: c["met"] for c in experiment.goal_check(worse, scale=False)}
+    checks = {c["clause"]: c["met"] for c in report.goal_check(worse, scale=False)}
     assert checks["SCoRe's Δ(t1,t2) > 0, interval above 0"] is False and checks["SCoRe's Δ_c→i at most half of its Δ_i→c"] is False
     assert not any("episodes" in c for c in checks)
 
@@ -196,9 +197,9 @@ def test_learning_curves_are_averaged_over_seeds_at_shared_iterations():
         return {"curves": [{"iteration": i, "accuracy_t2": v} for i, v in points]}
 
     # seed 1 stopped before its evaluation at iteration 30: the band covers 10 and 20 only
-    its, mean, lo, hi = experiment.seed_band([rec([(10, 0.2), (20, 0.4), (30, 0.5)]), rec([(10, 0.4), (20, 0.6)]), rec([])], "accuracy_t2")
+    its, mean, lo, hi = report.seed_band([rec([(10, 0.2), (20, 0.4), (30, 0.5)]), rec([(10, 0.4), (20, 0.6)]), rec([])], "accuracy_t2")
     assert its == [10, 20] and mean == pytest.approx([0.3, 0.5]) and lo == pytest.approx([0.2, 0.4]) and hi == pytest.approx([0.4, 0.6])
-    assert experiment.seed_band([rec([])], "accuracy_t2")[0] == []
+    assert report.seed_band([rec([])], "accuracy_t2")[0] == []
 
 
 def test_bootstrap_refuses_runs_on_different_problems():
@@ -232,7 +233,7 @@ def test_report_is_rebuilt_from_result_files_alone(tmp_path):
     for rec in files:
         (results / f"{rec['name']}.json").write_text(json.dumps(rec))
     docs = tmp_path / "docs"
-    assert experiment.report(results, docs) == 0
+    assert report.report(results, docs) == 0
     summary = json.loads((docs / "self_correction.json").read_text())
     assert summary["score"]["seeds"] == 2 and summary["score"]["accuracy_t1"]["mean"] == pytest.approx(0.5)
     assert summary["score"]["delta_i_to_c"]["mean"] == pytest.approx(1 / 6)
@@ -264,7 +265,7 @@ def test_report_is_rebuilt_from_result_files_alone(tmp_path):
         if rec["arm"] == "score":
             rec["corrections"] = [fixed | {"problem": "Lily has 14 shells and buys 15 more shells.", "gold": "29"}]
         (results / "transfer" / f"{rec['name']}.json").write_text(json.dumps(rec | {"overrides": ["task.max_operand=20"]}))
-    assert experiment.report(results, docs) == 0
+    assert report.report(results, docs) == 0
     summary = json.loads((docs / "self_correction.json").read_text())
     assert summary["score"]["seeds"] == 2  # the main table still reads the main result files only
     t = summary["transfer"]
@@ -293,18 +294,18 @@ def test_an_evaluation_record_quotes_corrections_from_the_evaluated_problems(tmp
             "a1_text": ["one", "two", "three", "four"], "a2_text": ["fixed", "kept", "still wrong", "broken"]}
     pq.write_table(pa.table(rows), tmp_path / "samples.parquet")
     (tmp_path / "eval.json").write_text(json.dumps({"accuracy_t1": 0.5, "accuracy_t2": 0.5, "delta_t1_t2": 0.0, "num_problems": 4}))
-    rec = experiment.summarize_run("score-seed0", tmp_path, 12.0, eval_only=True, problems=problems)
+    rec = record.summarize_run("score-seed0", tmp_path, 12.0, eval_only=True, problems=problems)
     assert rec["per_problem"] == {"r1": "1001", "r2": "1010"}  # in problem order
     assert rec["corrections"] == [{"problem_index": 2, "problem": problems[2].question, "attempt1": "one", "attempt2": "fixed",
                                    "gold": problems[2].gold}]
-    assert "corrections" not in experiment.summarize_run("base", tmp_path, 12.0, eval_only=True)
+    assert "corrections" not in record.summarize_run("base", tmp_path, 12.0, eval_only=True)
     other = ArithmeticTask(2, train_size=20, eval_size=4).problems("eval")  # the level's own numbers: other problems
     with pytest.raises(ValueError, match="not the ones rebuilt"):
-        experiment.summarize_run("score-seed0", tmp_path, 12.0, eval_only=True, problems=other)
+        record.summarize_run("score-seed0", tmp_path, 12.0, eval_only=True, problems=other)
 
 
 def test_report_without_results_is_one_line(tmp_path, capsys):
-    assert experiment.report(tmp_path / "nothing", tmp_path / "docs") == 2
+    assert report.report(tmp_path / "nothing", tmp_path / "docs") == 2
     assert capsys.readouterr().err.startswith("error: no result files")
 
 
@@ -323,15 +324,15 @@ def test_status_reads_where_the_grid_stands_from_its_files(tmp_path, capsys):
         (plan.out / f"{name}.attempt.json").write_text("{}")
     stale = time.time() - 600
     os.utime(plan.out / "plain_rl-seed0.attempt.json", (stale, stale))  # its runner was stopped ten minutes ago
-    rows = {r["run"]: r for r in experiment.status(plan)}
+    rows = {r["run"]: r for r in grid.status(plan)}
     assert rows["base"]["state"] == "done" and rows["base"]["transfer"] is False
     assert (rows["score-seed0"]["state"], rows["score-seed0"]["iteration"], rows["score-seed0"]["resumes_from"]) == ("running", 4, 2)
     assert (rows["plain_rl-seed0"]["state"], rows["plain_rl-seed0"]["resumes_from"]) == ("stopped", 2)
     assert rows["stage2_only-seed0"]["state"] == "pending" and rows["stage2_only-seed0"]["iterations"] == 5
     (plan.out / "stage2_only-seed0.attempt.json").write_text("{}")  # just started: a heartbeat, no checkpoint
-    started = experiment.status(plan)[-1]
+    started = grid.status(plan)[-1]
     assert started["state"] == "running" and started["resumes_from"] == 0
-    assert experiment.print_status(plan) == 0
+    assert grid.print_status(plan) == 0
     out = capsys.readouterr().out
     assert "score-seed0          running  4/5 (checkpoint 2)" in out
     assert "stage2_only-seed0    running  0/5 (no checkpoint yet)" in out

@@ -23,7 +23,7 @@ TINY = [
 ]
 
 
-# what the experiment (cluster/experiment.py) uses: a validation split watched every 2 iterations, three
+# what the experiment (cluster/experiment/) uses: a validation split watched every 2 iterations, three
 # attempts at the end, dynamic sampling, and the final weights chosen by training reward
 EXPERIMENT = [
     "task.val_size=8", "eval.every_iterations=2", "eval.periodic_problems=3", "eval.attempts=3",
@@ -161,7 +161,8 @@ def test_tiny_score_run_end_to_end(full_run, model_path):
 def test_a_finished_run_becomes_a_result_file_the_report_reads(full_run, tmp_path):
     """cluster.experiment's record of a real run: per-problem outcomes that match the final evaluation,
     the validation curves, the episodes, and examples quoted from the held-out samples."""
-    from cluster.experiment import outcomes, report, summarize_run
+    from cluster.experiment.record import outcomes, summarize_run
+    from cluster.experiment.report import report
 
     result, _, _ = full_run
     rec = summarize_run("score-seed0", result.run_dir, wall_seconds=12.0)

@@ -1,0 +1,231 @@
+"""Running the plan: one ``cluster.main`` process per run, resumed from its checkpoint, timed, recorded.
+
+Invariants: a run with a result file is skipped; an unfinished run that left a checkpoint continues
+from it (``--resume``); every attempt's time goes to ``timings.jsonl``, a stopped one's too (through a
+heartbeat file); a finished run drops its DeepSpeed checkpoints unless ``keep_checkpoints`` and keeps
+its exported model; ``status`` reads where the grid stands from the files alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cluster.experiment.arms import Plan
+from cluster.experiment.record import summarize_run
+
+log = logging.getLogger("cluster.experiment")  # not __name__: see cluster.main
+
+
+def run(plan: Plan, dry_run: bool = False, commit: bool = False) -> int:
+    """Every run of the plan in order, each followed by its transfer evaluation; stops the grid when a run is
+    interrupted (exit 130 or 143). Returns 1 if any run failed (the others still ran), else 0."""
+    plan.out.mkdir(parents=True, exist_ok=True)
+    todo = plan.commands()
+    failed = 0
+    for i, (name, where, cmd) in enumerate(todo, 1):
+        step = f"[{i}/{len(todo)}] {name}"
+        rc = _run_one(plan, step, name, where, cmd, dry_run, commit)
+        if rc in (130, 143):  # interrupted: stop the grid too
+            return rc
+        if rc == 0 and plan.transfer and (plan.results / f"{name}.json").exists():  # finished (not just planned by a dry run)
+            rc = _run_transfer(plan, step, name, where, dry_run, commit)
+            if rc in (130, 143):
+                return rc
+        failed += rc != 0
+    return 1 if failed else 0
+
+
+def _run_one(plan: Plan, step: str, name: str, where: Path, cmd: list[str], dry_run: bool, commit: bool) -> int:
+    """Train (or evaluate) one run unless its result file exists, then write and commit that file."""
+    result_file = plan.results / f"{name}.json"
+    if result_file.exists():
+        log.info(f"{step}: done already ({result_file})")
+    else:
+        if finished(name, where):  # the run ended but its record was not written (the runner was stopped)
+            log.info(f"{step}: finished earlier; writing its record")
+            if not dry_run:
+                _record_stopped_attempt(plan.out, plan.out / f"{name}.attempt.json")
+            rc, took = 0, 0.0
+        else:
+            if "--overwrite" in cmd and _checkpoint_iterations(where):
+                cmd = [("--resume" if c == "--overwrite" else c) for c in cmd]  # an unfinished run continues from its checkpoint
+            log.info(f"{step}: {' '.join(cmd)}")
+            if dry_run:
+                return 0
+            rc, took = run_attempt(plan.out, name, cmd)
+        if dry_run:
+            return 0
+        if rc != 0:
+            log.warning(f"    FAILED (exit {rc}) after {took / 60:.1f} min, see {plan.out / name}.log; `run` again continues it")
+            return rc
+        summary = summarize_run(name, where, _wall_seconds(plan.out, name, where))
+        _write_record(result_file, summary, commit, f"experiment: {name} finished")
+        f = summary["final"]
+        log.info(f"    finished in {took / 60:.1f} min: Accuracy@t1 {f['accuracy_t1']:.3f}, Accuracy@t2 {f['accuracy_t2']:.3f}, "
+                 f"Δ {f['delta_t1_t2']:+.3f}")
+    if not dry_run and not plan.keep_checkpoints and (where / "checkpoints").is_dir() and (where / "hf_model").is_dir():
+        size = sum(f.stat().st_size for f in (where / "checkpoints").rglob("*") if f.is_file())
+        shutil.rmtree(where / "checkpoints")
+        log.info(f"    removed {name}'s checkpoints ({size / 2**30:.1f} GiB); its exported model stays in {where / 'hf_model'}")
+    return 0
+
+
+def _run_transfer(plan: Plan, step: str, name: str, where: Path, dry_run: bool, commit: bool) -> int:
+    """Evaluate a finished run on the transfer set unless its transfer record exists."""
+    record = plan.results / "transfer" / f"{name}.json"
+    if record.exists():
+        return 0
+    if name != "base" and not (where / "hf_model").is_dir():
+        log.warning(f"{step}, transfer set: {where / 'hf_model'} is missing (the run finished on another machine?); skipped")
+        return 0
+    cmd = plan.transfer_command(name, where)
+    log.info(f"{step}, transfer set: {' '.join(cmd)}")
+    if dry_run:
+        return 0
+    rc, took = run_attempt(plan.out, f"{name}.transfer", cmd)
+    if rc != 0:
+        log.warning(f"    FAILED (exit {rc}) after {took / 60:.1f} min, see {plan.out / name}.transfer.log; `run` again repeats it")
+        return rc
+    summary = summarize_run(name, where / "transfer", took, eval_only=True, problems=plan.transfer_problems()) | {"overrides": list(plan.transfer)}
+    _write_record(record, summary, commit, f"experiment: {name} on the transfer set")
+    f = summary["final"]
+    log.info(f"    transfer set in {took / 60:.1f} min: Accuracy@t1 {f['accuracy_t1']:.3f}, Accuracy@t2 {f['accuracy_t2']:.3f}, "
+             f"Δ {f['delta_t1_t2']:+.3f}")
+    return 0
+
+
+def _write_record(path: Path, summary: dict[str, Any], commit: bool, message: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=1) + "\n")
+    log.info(f"    wrote {path}")
+    if commit:
+        f = summary["final"]
+        _commit(path, f"{message} (Δ(t1,t2) {100 * f['delta_t1_t2']:+.1f} points on {f['num_problems']} problems)")
+
+
+def run_attempt(out: Path, name: str, cmd: list[str], beat_s: float = 30.0) -> tuple[int, float]:
+    """Run one attempt at a run; returns (exit code, seconds). Every attempt's time goes to ``timings.jsonl``,
+    a stopped one's too: while it runs, a heartbeat file holds its time so far, and an attempt that left one
+    behind (the machine or the session stopped it) is recorded when the run is next attempted."""
+    beat = out / f"{name}.attempt.json"
+    _record_stopped_attempt(out, beat)
+    t0 = time.monotonic()
+    with (out / f"{name}.log").open("a") as run_log:
+        proc = subprocess.Popen(cmd, stdout=run_log, stderr=subprocess.STDOUT)
+        while True:
+            try:
+                rc = proc.wait(timeout=beat_s)
+                break
+            except subprocess.TimeoutExpired:
+                beat.write_text(json.dumps({"run": name, "seconds": time.monotonic() - t0}))
+    took = time.monotonic() - t0
+    with (out / "timings.jsonl").open("a") as f:
+        f.write(json.dumps({"run": name, "seconds": took, "rc": rc}) + "\n")
+    beat.unlink(missing_ok=True)
+    return rc, took
+
+
+def _record_stopped_attempt(out: Path, beat: Path) -> None:
+    if beat.exists():
+        last = json.loads(beat.read_text())
+        with (out / "timings.jsonl").open("a") as f:
+            f.write(json.dumps({"run": last["run"], "seconds": last["seconds"], "rc": "stopped"}) + "\n")
+        beat.unlink()
+
+
+def _checkpoint_iterations(where: Path) -> list[int]:
+    """Iterations of the run's checkpoint folders that were completely written (not ``.partial``)."""
+    return [int(c.name.split("_")[1]) for c in (where / "checkpoints").glob("iter_*") if not c.name.endswith(".partial")]
+
+
+def finished(name: str, where: Path) -> bool:
+    """Did the run complete its final evaluation (and export)? Then only its record is missing."""
+    if name == "base":
+        return (where / "eval.json").exists() and (where / "samples.parquet").exists()
+    metrics = where / "metrics.jsonl"
+    if not metrics.exists() or not (where / "hf_model").is_dir():
+        return False
+    return any(json.loads(line).get("label") == "final" for line in metrics.read_text().splitlines() if line.strip())
+
+
+def _wall_seconds(out: Path, name: str, where: Path) -> float:
+    """All the time a run took, over every attempt at it (an interrupted run is continued later; a stopped
+    attempt counts up to its last heartbeat, within ``run_attempt``'s 30 s). Without the runner's timings
+    (it was stopped while the run went on), the run's own span: from its config, written at start-up, to
+    its last record."""
+    path = out / "timings.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    seconds = float(sum(r["seconds"] for r in rows if r["run"] == name))
+    metrics = where / "metrics.jsonl"
+    if seconds == 0 and metrics.exists() and (where / "config.yaml").exists():
+        last = json.loads(metrics.read_text().splitlines()[-1])["time"]
+        seconds = last - (where / "config.yaml").stat().st_mtime
+    return seconds
+
+
+def _commit(path: Path, message: str) -> None:
+    """Commit one result file, nothing else that may be staged; a failure is reported, never fatal."""
+    repo = path.resolve().parent
+    for cmd in (["git", "add", "--", path.name], ["git", "commit", "-q", "-m", message, "--", path.name]):
+        done = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
+        if done.returncode != 0:
+            log.warning(f"    could not commit {path}: {done.stderr.strip() or done.stdout.strip()}")
+            return
+    log.info(f"    committed {path}")
+
+
+def status(plan: Plan, now: float | None = None, fresh_s: float = 120.0) -> list[dict[str, Any]]:
+    """Where the grid stands, from the files alone (the runner need not be alive): per run, ``done``,
+    ``running`` (its heartbeat is fresher than ``fresh_s``), ``stopped`` (a stale heartbeat or a checkpoint
+    left behind) or ``pending``; the iteration it has reached; whether its transfer record exists."""
+    now = time.time() if now is None else now
+    rows = []
+    for name, where, _ in plan.commands():
+        total = 0 if name == "base" else plan.stage1 + plan.stage2
+        record = plan.results / f"{name}.json"
+        beat = plan.out / f"{name}.attempt.json"
+        metrics = where / "metrics.jsonl"
+        records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.exists() else []
+        reached = max((r["iteration"] for r in records if r.get("kind") == "train"), default=0)
+        checkpoints = _checkpoint_iterations(where)
+        if record.exists():
+            state, reached = "done", total
+        elif beat.exists() and now - beat.stat().st_mtime < fresh_s:
+            state = "running"
+        elif beat.exists() or checkpoints:
+            state = "stopped"
+        else:
+            state = "pending"
+        rows.append({"run": name, "state": state, "iteration": reached, "iterations": total,
+                     "resumes_from": max(checkpoints, default=0) if state in ("running", "stopped") else None,
+                     "transfer": (plan.results / "transfer" / f"{name}.json").exists() if plan.transfer else None})
+    return rows
+
+
+def print_status(plan: Plan) -> int:
+    rows = status(plan)
+    print(f"{'run':<20} {'state':<8} {'iteration':<24} transfer")
+    for r in rows:
+        it = "—" if not r["iterations"] else f"{r['iteration']}/{r['iterations']}"
+        if r["resumes_from"] is not None:
+            it += f" (checkpoint {r['resumes_from']})" if r["resumes_from"] else " (no checkpoint yet)"
+        print(f"{r['run']:<20} {r['state']:<8} {it:<24} {'—' if r['transfer'] is None else 'done' if r['transfer'] else 'pending'}")
+    seconds = [row["seconds_iteration"] for path in plan.results.glob("*.json") for row in json.loads(path.read_text()).get("train", [])
+               if row.get("seconds_iteration")]
+    left = sum(r["iterations"] - (r["iteration"] if r["state"] == "running" else r["resumes_from"] or 0) for r in rows if r["state"] != "done")
+    done = sum(r["state"] == "done" for r in rows)
+    line = f"{done} of {len(rows)} runs done; {left} training iterations left"
+    if seconds and left:
+        line += f", about {left * float(np.median(seconds)) / 3600:.1f} h of training at the finished runs' median {np.median(seconds):.0f} s per iteration (evaluations not counted)"
+    print(line)
+    return 0
+
+

@@ -1,0 +1,322 @@
+"""The report, rebuilt from the result files alone: intervals, paired differences, the goal check, tables, figures.
+
+Invariants: every number comes from ``docs/results/runs/*.json`` (and ``transfer/``); the bootstrap resamples
+seeds, then problems, jointly for every arm, so differences between arms are paired.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cluster.evaluate import LABELS, METRICS, metric_array
+from cluster.experiment.arms import ARM_TITLES, ARMS, TRAINED
+from cluster.experiment.record import load_results, outcomes
+
+
+def bootstrap(results: dict[str, list[tuple[np.ndarray, np.ndarray]]], draws: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Means over seeds and 95% intervals from a two-level bootstrap (seeds, then problems).
+
+    Problems are resampled jointly for every arm, so differences between arms are paired.
+    ``results[arm]`` is a list over seeds of (r1, r2) boolean arrays over the same problems.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(next(iter(results.values()))[0][0])
+    stats: dict[str, np.ndarray] = {}
+    for arm, runs in results.items():
+        if any(len(r1) != n for r1, _ in runs):
+            raise ValueError(f"{arm}: every run must be evaluated on the same {n} problems")
+    problems = rng.integers(0, n, size=(draws, n))
+    for arm, runs in results.items():
+        r1 = np.stack([a for a, _ in runs])  # seeds x problems
+        r2 = np.stack([b for _, b in runs])
+        pick = rng.integers(0, len(runs), size=(draws, len(runs)))  # seeds resampled per draw
+        rows, cols = pick[:, :, None], problems[:, None, :]  # draws x seeds x problems
+        stats[arm] = metric_array(r1[rows, cols], r2[rows, cols]).mean(1)
+    out: dict[str, Any] = {}
+    for arm, runs in results.items():
+        point = np.mean([metric_array(a, b) for a, b in runs], 0)
+        lo, hi = np.percentile(stats[arm], [2.5, 97.5], 0)
+        per_seed = [dict(zip(METRICS, map(float, metric_array(a, b)))) for a, b in runs]
+        out[arm] = {"seeds": len(runs), "problems": n, "per_seed": per_seed,
+                    **{m: {"mean": float(point[i]), "lo": float(lo[i]), "hi": float(hi[i])} for i, m in enumerate(METRICS)}}
+    if "score" in stats:
+        d = METRICS.index("delta_t1_t2")
+        out["score_minus"] = {}
+        for arm in results:
+            if arm != "score":
+                diff = stats["score"][:, d] - stats[arm][:, d]
+                out["score_minus"][arm] = {"mean": float(out["score"]["delta_t1_t2"]["mean"] - out[arm]["delta_t1_t2"]["mean"]),
+                                           "lo": float(np.percentile(diff, 2.5)), "hi": float(np.percentile(diff, 97.5)),
+                                           "p_not_larger": float((diff <= 0).mean())}
+    return out
+
+
+def _pct(s: dict[str, float], signed: bool) -> str:
+    f = "{:+.1f}" if signed else "{:.1f}"
+    return f"{f.format(100 * s['mean'])} [{f.format(100 * s['lo'])}, {f.format(100 * s['hi'])}]"
+
+
+def markdown_table(summary: dict[str, Any]) -> str:
+    head = "| arm | seeds | " + " | ".join(LABELS[m] for m in METRICS) + " |"
+    lines = [head, "|" + " --- |" * (len(METRICS) + 2)]
+    for arm in ARMS:
+        if arm in summary:
+            s = summary[arm]
+            lines.append(f"| {ARM_TITLES[arm]} | {s['seeds']} | " + " | ".join(_pct(s[m], m.startswith("delta")) for m in METRICS) + " |")
+    return "\n".join(lines)
+
+
+def _examples(by_arm: dict[str, list[dict[str, Any]]], where: str, n: int = 3) -> tuple[list[dict[str, Any]], list[str]]:
+    """The first ``n`` corrections SCoRe's runs recorded, and their quotation in full."""
+    examples = [ex | {"run": r["name"]} for r in by_arm.get("score", []) for ex in r.get("corrections", [])][:n]
+    lines = ["", f"{where} where SCoRe's attempt 2 corrects its attempt 1 (greedy, quoted in full):"] if examples else []
+    for ex in examples:
+        lines += ["", f"**{ex['run']}, problem {ex['problem_index']}** (gold: {ex['gold']})", "",
+                  *[f"> {label}: {text}" for label, text in (("problem", ex["problem"]), ("attempt 1", ex["attempt1"]),
+                                                              ("attempt 2", ex["attempt2"]))]]
+    return examples, lines
+
+
+def _differences(summary: dict[str, Any]) -> list[str]:
+    return [f"- Δ(t1,t2) of SCoRe minus {ARM_TITLES[arm]}: {100 * d['mean']:+.1f} points [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]"
+            for arm, d in summary.get("score_minus", {}).items()]
+
+
+MIN_EPISODES, MIN_SEEDS = 2400, 3  # the issue's scale: episodes per trained run, seeds per trained arm
+
+
+def goal_check(summary: dict[str, Any], scale: bool = True) -> list[dict[str, Any]]:
+    """The experiment's goal (docs/RESULTS.md 1.1), clause by clause, read off a summary of one problem set.
+
+    Each clause is ``{"clause", "value", "met"}``; ``met`` is None while an arm it needs has no run yet.
+    SCoRe's Δ(t1,t2) must be positive with its interval above 0, larger than every other arm's with the
+    paired interval above 0, and its Δ_c→i at most half of its Δ_i→c; with ``scale`` also the run sizes.
+    """
+    checks: list[dict[str, Any]] = []
+    score = summary.get("score")
+
+    def add(clause: str, value: str, met: bool | None) -> None:
+        checks.append({"clause": clause, "value": value, "met": met})
+
+    positive = "SCoRe's Δ(t1,t2) > 0, interval above 0"
+    if score is None:
+        add(positive, "no SCoRe run yet", None)
+    else:
+        add(positive, _pct(score["delta_t1_t2"], True), score["delta_t1_t2"]["lo"] > 0)
+    for arm in (a for a in ARMS if a != "score"):
+        diff = summary.get("score_minus", {}).get(arm)
+        clause = f"SCoRe's Δ minus that of {ARM_TITLES[arm]}, interval above 0"
+        add(clause, _pct(diff, True) if diff else "needs both runs", None if diff is None else diff["lo"] > 0)
+    if score is not None:
+        i2c, c2i = score["delta_i_to_c"]["mean"], score["delta_c_to_i"]["mean"]
+        add("SCoRe's Δ_c→i at most half of its Δ_i→c", f"{100 * c2i:.1f} vs {100 * i2c:.1f}", c2i <= i2c / 2)
+    if scale:
+        episodes = summary.get("training_episodes_per_run", 0)
+        add(f"at least {MIN_EPISODES} training episodes per run", str(episodes), episodes >= MIN_EPISODES if episodes else None)
+        seeds = {arm: summary[arm]["seeds"] for arm in TRAINED if arm in summary}
+        add(f"at least {MIN_SEEDS} seeds per trained arm", ", ".join(f"{ARM_TITLES[a]} {n}" for a, n in seeds.items()) or "none",
+            len(seeds) == len(TRAINED) and min(seeds.values()) >= MIN_SEEDS)
+    return checks
+
+
+def goal_lines(checks: list[dict[str, Any]]) -> list[str]:
+    mark = {True: "met", False: "**not met**", None: "open"}
+    return [f"- {c['clause']}: {c['value']} — {mark[c['met']]}" for c in checks]
+
+
+def attempts_table(by_arm: dict[str, list[dict[str, Any]]]) -> tuple[str, dict[str, list[float]]]:
+    """Accuracy@t1 ... @tN per arm (mean over seeds), as far as every run of the arm has attempts."""
+    rows, data = [], {}
+    for arm in ARMS:
+        recs = by_arm.get(arm, [])
+        if not recs:
+            continue
+        n = min(sum(1 for c in r["per_problem"] if c[1:].isdigit()) for r in recs)
+        data[arm] = [float(np.mean([outcomes(r, t).mean() for r in recs])) for t in range(1, n + 1)]
+    width = max((len(v) for v in data.values()), default=0)
+    head = "| arm | " + " | ".join(f"Accuracy@t{t}" for t in range(1, width + 1)) + " |"
+    rows = [head, "|" + " --- |" * (width + 1)]
+    for arm, accs in data.items():
+        rows.append(f"| {ARM_TITLES[arm]} | " + " | ".join(f"{100 * a:.1f}" for a in accs) + " |" + " — |" * (width - len(accs)))
+    return "\n".join(rows), data
+
+
+def _bars(ax: Any, summary: dict[str, Any], title: str) -> None:
+    """The five metrics per arm with their intervals."""
+    arms = [a for a in ARMS if a in summary]
+    width = 0.8 / len(METRICS)
+    for j, m in enumerate(METRICS):
+        means = [100 * summary[a][m]["mean"] for a in arms]
+        err = [[100 * (summary[a][m]["mean"] - summary[a][m]["lo"]) for a in arms], [100 * (summary[a][m]["hi"] - summary[a][m]["mean"]) for a in arms]]
+        ax.bar(np.arange(len(arms)) + (j - (len(METRICS) - 1) / 2) * width, means, width, yerr=err, capsize=2, label=LABELS[m])
+    ax.set_xticks(np.arange(len(arms)), [ARM_TITLES[a] for a in arms], fontsize=7)
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set_ylabel("% of problems (95% CI)")
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=9)
+
+
+def seed_band(recs: list[dict[str, Any]], metric: str) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
+    """A curve's mean over seeds and its range (min, max), at the iterations every seed evaluated."""
+    by_seed = [{p["iteration"]: p[metric] for p in r["curves"]} for r in recs if r["curves"]]
+    its = sorted(set.intersection(*map(set, by_seed))) if by_seed else []
+    if not its:
+        empty = np.zeros(0)
+        return [], empty, empty, empty
+    values = np.array([[c[i] for i in its] for c in by_seed])
+    return its, values.mean(0), values.min(0), values.max(0)
+
+
+def plot(summary: dict[str, Any], by_arm: dict[str, list[dict[str, Any]]], out: Path) -> Path:
+    """Final metrics with intervals, on the held-out and the transfer set; validation accuracy and Δ over training
+    (mean over seeds, their range shaded); the collapse diagnostic over training; accuracy over five attempts
+    (the paper's Figure 8)."""
+    import matplotlib  # heavy: only for the figure
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(19, 8.5))
+    _bars(axes[0, 0], summary, f"final evaluation, {summary['num_problems']} held-out problems, greedy")
+    if "transfer" in summary:
+        t = summary["transfer"]
+        _bars(axes[0, 2], t, f"transfer set ({', '.join(t['overrides'])}), {t['num_problems']} problems, greedy")
+    else:
+        axes[0, 2].set_axis_off()
+    ax = axes[1, 2]  # the paper's Figure 8: accuracy over more attempts than were trained
+    for arm, accs in summary.get("accuracy_by_attempt", {}).items():
+        if len(accs) > 2:
+            ax.plot(range(1, len(accs) + 1), [100 * a for a in accs], marker="o", color=f"C{ARMS.index(arm)}", label=ARM_TITLES[arm])
+    ax.set_xticks(range(1, 1 + max((len(v) for v in summary.get("accuracy_by_attempt", {}).values()), default=2)))
+    ax.set_xlabel("attempt")
+    ax.set_ylabel("held-out accuracy (%)")
+    ax.set_title("Accuracy@t1 ... @tN, mean over seeds", fontsize=9)
+    ax.legend(fontsize=7)
+    panels = [(axes[0, 1], "accuracy_t2", "validation Accuracy@t2 (%), seeds: mean and range"),
+              (axes[1, 0], "delta_t1_t2", "validation Δ(t1,t2) (points), seeds: mean and range"),
+              (axes[1, 1], "answer_changed", "validation: attempt 2 changes the answer (%), seeds: mean and range")]
+    # where Stage II begins for the arms that have a Stage I (the same length for all of them)
+    stage2 = sorted({r["settings"]["stage1_iterations"] for arm in TRAINED for r in by_arm.get(arm, [])
+                     if r.get("settings", {}).get("stage1_iterations")})
+    base = by_arm.get("base")
+    for bx, metric, title in panels:
+        for arm in TRAINED:
+            its, mean, lo, hi = seed_band(by_arm.get(arm, []), metric)
+            if its:
+                color = f"C{ARMS.index(arm)}"
+                bx.plot(its, 100 * mean, color=color, marker="o", ms=2.5, label=ARM_TITLES[arm])
+                if (lo < hi).any():
+                    bx.fill_between(its, 100 * lo, 100 * hi, color=color, alpha=0.15, lw=0)
+        if base and metric in base[0]["final"]:
+            bx.axhline(100 * base[0]["final"][metric], color="C0", ls="--", lw=0.8, label="(a) base (held-out)")
+        for x in stage2:
+            bx.axvline(x, color="grey", ls=":", lw=0.8, label="Stage II begins" if x == stage2[0] else None)
+        bx.axhline(0, color="grey", lw=0.5)
+        bx.set_xlabel("iteration")
+        bx.set_title(title, fontsize=9)
+        bx.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def correction_rates(runs: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """How often attempt 2 fixes a wrong attempt 1, and breaks a right one, pooled over seeds.
+
+    Δ_i→c and Δ_c→i are shares of all problems, so they shrink as attempt 1 improves: a model at 90%
+    has few wrong first attempts left to fix. These rates divide by the first attempts that could
+    change, so arms at different Accuracy@t1 compare as self-correctors.
+    """
+    r1 = np.concatenate([a for a, _ in runs])
+    r2 = np.concatenate([b for _, b in runs])
+    wrong, right = int((~r1).sum()), int(r1.sum())
+    return {"wrong_t1": wrong, "right_t1": right,
+            "fixed": float((~r1 & r2).sum() / wrong) if wrong else None,
+            "broken": float((r1 & ~r2).sum() / right) if right else None}
+
+
+def _rates_table(rates: dict[str, dict[str, Any]]) -> str:
+    def pct(v: float | None) -> str:
+        return "—" if v is None else f"{100 * v:.1f}%"
+
+    lines = ["| arm | wrong attempts 1 (all seeds) | of them right at attempt 2 | right attempts 1 | of them wrong at attempt 2 |",
+             "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {ARM_TITLES[arm]} | {r['wrong_t1']} | {pct(r['fixed'])} | {r['right_t1']} | {pct(r['broken'])} |"
+              for arm in ARMS if (r := rates.get(arm))]
+    return "\n".join(lines)
+
+
+def _summarize(by_arm: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Means and intervals per arm, the paired differences, the share of changed answers, and the correction
+    rates, of one problem set."""
+    runs = {arm: [(outcomes(r, 1), outcomes(r, 2)) for r in recs] for arm, recs in by_arm.items()}
+    summary = bootstrap(runs)
+    summary["num_problems"] = next(iter(summary.values()))["problems"]
+    summary["answer_changed"] = {arm: float(np.mean([r["final"]["answer_changed"] for r in recs])) for arm, recs in by_arm.items()}
+    summary["correction_rates"] = {arm: correction_rates(r) for arm, r in runs.items()}
+    return summary
+
+
+def report(results: Path, doc_dir: Path) -> int:
+    by_arm = load_results(results)
+    if not by_arm:
+        print(f"error: no result files under {results}", file=sys.stderr)
+        return 2
+    summary = _summarize(by_arm)
+    summary["wall_seconds"] = {r["name"]: r["wall_seconds"] for recs in by_arm.values() for r in recs}
+    episodes = {r["name"]: r["training_episodes"] for arm in TRAINED for r in by_arm.get(arm, [])}
+    summary["training_episodes_per_run"] = min(episodes.values()) if episodes else 0
+    summary["training_episodes"] = episodes
+    att_md, summary["accuracy_by_attempt"] = attempts_table(by_arm)
+    doc_dir.mkdir(parents=True, exist_ok=True)
+    lines = [markdown_table(summary), "", *_differences(summary)]
+    summary["goal"] = goal_check(summary)
+    lines += ["", "The goal, clause by clause (held-out set):", *goal_lines(summary["goal"])]
+    lines += ["", "Attempt 2 gives a different final answer from attempt 1 (held-out, mean over seeds): "
+              + ", ".join(f"{ARM_TITLES[a]} {100 * v:.1f}%" for a, v in summary["answer_changed"].items()), "",
+              "Correction rates (held-out; Δ_i→c and Δ_c→i divided by the first attempts that could change):", "",
+              _rates_table(summary["correction_rates"]), "", att_md, ""]
+    # The runner's wall time covers every attempt it timed (before heartbeats, an attempt stopped with the session
+    # left no timing); the iterations' own seconds cover every attempt, but not start-up or evaluations.
+    lines.append("| run | training episodes | zero-variance groups (of generated, mean) | runner wall time (min) "
+                 "| sum of iteration times (min) | selected iteration |")
+    lines.append("| --- | --- | --- | --- | --- | --- |")
+    summary["iteration_seconds"], summary["zero_variance_groups"] = {}, {}
+    for recs in by_arm.values():
+        for r in recs:
+            train = r.get("train", [])
+            its = sum(row.get("seconds_iteration", 0.0) for row in train)
+            zero = [row["zero_variance_groups"] for row in train if row.get("zero_variance_groups") is not None]
+            summary["iteration_seconds"][r["name"]] = its
+            mean_zero = summary["zero_variance_groups"][r["name"]] = float(np.mean(zero)) if zero else None
+            lines.append(f"| {r['name']} | {r['training_episodes']} | {'—' if mean_zero is None else f'{100 * mean_zero:.0f}%'} "
+                         f"| {r['wall_seconds'] / 60:.0f} | {its / 60:.0f} | {r.get('selected_iteration') or '—'} |")
+    summary["examples"], quoted = _examples(by_arm, "Held-out problems")
+    lines += quoted
+    transfer = load_results(results / "transfer")
+    if transfer:
+        t = summary["transfer"] = _summarize(transfer)
+        overrides = t["overrides"] = sorted({o for recs in transfer.values() for r in recs for o in r.get("overrides", [])})
+        t["goal"] = goal_check(t, scale=False)
+        lines += ["", f"Transfer set: {t['num_problems']} held-out problems with {', '.join(overrides)} "
+                  "(the selected checkpoint of every run, greedy, two attempts):", "", markdown_table(t), "", *_differences(t),
+                  "", "The goal's clauses on the transfer set:", *goal_lines(t["goal"]),
+                  "", "Attempt 2 gives a different final answer on the transfer set: "
+                  + ", ".join(f"{ARM_TITLES[a]} {100 * v:.1f}%" for a, v in t["answer_changed"].items()),
+                  "", "Correction rates on the transfer set:", "", _rates_table(t["correction_rates"])]
+        t["examples"], quoted = _examples(transfer, "Transfer-set problems")
+        lines += quoted
+    (doc_dir / "self_correction.json").write_text(json.dumps(summary, indent=1))
+    (doc_dir / "self_correction.md").write_text("\n".join(lines) + "\n")
+    png = plot(summary, by_arm, doc_dir / "self_correction.png")
+    print("\n".join(lines))
+    print(f"wrote {doc_dir / 'self_correction.json'}, {doc_dir / 'self_correction.md'}, {png}")
+    return 0
+
+
