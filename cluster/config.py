@@ -276,13 +276,14 @@ def _suggestion(loc: tuple[Any, ...]) -> str:
     return f" (did you mean '{'.'.join([*map(str, loc[:-1]), close[0]])}'?)" if close else ""
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
-    """Turn pydantic's report into one line naming each offending key."""
+def _format_validation_error(err: ValidationError, source: str, overridden: frozenset[str] = frozenset()) -> str:
+    """Turn pydantic's report into one line naming each offending key; ``overridden``: keys set by ``--set``."""
     parts = []
     for item in err.errors():
         key = ".".join(str(p) for p in item["loc"]) or "<root>"
         if item["type"] == "extra_forbidden":
-            parts.append(f"unknown key '{key}'{_suggestion(item['loc'])}")
+            origin = " (from --set)" if any(o == key or o.startswith(f"{key}.") for o in overridden) else ""
+            parts.append(f"unknown key '{key}'{origin}{_suggestion(item['loc'])}")
         elif item["type"] in ("value_error", "assertion_error") and not item["loc"]:
             parts.append(str(item["msg"]).removeprefix("Value error, "))
         else:
@@ -344,7 +345,8 @@ def load_config(
     try:
         return ScoreConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, str(path))) from None
+        overridden = frozenset(a.split("=", 1)[0].strip() for a in overrides)
+        raise ConfigError(_format_validation_error(err, str(path), overridden)) from None
 
 
 def dump_config(cfg: ScoreConfig) -> str:

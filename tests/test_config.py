@@ -32,9 +32,9 @@ def test_dotted_overrides_are_typed():
 @pytest.mark.parametrize(
     "override, expected",
     [
-        ("learner.lrr=1", "unknown key 'learner.lrr' (did you mean 'learner.lr'?)"),
+        ("learner.lrr=1", "unknown key 'learner.lrr' (from --set) (did you mean 'learner.lr'?)"),
         ("rollout.attempt1.temprature=1", "(did you mean 'rollout.attempt1.temperature'?)"),
-        ("algorithm.alpah=3", "unknown key 'algorithm.alpah' (did you mean 'algorithm.alpha'?)"),
+        ("algorithm.alpah=3", "unknown key 'algorithm.alpah' (from --set) (did you mean 'algorithm.alpha'?)"),
         ("bogus.x=1", "unknown key 'bogus'"),
         ("learner.lr=abc", "learner.lr: Input should be a valid number"),
         ("learner.zero_stage=1", "learner.zero_stage"),
@@ -54,6 +54,15 @@ def test_bad_values_name_the_key(override, expected):
         load_config(overrides=[override])
     assert expected in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_an_unknown_key_says_whether_it_came_from_the_file_or_from_set(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("learner:\n  lrr: 1\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(bad, overrides=["algorithm.alpah=3"])
+    assert "unknown key 'learner.lrr' (did you mean" in str(err.value)
+    assert "unknown key 'algorithm.alpah' (from --set) (did you mean 'algorithm.alpha'?)" in str(err.value)
 
 
 def test_a_key_close_to_none_gets_no_suggestion():
