@@ -27,7 +27,7 @@ import torch
 from bench.common import BenchResult, Measurement
 
 
-def _batch(model_path: str, problems: int, k: int):
+def _batch(model_path: str, problems: int, k: int, device: str):
     from tests.batches import build_batch
 
     base = [
@@ -36,10 +36,11 @@ def _batch(model_path: str, problems: int, k: int):
           for j in range(k)])
         for a, b in [(3 + p, 4 + 2 * p) for p in range(problems)]
     ]
-    return build_batch(model_path, base)
+    return build_batch(model_path, base, device=device)
 
 
-def run(tiny: bool = False) -> BenchResult:
+def run(tiny: bool = False, model_name: str = "embedded") -> BenchResult:
+    """``model_name``: the embedded model, or any Hugging Face folder (e.g. a larger one, for a GPU's figures)."""
     import deepspeed
     from transformers import AutoModelForCausalLM
 
@@ -53,8 +54,8 @@ def run(tiny: bool = False) -> BenchResult:
     gpu = torch.cuda.is_available()
     # a GPU gets a batch of the size it is built for (256 rows); the CPU one of a CPU iteration (16 rows)
     problems, k, steps = (2, 2, 1) if tiny else (32, 8, 3) if gpu else (4, 4, 3)
-    model_path = prepare_model("embedded")
-    batch = _batch(model_path, problems, k)
+    model_path = prepare_model(model_name)
+    batch = _batch(model_path, problems, k, "cuda" if gpu else "cpu")
     rows = problems * k
     micro = rows if tiny else rows // 2
     auto = resolve_dtype("auto")
@@ -121,7 +122,7 @@ def run(tiny: bool = False) -> BenchResult:
 
     result = BenchResult("learner", settings={"problems": problems, "k": k, "steps": steps, "zero_stage": 2, "ranks": 1,
                                               "rows_per_micro_batch": micro, "threads": torch.get_num_threads(), "auto_dtype": auto,
-                                              "device": torch.cuda.get_device_name() if gpu else "cpu"})
+                                              "device": torch.cuda.get_device_name() if gpu else "cpu", "model": model_name})
     result.measurements += [
         Measurement("learner tokens/s, bf16 vs float32", rates["bfloat16"], "tok/s", "float32 SCoRe update", rates["float32"]),
         Measurement(f"SCoRe update vs DeepSpeed doing the same work ({auto})", rates[auto], "tok/s",

@@ -12,15 +12,16 @@ from actors.prompts import ChatFormatter
 from rewards.tasks.base import MATH_INSTRUCTION
 
 
-def build_batch(model_path: str, problems: list[tuple[str, list[tuple[str, float, str, float]]]], version: int = 0) -> pa.Table:
+def build_batch(model_path: str, problems: list[tuple[str, list[tuple[str, float, str, float]]]], version: int = 0,
+                device: str = "cpu") -> pa.Table:
     """``problems``: ``(question, [(attempt1_text, r1, attempt2_text, r2), ...])`` with k entries each.
 
-    Sampling log-probs are the base model's own (an on-policy batch at temperature 1).
+    Sampling log-probs are the base model's own (an on-policy batch at temperature 1), computed on ``device``.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(device).eval()
     fmt = ChatFormatter(tok)
     eot = tok.convert_tokens_to_ids("<|im_end|>")
     rows = []
@@ -34,7 +35,7 @@ def build_batch(model_path: str, problems: list[tuple[str, list[tuple[str, float
             row = {"uid": f"p{p}", "problem_index": p, "sample_index": j, "generator": "hand", "a1_messages": json.dumps(messages), "r1": r1, "r2": r2}
             for a, x, y, text in (("a1", x1, y1, t1), ("a2", x2, y2, t2)):
                 with torch.no_grad():
-                    logits = model(torch.tensor([x + y])).logits[0, len(x) - 1 : -1]
+                    logits = model(torch.tensor([x + y], device=device)).logits[0, len(x) - 1 : -1].float().cpu()
                 lp = torch.log_softmax(logits, -1).gather(-1, torch.tensor(y).unsqueeze(-1)).squeeze(-1).tolist()
                 row.update({f"{a}_prompt_ids": x, f"{a}_response_ids": y, f"{a}_logprobs": lp, f"{a}_finish_reason": "stop",
                             f"{a}_length": len(y), f"{a}_text": text, f"{a}_version": version})
