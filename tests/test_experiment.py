@@ -165,6 +165,8 @@ def test_bootstrap_means_intervals_and_paired_difference():
     assert diff["lo"] > 0 and diff["p_not_larger"] == 0.0
     table = markdown_table(out)
     assert "(a) base, prompted" in table and "(b) SCoRe" in table and table.count("\n") == 3
+    out["base"]["delta_t1_t2"] |= {"mean": 0.004, "lo": -0.0004, "hi": 0.012}  # a bound that rounds to zero
+    assert "+0.4 [+0.0, +1.2]" in markdown_table(out) and "-0.0" not in markdown_table(out)
 
 
 def test_the_goal_is_checked_clause_by_clause_from_the_bootstrap():

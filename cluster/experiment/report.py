@@ -57,8 +57,11 @@ def bootstrap(results: dict[str, list[tuple[np.ndarray, np.ndarray]]], draws: in
 
 
 def _pct(s: dict[str, float], signed: bool) -> str:
-    f = "{:+.1f}" if signed else "{:.1f}"
-    return f"{f.format(100 * s['mean'])} [{f.format(100 * s['lo'])}, {f.format(100 * s['hi'])}]"
+    def one(v: float) -> str:  # a value that rounds to zero prints as zero, never "-0.0"
+        v = round(100 * v, 1) + 0.0
+        return f"{v:+.1f}" if signed else f"{v:.1f}"
+
+    return f"{one(s['mean'])} [{one(s['lo'])}, {one(s['hi'])}]"
 
 
 def markdown_table(summary: dict[str, Any]) -> str:
