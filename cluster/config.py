@@ -272,8 +272,17 @@ def _suggestion(loc: tuple[Any, ...]) -> str:
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return ""
         model = annotation
+    prefix = ".".join(map(str, loc[:-1]))
     close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.7)
-    return f" (did you mean '{'.'.join([*map(str, loc[:-1]), close[0]])}'?)" if close else ""
+    if not close:  # a key that lives one section deeper: rollout.temperature -> rollout.attempt1.temperature
+        nested = {f"{name}.{leaf}": leaf for name, field in model.model_fields.items()
+                  if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+                  for leaf in field.annotation.model_fields}
+        wanted = set(difflib.get_close_matches(str(loc[-1]), set(nested.values()), n=1, cutoff=0.7))
+        close = [path for path, leaf in nested.items() if leaf in wanted][:2]
+    if not close:
+        return ""
+    return " (did you mean " + " or ".join(f"'{prefix + '.' if prefix else ''}{c}'" for c in close) + "?)"
 
 
 def _format_validation_error(err: ValidationError, source: str, overridden: frozenset[str] = frozenset()) -> str:

@@ -34,6 +34,7 @@ def test_dotted_overrides_are_typed():
     [
         ("learner.lrr=1", "unknown key 'learner.lrr' (from --set) (did you mean 'learner.lr'?)"),
         ("rollout.attempt1.temprature=1", "(did you mean 'rollout.attempt1.temperature'?)"),
+        ("rollout.temperature=1", "(did you mean 'rollout.attempt1.temperature' or 'rollout.attempt2.temperature'?)"),
         ("algorithm.alpah=3", "unknown key 'algorithm.alpah' (from --set) (did you mean 'algorithm.alpha'?)"),
         ("bogus.x=1", "unknown key 'bogus'"),
         ("learner.lr=abc", "learner.lr: Input should be a valid number"),
