@@ -122,7 +122,7 @@ def run(tiny: bool = False, model_name: str = "embedded") -> BenchResult:
 
     result = BenchResult("learner", settings={"problems": problems, "k": k, "steps": steps, "zero_stage": 2, "ranks": 1,
                                               "rows_per_micro_batch": micro, "threads": torch.get_num_threads(), "auto_dtype": auto,
-                                              "device": torch.cuda.get_device_name() if gpu else "cpu", "model": model_name})
+                                              "model": model_name})
     result.measurements += [
         Measurement("learner tokens/s, bf16 vs float32", rates["bfloat16"], "tok/s", "float32 SCoRe update", rates["float32"]),
         Measurement(f"SCoRe update vs DeepSpeed doing the same work ({auto})", rates[auto], "tok/s",

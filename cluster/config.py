@@ -263,21 +263,25 @@ class ScoreConfig(_Section):
 # --------------------------------------------------------------------------- loading
 
 
+def _section(model: type[BaseModel], name: str) -> type[BaseModel] | None:
+    """The config section that ``model.name`` holds, or None where it is a value (or no field)."""
+    field = model.model_fields.get(name)
+    annotation = field.annotation if field is not None else None
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
 def _suggestion(loc: tuple[Any, ...]) -> str:
     """``" (did you mean 'learner.lr'?)"`` for an unknown key close to a real one, else ``""``."""
-    model: type[BaseModel] = ScoreConfig
+    model: type[BaseModel] | None = ScoreConfig
     for part in loc[:-1]:
-        field = model.model_fields.get(str(part))
-        annotation = field.annotation if field is not None else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        model = _section(model, str(part))
+        if model is None:
             return ""
-        model = annotation
     prefix = ".".join(map(str, loc[:-1]))
     close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.7)
     if not close:  # a key that lives one section deeper: rollout.temperature -> rollout.attempt1.temperature
-        nested = {f"{name}.{leaf}": leaf for name, field in model.model_fields.items()
-                  if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
-                  for leaf in field.annotation.model_fields}
+        nested = {f"{name}.{leaf}": leaf for name in model.model_fields if (sub := _section(model, name))
+                  for leaf in sub.model_fields}
         wanted = set(difflib.get_close_matches(str(loc[-1]), set(nested.values()), n=1, cutoff=0.7))
         close = [path for path, leaf in nested.items() if leaf in wanted][:2]
     if not close:
