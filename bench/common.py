@@ -73,7 +73,9 @@ def machine() -> dict[str, Any]:
 def _gpu_name() -> str | None:
     import torch
 
-    return torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    from common.devices import on_gpu
+
+    return torch.cuda.get_device_name() if on_gpu() else None
 
 
 def write(result: BenchResult, out_dir: Path = RESULTS_DIR) -> Path:

@@ -48,10 +48,10 @@ def run(tiny: bool = False, model_name: str = "embedded") -> BenchResult:
     from weight_sync.buckets import plan_buckets
     from weight_sync.transports import BroadcastTransport, SyncEndpoint
     from cluster.model_prep import prepare_model
-    from common.devices import resolve_dtype
+    from common.devices import on_gpu, resolve_dtype
     from learner.core import LearnerCore, LearnerSettings, attempt_logprobs
 
-    gpu = torch.cuda.is_available()
+    gpu = on_gpu()
     # a GPU gets a batch of the size it is built for (256 rows); the CPU one of a CPU iteration (16 rows)
     problems, k, steps = (2, 2, 1) if tiny else (32, 8, 3) if gpu else (4, 4, 3)
     model_path = prepare_model(model_name)
