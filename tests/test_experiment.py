@@ -261,6 +261,11 @@ def test_report_is_rebuilt_from_result_files_alone(tmp_path):
     assert "SCoRe's Δ minus that of (e) plain two-turn RL, interval above 0" in md and "at least 3 seeds per trained arm" in md
     assert [c["met"] for c in summary["goal"] if c["clause"].startswith("at least")] == [True, False]  # 2400 is enough; 2 seeds are not
     assert "transfer" not in summary and "Transfer set" not in md
+    # the curves as tables: one column per trained arm with runs, one row per evaluated iteration
+    assert "| iteration | (b) SCoRe | (e) plain two-turn RL |\n| --- | --- | --- |\n| 10 | 45.0 | 45.0 |\n| 20 | 45.0 | 45.0 |" in md
+    assert "| 10 | +5.0 | +5.0 |" in md and "the collapse diagnostic, mean over seeds" in md
+    # every run on its own; no transfer evaluation yet
+    assert "| score-seed1 | 50.0 | 66.7 | +16.7 | 25.0% | — | — | — | — |" in md
     (results / "transfer").mkdir()
     for rec in (_result("base", None, [0, 0, 0, 0], [0, 0, 0, 1]), _result("score", 0, [1, 0, 0, 0], [1, 1, 1, 0]),
                 _result("plain_rl", 0, [1, 1, 0, 0], [1, 1, 0, 0])):
@@ -282,6 +287,15 @@ def test_report_is_rebuilt_from_result_files_alone(tmp_path):
     assert "The goal's clauses on the transfer set:" in md and len(t["goal"]) == 6  # no scale clauses
     assert t["correction_rates"]["base"] == {"wrong_t1": 4, "right_t1": 0, "fixed": 0.25, "broken": None}
     assert "| (a) base, prompted | 4 | 25.0% | 0 | — |" in md
+    assert "| score-seed0 | 50.0 | 50.0 | +0.0 | 25.0% | — | 25.0 | 75.0 | +50.0 |" in md
+    assert "| score-seed1 | 50.0 | 66.7 | +16.7 | 25.0% | — | — | — | — |" in md
+    # the same block lands between the markers of a results document, and the prose around them stays
+    doc = tmp_path / "RESULTS.md"
+    doc.write_text(f"# Results\nprose before\n{report.BEGIN}\nstale table\n{report.END}\nprose after\n")
+    assert report.report(results, docs, embed_in=doc) == 0
+    text = doc.read_text()
+    assert "stale table" not in text and text.startswith("# Results\nprose before\n") and text.endswith(f"{report.END}\nprose after\n")
+    assert md.strip() in text
 
 
 def test_an_evaluation_record_quotes_corrections_from_the_evaluated_problems(tmp_path):
@@ -304,6 +318,17 @@ def test_an_evaluation_record_quotes_corrections_from_the_evaluated_problems(tmp
     other = ArithmeticTask(2, train_size=20, eval_size=4).problems("eval")  # the level's own numbers: other problems
     with pytest.raises(ValueError, match="not the ones rebuilt"):
         record.summarize_run("score-seed0", tmp_path, 12.0, eval_only=True, problems=other)
+
+
+def test_embedding_needs_both_markers_in_order_and_leaves_the_document_alone_otherwise(tmp_path):
+    doc = tmp_path / "RESULTS.md"
+    assert not report.embed(doc, "x") and not doc.exists()
+    for text in ("no markers\n", f"{report.BEGIN}\nonly the start\n", f"{report.END}\nwrong order\n{report.BEGIN}\n"):
+        doc.write_text(text)
+        assert not report.embed(doc, "block") and doc.read_text() == text
+    doc.write_text(f"a\n{report.BEGIN}\nold\n{report.END}\nb\n")
+    assert report.embed(doc, "new\n") and report.embed(doc, "new\n")  # idempotent
+    assert doc.read_text() == f"a\n{report.BEGIN}\nnew\n{report.END}\nb\n"
 
 
 def test_report_without_results_is_one_line(tmp_path, capsys):

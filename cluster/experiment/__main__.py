@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
     p.add_argument("--results", default="docs/results/runs", help="one result file per finished run (default: %(default)s)")
     p.add_argument("--docs", default="docs/results", help="report output folder (default: %(default)s)")
+    p.add_argument("--embed", default="docs/RESULTS.md", metavar="DOC",
+                   help="report: also rewrite the block between the report markers in DOC; '' to skip (default: %(default)s)")
     p.add_argument("--transfer", nargs="*", default=list(TRANSFER), metavar="KEY=VALUE",
                    help="overrides that make the transfer set every run is also evaluated on; none: skip it (default: %(default)s)")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep a finished run's DeepSpeed checkpoints (default: drop them, keep hf_model)")
@@ -39,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         return run(plan, a.dry_run, a.commit)
     if a.command == "status":
         return print_status(plan)
-    return report(plan.results, Path(a.docs))
+    return report(plan.results, Path(a.docs), Path(a.embed) if a.embed else None)
 
 
 if __name__ == "__main__":

@@ -229,6 +229,68 @@ def plot(summary: dict[str, Any], by_arm: dict[str, list[dict[str, Any]]], out: 
     return out
 
 
+CURVE_METRICS = {"accuracy_t2": "validation Accuracy@t2 (%)", "delta_t1_t2": "validation Δ(t1,t2) (points)",
+                 "answer_changed": "validation: attempt 2 gives another final answer (%), the collapse diagnostic",
+                 "text_identical": "validation: attempt 2 copies attempt 1 verbatim (%)"}
+
+
+def curve_tables(by_arm: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """The learning curves as tables: per metric, one row per evaluated iteration, one column per trained arm
+    (mean over seeds at the iterations every seed of the arm evaluated; "—" where it has none)."""
+    lines: list[str] = []
+    arms = [arm for arm in TRAINED if seed_band(by_arm.get(arm, []), "accuracy_t2")[0]]
+    if not arms:
+        return lines
+    for metric, title in CURVE_METRICS.items():
+        bands = {arm: dict(zip(*seed_band(by_arm[arm], metric)[:2])) for arm in arms}
+        its = sorted({i for b in bands.values() for i in b})
+        if not its:
+            continue
+        fmt = "{:+.1f}" if metric.startswith("delta") else "{:.1f}"
+        lines += ["", f"{title}, mean over seeds:", "", "| iteration | " + " | ".join(ARM_TITLES[a] for a in arms) + " |",
+                  "|" + " --- |" * (len(arms) + 1)]
+        lines += [f"| {i} | " + " | ".join(fmt.format(100 * bands[a][i] + 0.0) if i in bands[a] else "—" for a in arms) + " |" for i in its]
+    return lines
+
+
+def per_run_table(by_arm: dict[str, list[dict[str, Any]]], transfer: dict[str, list[dict[str, Any]]]) -> str:
+    """One row per run: its own held-out (and transfer-set) Accuracy@t1, @t2 and Δ, and how often its attempt 2
+    changed the final answer or copied attempt 1, so a seed that differs from the others shows."""
+    moved = {r["name"]: r for recs in transfer.values() for r in recs}
+
+    def three(rec: dict[str, Any] | None) -> str:
+        if rec is None:
+            return "— | — | —"
+        a, b = outcomes(rec, 1).mean(), outcomes(rec, 2).mean()
+        return f"{100 * a:.1f} | {100 * b:.1f} | {100 * (b - a) + 0.0:+.1f}"
+
+    def share(rec: dict[str, Any], key: str) -> str:
+        v = rec["final"].get(key)
+        return "—" if v is None else f"{100 * v:.1f}%"
+
+    lines = ["| run | Accuracy@t1 | Accuracy@t2 | Δ(t1,t2) | answer changed | attempt 2 = attempt 1 verbatim "
+             "| transfer Accuracy@t1 | transfer Accuracy@t2 | transfer Δ(t1,t2) |", "|" + " --- |" * 9]
+    lines += [f"| {r['name']} | {three(r)} | {share(r, 'answer_changed')} | {share(r, 'text_identical')} | {three(moved.get(r['name']))} |"
+              for arm in ARMS for r in by_arm.get(arm, [])]
+    return "\n".join(lines)
+
+
+BEGIN, END = "<!-- BEGIN python -m cluster.experiment report -->", "<!-- END python -m cluster.experiment report -->"
+
+
+def embed(doc: Path, block: str) -> bool:
+    """Replace what stands between the ``BEGIN`` and ``END`` markers in ``doc`` with ``block``; False, and the file
+    untouched, where it has no such pair. The prose around the markers is the author's; the block is the report's."""
+    if not doc.is_file():
+        return False
+    text = doc.read_text()
+    start, stop = text.find(BEGIN), text.find(END)
+    if start < 0 or stop < start:
+        return False
+    doc.write_text(text[: start + len(BEGIN)] + "\n" + block.rstrip("\n") + "\n" + text[stop:])
+    return True
+
+
 def correction_rates(runs: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
     """How often attempt 2 fixes a wrong attempt 1, and breaks a right one, pooled over seeds.
 
@@ -266,7 +328,9 @@ def _summarize(by_arm: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return summary
 
 
-def report(results: Path, doc_dir: Path) -> int:
+def report(results: Path, doc_dir: Path, embed_in: Path | None = None) -> int:
+    """Rebuild ``self_correction.{json,md,png}`` in ``doc_dir`` from the result files under ``results``; with
+    ``embed_in``, also the block between its markers (``embed``)."""
     by_arm = load_results(results)
     if not by_arm:
         print(f"error: no result files under {results}", file=sys.stderr)
@@ -300,9 +364,11 @@ def report(results: Path, doc_dir: Path) -> int:
             mean_zero = summary["zero_variance_groups"][r["name"]] = float(np.mean(zero)) if zero else None
             lines.append(f"| {r['name']} | {r['training_episodes']} | {'—' if mean_zero is None else f'{100 * mean_zero:.0f}%'} "
                          f"| {r['wall_seconds'] / 60:.0f} | {its / 60:.0f} | {r.get('selected_iteration') or '—'} |")
+    lines += curve_tables(by_arm)
     summary["examples"], quoted = _examples(by_arm, "Held-out problems")
     lines += quoted
     transfer = load_results(results / "transfer")
+    lines += ["", "Every run on its own (held-out set; the transfer set where it was evaluated):", "", per_run_table(by_arm, transfer)]
     if transfer:
         t = summary["transfer"] = _summarize(transfer)
         overrides = t["overrides"] = sorted({o for recs in transfer.values() for r in recs for o in r.get("overrides", [])})
@@ -320,6 +386,9 @@ def report(results: Path, doc_dir: Path) -> int:
     png = plot(summary, by_arm, doc_dir / "self_correction.png")
     print("\n".join(lines))
     print(f"wrote {doc_dir / 'self_correction.json'}, {doc_dir / 'self_correction.md'}, {png}")
+    if embed_in is not None:
+        print(f"updated the report block in {embed_in}" if embed(embed_in, "\n".join(lines))
+              else f"note: {embed_in} has no report markers ({BEGIN} ... {END}); left as it is")
     return 0
 
 
