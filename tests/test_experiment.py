@@ -219,7 +219,7 @@ def _result(arm, seed, r1, r2, r3=None, episodes=3200):
     return {"name": arm if arm == "base" else f"{arm}-seed{seed}", "arm": arm, "seed": None if arm == "base" else seed, "commit": "x",
             "wall_seconds": 60.0, "final": {"answer_changed": 0.25, "num_problems": len(r1)}, "selected_iteration": None, "per_problem": per,
             "training_episodes": 0 if arm == "base" else episodes, "generated_episodes": 0, "curves": curves,
-            "train": [] if arm == "base" else [{"iteration": i, "seconds_iteration": 90.0, "zero_variance_groups": i / 4} for i in range(4)]}
+            "train": [] if arm == "base" else [{"iteration": i, "seconds_iteration": 90.0, "zero_variance_groups": (i - 1) / 4} for i in range(1, 5)]}
 
 
 def test_report_is_rebuilt_from_result_files_alone(tmp_path):
@@ -264,6 +264,8 @@ def test_report_is_rebuilt_from_result_files_alone(tmp_path):
     # the curves as tables: one column per trained arm with runs, one row per evaluated iteration
     assert "| iteration | (b) SCoRe | (e) plain two-turn RL |\n| --- | --- | --- |\n| 10 | 45.0 | 45.0 |\n| 20 | 45.0 | 45.0 |" in md
     assert "| 10 | +5.0 | +5.0 |" in md and "the collapse diagnostic, mean over seeds" in md
+    # training rows per 10 iterations (here iterations 0-3, all in the first window), mean over seeds
+    assert "| iterations | (b) SCoRe | (e) plain two-turn RL |\n| --- | --- | --- |\n| 1-10 | 38 | 38 |" in md
     # every run on its own; no transfer evaluation yet
     assert "| score-seed1 | 50.0 | 66.7 | +16.7 | 25.0% | — | — | — | — |" in md
     (results / "transfer").mkdir()

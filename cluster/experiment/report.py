@@ -253,6 +253,36 @@ def curve_tables(by_arm: dict[str, list[dict[str, Any]]]) -> list[str]:
     return lines
 
 
+TRAIN_METRICS = {"reward_attempt1": "training reward of attempt 1", "reward_attempt2": "training reward of attempt 2",
+                 "answer_changed": "training: sampled attempt 2 gives another final answer (%)",
+                 "zero_variance_groups": "training: groups without reward variance (% of generated)"}
+
+
+def training_tables(by_arm: dict[str, list[dict[str, Any]]], window: int = 10) -> list[str]:
+    """The training rows as tables: per metric, the mean over each ``window`` iterations and over seeds, one
+    column per trained arm. Rewards print as fractions, the rest as percentages."""
+    arms = [arm for arm in TRAINED if any(r.get("train") for r in by_arm.get(arm, []))]
+    lines: list[str] = []
+    for metric, title in TRAIN_METRICS.items():
+        cells: dict[str, dict[int, float]] = {}
+        for arm in arms:
+            per_window: dict[int, list[float]] = {}
+            for r in by_arm[arm]:
+                for row in r.get("train", []):
+                    if row.get(metric) is not None:
+                        per_window.setdefault((row["iteration"] - 1) // window, []).append(row[metric])
+            cells[arm] = {w: float(np.mean(v)) for w, v in per_window.items()}
+        windows = sorted({w for c in cells.values() for w in c})
+        if not windows:
+            continue
+        fmt = (lambda v: f"{v:.2f}") if metric.startswith("reward") else (lambda v: f"{100 * v:.0f}")
+        lines += ["", f"{title}, mean per {window} iterations and over seeds:", "",
+                  "| iterations | " + " | ".join(ARM_TITLES[a] for a in arms) + " |", "|" + " --- |" * (len(arms) + 1)]
+        lines += [f"| {w * window + 1}-{(w + 1) * window} | " + " | ".join(fmt(cells[a][w]) if w in cells[a] else "—" for a in arms) + " |"
+                  for w in windows]
+    return lines
+
+
 def per_run_table(by_arm: dict[str, list[dict[str, Any]]], transfer: dict[str, list[dict[str, Any]]]) -> str:
     """One row per run: its own held-out (and transfer-set) Accuracy@t1, @t2 and Δ, and how often its attempt 2
     changed the final answer or copied attempt 1, so a seed that differs from the others shows."""
@@ -364,7 +394,7 @@ def report(results: Path, doc_dir: Path, embed_in: Path | None = None) -> int:
             mean_zero = summary["zero_variance_groups"][r["name"]] = float(np.mean(zero)) if zero else None
             lines.append(f"| {r['name']} | {r['training_episodes']} | {'—' if mean_zero is None else f'{100 * mean_zero:.0f}%'} "
                          f"| {r['wall_seconds'] / 60:.0f} | {its / 60:.0f} | {r.get('selected_iteration') or '—'} |")
-    lines += curve_tables(by_arm)
+    lines += curve_tables(by_arm) + training_tables(by_arm)
     summary["examples"], quoted = _examples(by_arm, "Held-out problems")
     lines += quoted
     transfer = load_results(results / "transfer")
