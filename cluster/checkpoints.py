@@ -6,6 +6,7 @@ It is written under ``iter_NNNNNN.partial`` and renamed only when complete, so a
 leaves a ``.partial`` folder that is never loaded. A folder whose manifest is missing or
 unreadable, or whose DeepSpeed files are gone, is reported and skipped. ``checkpoints/best/`` holds
 the checkpoint that ``checkpoint.select=best_train_reward`` chose so far, written the same way.
+Pruning keeps the newest ``keep`` checkpoints and those at ``keep_iterations``.
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ class Checkpoint:
 class CheckpointStore:
     """Owns ``<run>/checkpoints``: writing, listing, validating and pruning checkpoints."""
 
-    def __init__(self, run_dir: Path, keep: int = 2):
+    def __init__(self, run_dir: Path, keep: int = 2, keep_iterations: tuple[int, ...] | list[int] = ()):
         self.root = run_dir / "checkpoints"
         self.keep = keep
+        self.keep_iterations = set(keep_iterations)  # never pruned
         self.root.mkdir(parents=True, exist_ok=True)
 
     def begin(self, iteration: int | None = None) -> Path:
@@ -87,6 +89,7 @@ class CheckpointStore:
     def prune(self) -> None:
         good, _ = self.valid()
         for old in good[: -self.keep]:
-            shutil.rmtree(old.path, ignore_errors=True)
+            if old.iteration not in self.keep_iterations:
+                shutil.rmtree(old.path, ignore_errors=True)
         for partial in self.root.glob("iter_*.partial"):
             shutil.rmtree(partial, ignore_errors=True)

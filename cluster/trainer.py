@@ -139,7 +139,7 @@ class ScoreTrainer:
                                     pg=self.shared_pg, gpu_share=COLOCATED_GPU_SHARE if colocated else 1.0)
         self.weights = WeightSync(self.learner, self.fleet, cfg.rollout.sync_bucket_mb << 20, load=cfg.rollout.sync_load)
         self.log = RunLog(self.run_dir, cfg.run.name)
-        self.store = CheckpointStore(self.run_dir, cfg.checkpoint.keep)
+        self.store = CheckpointStore(self.run_dir, cfg.checkpoint.keep, cfg.checkpoint.keep_iterations)
 
     def _colocated_placement(self, gpus: bool):
         """One bundle per learner rank, shared by that rank and its generator (one GPU, or both CPU shares)."""

@@ -1,6 +1,7 @@
 """The experiment's plan and its statistics (pure logic on hand-made outcomes)."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -98,6 +99,90 @@ def test_a_finished_run_drops_its_checkpoints_and_keeps_its_model(tmp_path, capl
     (unfinished.out / "score-seed0" / "hf_model").mkdir()  # a result file is what marks a run finished, not a model folder
     grid.run(unfinished, dry_run=True)
     assert (unfinished.out / "score-seed0" / "checkpoints" / "iter_000002").is_dir()
+
+
+def _fake_checkpoint(folder, iteration, version):
+    (folder / "state").mkdir(parents=True)
+    (folder / "state" / "optim.pt").write_bytes(b"x" * 100)
+    (folder / "score_checkpoint.json").write_text(json.dumps({"iteration": iteration, "version": version}))
+
+
+def test_pruning_spares_the_checkpoints_asked_to_be_kept(tmp_path):
+    from cluster.checkpoints import CheckpointStore
+
+    store = CheckpointStore(tmp_path, keep=1, keep_iterations=[2])
+    for i in (1, 2, 3, 4):
+        _fake_checkpoint(store.root / f"iter_{i:06d}", i, i)
+    store.prune()
+    assert [c.iteration for c in store.valid()[0]] == [2, 4]
+
+
+def test_no_shaping_continues_from_score_stage1_checkpoint_only_where_that_is_exact(tmp_path, caplog):
+    """(d) shares (b)'s Stage I (cluster/experiment/branch.py): the finished (b) keeps its checkpoint at the end of
+    Stage I, linked, with its log; (d) of the same seed starts from it with --resume, the best-window checkpoint
+    rebuilt as the trainer would hold it; other settings, a better earlier window or a checkpoint of (d)'s own
+    mean training from iteration 0."""
+    from cluster.experiment import branch
+
+    caplog.set_level("INFO", logger="cluster.experiment")
+
+    def plan(*sets):
+        return Plan(tmp_path / "runs", "configs/experiment_cpu.yaml", [0], 10, 2, 2, ["checkpoint.select_window=1", *sets],
+                    results=tmp_path / "results", arms=("score", "no_shaping"), transfer=())
+
+    p = plan()
+    assert "checkpoint.keep_iterations=[2]" in " ".join(dict((n, c) for n, _, c in p.commands())["score-seed0"])
+    assert "keep_iterations" not in " ".join(dict((n, c) for n, _, c in p.commands())["no_shaping-seed0"])
+    score, mine = p.out / "score-seed0", p.out / "no_shaping-seed0"
+    for i in (2, 4):
+        _fake_checkpoint(score / "checkpoints" / f"iter_{i:06d}", i, i + 1)
+    rows = [{"kind": "train", "step": i, "iteration": i, "reward_attempt2": r} for i, r in zip((1, 2, 3, 4), (0.1, 0.2, 0.5, 0.6))]
+    rows += [{"kind": "eval", "step": i, "iteration": i, "label": f"iteration {i}"} for i in (2, 4)]
+    (score / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (score / "hf_model").mkdir()
+    p.results.mkdir()
+    (p.results / "score-seed0.json").write_text("{}")
+    cmds = {n: c for n, _, c in p.commands()}
+    assert grid._run_one(p, "[1/2] score-seed0", "score-seed0", score, cmds["score-seed0"], False, False) == 0
+    point = score / branch.BRANCH_DIR
+    assert not (score / "checkpoints").exists() and (point / "iter_000002" / "state" / "optim.pt").read_bytes() == b"x" * 100
+    assert [json.loads(line)["step"] for line in (point / "metrics.jsonl").read_text().splitlines()] == [1, 2, 2]
+
+    assert not branch.start_from_point(plan("learner.lr=2e-5"), "no_shaping-seed0", mine)  # other shared settings
+    assert "other settings" in caplog.text and not mine.exists()
+    (mine / "checkpoints" / "iter_000001").mkdir(parents=True)  # (d)'s own checkpoint wins
+    assert not branch.start_from_point(p, "no_shaping-seed0", mine)
+    shutil.rmtree(mine)
+    (mine).mkdir()
+    (mine / "metrics.jsonl").write_text(json.dumps({"kind": "train", "step": 1, "reward_attempt2": 0.9}) + "\n")  # a stopped attempt
+    assert branch.start_from_point(p, "no_shaping-seed0", mine)
+    ckpt, best = mine / "checkpoints" / "iter_000002", mine / "checkpoints" / "best"
+    assert json.loads((ckpt / "score_checkpoint.json").read_text()) == {"iteration": 2, "version": 3}
+    assert (ckpt / "state" / "optim.pt").stat().st_ino == (point / "iter_000002" / "state" / "optim.pt").stat().st_ino  # linked
+    best_manifest = json.loads((best / "score_checkpoint.json").read_text())
+    assert best_manifest["iteration"] == 2 and best_manifest["train_reward"] == 0.2 and best_manifest["version"] == 3
+    assert "train_reward" not in json.loads((point / "iter_000002" / "score_checkpoint.json").read_text())  # not written through a link
+    assert [json.loads(line)["step"] for line in (mine / "metrics.jsonl").read_text().splitlines()] == [1, 2, 2]  # (b)'s log, not the attempt's
+    assert json.loads((mine / "branched_from.json").read_text()) == {"run": "score-seed0", "iteration": 2}
+    caplog.clear()
+    grid.run(p, dry_run=True)
+    assert "--resume" in next(m for m in caplog.messages if m.startswith("[2/2] no_shaping-seed0:"))
+
+    # finished: (d) drops its checkpoints and the branch point it used
+    (mine / "hf_model").mkdir()
+    (p.results / "no_shaping-seed0.json").write_text("{}")
+    assert grid._run_one(p, "[2/2] no_shaping-seed0", "no_shaping-seed0", mine, cmds["no_shaping-seed0"], False, False) == 0
+    assert not point.exists() and not (mine / "checkpoints").exists()
+
+    # a window before the end of Stage I had the best training reward: its weights were not kept, no branch
+    for i in (2, 4):
+        _fake_checkpoint(p.out / "score-seed1" / "checkpoints" / f"iter_{i:06d}", i, i)
+    falling = [{"kind": "train", "step": i, "reward_attempt2": r} for i, r in zip((1, 2, 3), (0.5, 0.2, 0.1))]
+    (p.out / "score-seed1" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in falling))
+    p1 = Plan(p.out, p.config, [1], 10, 2, 2, p.overrides, results=p.results, arms=p.arms, transfer=())
+    assert branch.save_point(p1, "score-seed1", p.out / "score-seed1") is not None
+    assert not branch.start_from_point(p1, "no_shaping-seed1", p.out / "no_shaping-seed1")
+    assert "best training window before iteration 2 ends at 1," in caplog.text
 
 
 def test_an_attempt_stopped_with_the_session_still_counts_in_the_wall_time(tmp_path):
@@ -232,6 +317,7 @@ def test_report_is_rebuilt_from_result_files_alone(tmp_path):
              _result("score", 0, r1, [1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 0, 0]), _result("score", 1, r1, [1, 1, 1, 0, 1, 0], [1, 1, 1, 0, 1, 0], episodes=2400),
              _result("plain_rl", 0, r1, r1, r1)]
     files[1]["corrections"] = [fixed]
+    files[3]["branched_from"] = {"run": "score-seed0", "iteration": 2}  # as cluster.experiment.branch records it
     for rec in files:
         (results / f"{rec['name']}.json").write_text(json.dumps(rec))
     docs = tmp_path / "docs"
@@ -255,6 +341,7 @@ def test_report_is_rebuilt_from_result_files_alone(tmp_path):
     md = (docs / "self_correction.md").read_text()
     assert "(e) plain two-turn RL" in md and "Accuracy@t3" in md and "| score-seed1 | 2400 | 38% | 1 | 6 |" in md
     assert summary["iteration_seconds"]["score-seed0"] == pytest.approx(360.0)
+    assert "| plain_rl-seed0 (iterations 1-2 are score-seed0's) | 3200 |" in md
     assert summary["zero_variance_groups"]["score-seed0"] == pytest.approx(0.375) and summary["zero_variance_groups"]["base"] is None
     assert summary["examples"] == [fixed | {"run": "score-seed0"}]
     assert "> attempt 2: 2 + 3 = 5. Tom has 5 apples." in md and "(gold: 5)" in md

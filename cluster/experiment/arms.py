@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cluster.config import load_config
+from cluster.experiment.branch import keep_sets
 from rewards.tasks import Problem, build_task
 
 ARMS = ("base", "score", "stage2_only", "no_shaping", "plain_rl")
@@ -84,7 +85,7 @@ class Plan:
         for seed in self.seeds:
             for arm in (a for a in RUN_ORDER if a in self.arms):
                 name = f"{arm}-seed{seed}"
-                sets = [*self.arm_sets(arm), f"run.seed={seed}", f"run.name={name}"]
+                sets = [*self.arm_sets(arm), *keep_sets(self, arm), f"run.seed={seed}", f"run.name={name}"]
                 runs.append((name, self.out / name, [*py, "train", "--overwrite", "--config", self.config, *self.common(arm),
                                                      *as_sets(sets)]))
         return runs

@@ -3,7 +3,8 @@
 Invariants: a run with a result file is skipped; an unfinished run that left a checkpoint continues
 from it (``--resume``); every attempt's time goes to ``timings.jsonl``, a stopped one's too (through a
 heartbeat file); a finished run drops its DeepSpeed checkpoints unless ``keep_checkpoints`` and keeps
-its exported model; ``status`` reads where the grid stands from the files alone.
+its exported model (SCoRe's Stage I checkpoint stays until (d) of its seed has branched from it:
+``branch``); ``status`` reads where the grid stands from the files alone.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from cluster.experiment import branch
 from cluster.experiment.arms import Plan
 from cluster.experiment.record import summarize_run
 
@@ -55,6 +57,8 @@ def _run_one(plan: Plan, step: str, name: str, where: Path, cmd: list[str], dry_
                 _record_stopped_attempt(plan.out, plan.out / f"{name}.attempt.json")
             rc, took = 0, 0.0
         else:
+            if "--overwrite" in cmd and not dry_run:
+                branch.start_from_point(plan, name, where)  # (d) continues from (b)'s Stage I where that is exact
             if "--overwrite" in cmd and _checkpoint_iterations(where):
                 cmd = [("--resume" if c == "--overwrite" else c) for c in cmd]  # an unfinished run continues from its checkpoint
             log.info(f"{step}: {' '.join(cmd)}")
@@ -71,10 +75,14 @@ def _run_one(plan: Plan, step: str, name: str, where: Path, cmd: list[str], dry_
         f = summary["final"]
         log.info(f"    finished in {took / 60:.1f} min: Accuracy@t1 {f['accuracy_t1']:.3f}, Accuracy@t2 {f['accuracy_t2']:.3f}, "
                  f"Δ {f['delta_t1_t2']:+.3f}")
-    if not dry_run and not plan.keep_checkpoints and (where / "checkpoints").is_dir() and (where / "hf_model").is_dir():
-        size = sum(f.stat().st_size for f in (where / "checkpoints").rglob("*") if f.is_file())
+    if dry_run or name == "base":
+        return 0
+    branch.save_point(plan, name, where)  # before its checkpoints go
+    if not plan.keep_checkpoints and (where / "checkpoints").is_dir() and (where / "hf_model").is_dir():
+        size = sum(f.stat().st_size for f in (where / "checkpoints").rglob("*") if f.is_file() and f.stat().st_nlink == 1)
         shutil.rmtree(where / "checkpoints")
         log.info(f"    removed {name}'s checkpoints ({size / 2**30:.1f} GiB); its exported model stays in {where / 'hf_model'}")
+    branch.drop_point(plan, name)
     return 0
 
 

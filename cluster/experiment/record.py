@@ -16,6 +16,7 @@ import yaml
 
 from cluster.config import TaskConfig
 from cluster.experiment.arms import ARMS
+from cluster.experiment.branch import BRANCHED_FROM
 from rewards.tasks import Problem, build_task
 
 EXAMPLES_PER_RUN = 5
@@ -63,6 +64,8 @@ def summarize_run(name: str, run_dir: Path, wall_seconds: float, eval_only: bool
         "train": [{k: r.get(k) for k in ("iteration", "stage", "reward_attempt1", "reward_attempt2", "answer_changed", "zero_variance_groups",
                                           "seconds_iteration")} for r in train],
     }
+    if (run_dir / BRANCHED_FROM).exists():  # its Stage I is another run's (cluster.experiment.branch)
+        out["branched_from"] = json.loads((run_dir / BRANCHED_FROM).read_text())
     if saved is not None:
         alg, roll = saved["algorithm"], saved["rollout"]
         out["settings"] = {**{k: alg[k] for k in ("stage1_iterations", "stage2_iterations", "alpha", "beta1", "beta2")}, "lr": saved["learner"]["lr"],

@@ -392,7 +392,8 @@ def report(results: Path, doc_dir: Path, embed_in: Path | None = None) -> int:
             zero = [row["zero_variance_groups"] for row in train if row.get("zero_variance_groups") is not None]
             summary["iteration_seconds"][r["name"]] = its
             mean_zero = summary["zero_variance_groups"][r["name"]] = float(np.mean(zero)) if zero else None
-            lines.append(f"| {r['name']} | {r['training_episodes']} | {'—' if mean_zero is None else f'{100 * mean_zero:.0f}%'} "
+            name = r["name"] + (f" (iterations 1-{b['iteration']} are {b['run']}'s)" if (b := r.get("branched_from")) else "")
+            lines.append(f"| {name} | {r['training_episodes']} | {'—' if mean_zero is None else f'{100 * mean_zero:.0f}%'} "
                          f"| {r['wall_seconds'] / 60:.0f} | {its / 60:.0f} | {r.get('selected_iteration') or '—'} |")
     lines += curve_tables(by_arm) + training_tables(by_arm)
     summary["examples"], quoted = _examples(by_arm, "Held-out problems")

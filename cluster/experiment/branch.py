@@ -1,0 +1,159 @@
+"""Stage I branch points: (d), SCoRe with α = 0, continues from (b)'s checkpoint at the end of Stage I.
+
+Why this is exact, not an approximation: α enters only the Stage II reward, and a run is a deterministic
+function of its config and seed, resume included (the per-iteration sampling seeds and the problem order
+come from ``run.seed``). With the same seed, (d)'s first ``stage1`` iterations reproduced (b)'s bit for bit
+(docs/RESULTS.md 1.3: every sampled reward and the validation curve, seeds 0 and 1), so running them again
+costs about half of (d)'s time and changes nothing.
+
+Invariants:
+- (b) keeps its checkpoint at iteration ``stage1`` (``checkpoint.keep_iterations``); when (b) finishes, it is
+  linked (not copied) into ``<b's run>/stage1_branch/`` with (b)'s log up to that iteration and the shared
+  settings it ran with, unless (d) of that seed is done already.
+- (d) branches only when it has no checkpoint of its own and the branch point's settings are exactly (d)'s
+  besides α, the run name and the evaluation's attempt count (which does not touch training). Its log up to
+  ``stage1`` is (b)'s, and ``branched_from.json`` in its run folder says so; the result file carries it.
+- With ``checkpoint.select: best_train_reward``, (d) also needs the best weights as of iteration ``stage1``;
+  only the ``stage1`` checkpoint is kept, so (d) branches only when the best window so far ends there, and
+  otherwise trains from iteration 0.
+- Every file is a hard link where the file system allows (a copy otherwise) and none is written through a
+  link: a manifest is replaced, never rewritten in place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from cluster.checkpoints import BEST, MANIFEST
+from cluster.config import load_config
+
+log = logging.getLogger("cluster.experiment")
+
+BRANCHES = {"no_shaping": "score"}  # arm -> the arm whose Stage I it shares
+BRANCH_DIR = "stage1_branch"
+BRANCHED_FROM = "branched_from.json"
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    def link(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    shutil.copytree(src, dst, copy_function=link)
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write ``text`` to a new file at ``path`` (never through a hard link to another checkpoint's file)."""
+    path.unlink(missing_ok=True)
+    path.write_text(text)
+
+
+def checkpoint_name(iteration: int) -> str:
+    return f"iter_{iteration:06d}"
+
+
+def keep_sets(plan: Any, arm: str) -> list[str]:
+    """The override (b) needs for (d) to branch from it: keep the checkpoint at the end of Stage I."""
+    if arm in BRANCHES.values() and any(BRANCHES[a] == arm for a in plan.arms if a in BRANCHES) and plan.stage1:
+        return [f"checkpoint.keep_iterations=[{plan.stage1}]"]
+    return []
+
+
+def save_point(plan: Any, name: str, where: Path) -> Path | None:
+    """After ``name`` (an arm others branch from) finished: keep its Stage I checkpoint and log for the arms
+    that branch from it and have not run yet. Returns the branch folder, or None."""
+    arm, seed = name.split("-seed")
+    waiting = [a for a, src in BRANCHES.items() if src == arm and a in plan.arms and not (plan.results / f"{a}-seed{seed}.json").exists()]
+    ckpt = where / "checkpoints" / checkpoint_name(plan.stage1)
+    dst = where / BRANCH_DIR
+    if not waiting or dst.exists() or not (ckpt / MANIFEST).exists():
+        return dst if dst.exists() else None
+    tmp = dst.with_name(BRANCH_DIR + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    _link_tree(ckpt, tmp / ckpt.name)
+    rows = [line for line in (where / "metrics.jsonl").read_text().splitlines() if line.strip() and json.loads(line)["step"] <= plan.stage1]
+    (tmp / "metrics.jsonl").write_text("\n".join(rows) + "\n")
+    (tmp / "branch.json").write_text(json.dumps({"run": name, "iteration": plan.stage1, **_identity(plan, int(seed))}, indent=1))
+    tmp.rename(dst)
+    log.info(f"    kept {name}'s Stage I checkpoint (iteration {plan.stage1}) in {dst} for {', '.join(f'{a}-seed{seed}' for a in waiting)}")
+    return dst
+
+
+def _identity(plan: Any, seed: int) -> dict[str, Any]:
+    """What must be equal for a branch to be exact: the settings every run shares, the stage lengths, the seed."""
+    return {"shared": plan.shared_sets(2), "stage1": plan.stage1, "stage2": plan.stage2, "seed": seed}
+
+
+def _best_window(rows: list[dict[str, Any]], upto: int, window: int) -> tuple[int, float] | None:
+    """``checkpoint.select=best_train_reward`` replayed on the log: the (end, mean attempt-2 reward) of the
+    window it would hold as best at iteration ``upto`` (the earliest of equal means, as the trainer keeps)."""
+    train = [r for r in rows if r["kind"] == "train"]
+    best = None
+    for end in range(window, upto + 1, window):
+        vals = [r["reward_attempt2"] for r in train if end - window < r["step"] <= end]
+        if not vals:
+            return None
+        score = sum(vals) / len(vals)
+        if best is None or score > best[1]:
+            best = (end, score)
+    return best
+
+
+def start_from_point(plan: Any, name: str, where: Path) -> bool:
+    """Before ``name`` (an arm that branches) trains: set its run folder up to continue from the branch point
+    (``--resume``) if one exists and is exact for it (module docstring). Returns whether it did."""
+    arm, seed = name.split("-seed")
+    if arm not in BRANCHES or any((where / "checkpoints").glob("iter_*")):
+        return False
+    src = plan.out / f"{BRANCHES[arm]}-seed{seed}" / BRANCH_DIR
+    if not (src / "branch.json").exists():
+        return False
+    point = json.loads((src / "branch.json").read_text())
+    if {k: point.get(k) for k in ("shared", "stage1", "stage2", "seed")} != _identity(plan, int(seed)):
+        log.info(f"    {src} was kept with other settings than {name}'s; {name} trains from iteration 0")
+        return False
+    rows = [json.loads(line) for line in (src / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    ckpt_src = src / checkpoint_name(point["iteration"])
+    cfg = load_config(plan.config, [*plan.shared_sets(2), *plan.arm_sets(arm)])
+    best = None
+    if cfg.checkpoint.select == "best_train_reward":
+        best = _best_window(rows, point["iteration"], cfg.checkpoint.select_window)
+        if best is None or best[0] != point["iteration"]:
+            log.info(f"    {point['run']}'s best training window before iteration {point['iteration']} ends at {best and best[0]}, "
+                     f"whose weights were not kept; {name} trains from iteration 0")
+            return False
+    ckpts = where / "checkpoints"
+    shutil.rmtree(ckpts, ignore_errors=True)
+    ckpts.mkdir(parents=True)
+    if best is not None:
+        _link_tree(ckpt_src, ckpts / f"{BEST}.partial")
+        version = json.loads((ckpt_src / MANIFEST).read_text())["version"]
+        _replace(ckpts / f"{BEST}.partial" / MANIFEST, json.dumps({"iteration": best[0], "version": version, "train_reward": best[1],
+                                                                   "window": cfg.checkpoint.select_window, "time": time.time()}, indent=1))
+        (ckpts / f"{BEST}.partial").rename(ckpts / BEST)
+    _link_tree(ckpt_src, ckpts / (ckpt_src.name + ".partial"))  # complete only once everything else is in place
+    _replace(where / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    (where / BRANCHED_FROM).write_text(json.dumps({"run": point["run"], "iteration": point["iteration"]}))
+    (ckpts / (ckpt_src.name + ".partial")).rename(ckpts / ckpt_src.name)
+    log.info(f"    {name} continues from {point['run']}'s checkpoint at iteration {point['iteration']} (the same Stage I; "
+             f"{BRANCHED_FROM} in its run folder)")
+    return True
+
+
+def drop_point(plan: Any, name: str) -> None:
+    """After ``name`` (an arm that branches) finished: the branch point it used is no longer needed."""
+    arm, seed = name.split("-seed")
+    if arm in BRANCHES and not plan.keep_checkpoints:
+        src = plan.out / f"{BRANCHES[arm]}-seed{seed}" / BRANCH_DIR
+        if src.exists() and all((plan.results / f"{a}-seed{seed}.json").exists() for a, s in BRANCHES.items() if s == BRANCHES[arm] and a in plan.arms):
+            shutil.rmtree(src)
+            log.info(f"    removed {src}")
