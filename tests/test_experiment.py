@@ -117,7 +117,7 @@ def test_pruning_spares_the_checkpoints_asked_to_be_kept(tmp_path):
     assert [c.iteration for c in store.valid()[0]] == [2, 4]
 
 
-def test_no_shaping_continues_from_score_stage1_checkpoint_only_where_that_is_exact(tmp_path, caplog):
+def test_no_shaping_continues_from_score_stage1_checkpoint_only_where_that_is_exact(tmp_path, caplog, capsys):
     """(d) shares (b)'s Stage I (cluster/experiment/branch.py): the finished (b) keeps its checkpoint at the end of
     Stage I, linked, with its log; (d) of the same seed starts from it with --resume, the best-window checkpoint
     rebuilt as the trainer would hold it; other settings, a better earlier window or a checkpoint of (d)'s own
@@ -167,6 +167,13 @@ def test_no_shaping_continues_from_score_stage1_checkpoint_only_where_that_is_ex
     caplog.clear()
     grid.run(p, dry_run=True)
     assert "--resume" in next(m for m in caplog.messages if m.startswith("[2/2] no_shaping-seed0:"))
+    assert [r["branches_from"] for r in grid.status(p)] == [None, None]  # it has its checkpoint now: "stopped", not pending
+    shutil.rmtree(mine)
+    assert [r["branches_from"] for r in grid.status(p)] == [None, ("score-seed0", 2)]
+    assert grid.print_status(p) == 0
+    out = capsys.readouterr().out
+    assert "no_shaping-seed0     pending  0/4 (from score-seed0's 2)" in out and "2 training iterations left" in out
+    assert branch.start_from_point(p, "no_shaping-seed0", mine)
 
     # finished: (d) drops its checkpoints and the branch point it used
     (mine / "hf_model").mkdir()

@@ -149,6 +149,17 @@ def start_from_point(plan: Any, name: str, where: Path) -> bool:
     return True
 
 
+def pending_point(plan: Any, name: str) -> tuple[str, int] | None:
+    """For ``status``: (source run, iteration) where a run that has not started will likely continue from
+    a kept branch point (``start_from_point`` makes the final check), else None."""
+    arm, _, seed = name.partition("-seed")
+    src = plan.out / f"{BRANCHES.get(arm, '')}-seed{seed}" / BRANCH_DIR / "branch.json"
+    if arm not in BRANCHES or not src.exists():
+        return None
+    point = json.loads(src.read_text())
+    return point["run"], point["iteration"]
+
+
 def drop_point(plan: Any, name: str) -> None:
     """After ``name`` (an arm that branches) finished: the branch point it used is no longer needed."""
     arm, seed = name.split("-seed")

@@ -212,8 +212,10 @@ def status(plan: Plan, now: float | None = None, fresh_s: float = 120.0) -> list
             state = "stopped"
         else:
             state = "pending"
+        point = branch.pending_point(plan, name) if state == "pending" else None
         rows.append({"run": name, "state": state, "iteration": reached, "iterations": total,
                      "resumes_from": max(checkpoints, default=0) if state in ("running", "stopped") else None,
+                     "branches_from": point,
                      "transfer": (plan.results / "transfer" / f"{name}.json").exists() if plan.transfer else None})
     return rows
 
@@ -225,10 +227,13 @@ def print_status(plan: Plan) -> int:
         it = "—" if not r["iterations"] else f"{r['iteration']}/{r['iterations']}"
         if r["resumes_from"] is not None:
             it += f" (checkpoint {r['resumes_from']})" if r["resumes_from"] else " (no checkpoint yet)"
+        if r["branches_from"]:
+            it += f" (from {r['branches_from'][0]}'s {r['branches_from'][1]})"
         print(f"{r['run']:<20} {r['state']:<8} {it:<24} {'—' if r['transfer'] is None else 'done' if r['transfer'] else 'pending'}")
     seconds = [row["seconds_iteration"] for path in plan.results.glob("*.json") for row in json.loads(path.read_text()).get("train", [])
                if row.get("seconds_iteration")]
-    left = sum(r["iterations"] - (r["iteration"] if r["state"] == "running" else r["resumes_from"] or 0) for r in rows if r["state"] != "done")
+    left = sum(r["iterations"] - (r["iteration"] if r["state"] == "running" else r["resumes_from"] or (r["branches_from"] or (0, 0))[1])
+               for r in rows if r["state"] != "done")
     done = sum(r["state"] == "done" for r in rows)
     line = f"{done} of {len(rows)} runs done; {left} training iterations left"
     if seconds and left:
