@@ -424,7 +424,7 @@ def test_embedding_needs_both_markers_in_order_and_leaves_the_document_alone_oth
         assert not report.embed(doc, "block") and doc.read_text() == text
     doc.write_text(f"a\n{report.BEGIN}\nold\n{report.END}\nb\n")
     assert report.embed(doc, "new\n") and report.embed(doc, "new\n")  # idempotent
-    assert doc.read_text() == f"a\n{report.BEGIN}\nnew\n{report.END}\nb\n"
+    assert doc.read_text() == f"a\n{report.BEGIN}\n\nnew\n\n{report.END}\nb\n"
 
 
 def test_report_without_results_is_one_line(tmp_path, capsys):

@@ -317,7 +317,8 @@ def embed(doc: Path, block: str) -> bool:
     start, stop = text.find(BEGIN), text.find(END)
     if start < 0 or stop < start:
         return False
-    doc.write_text(text[: start + len(BEGIN)] + "\n" + block.rstrip("\n") + "\n" + text[stop:])
+    # blank lines around the block: an HTML comment line opens an HTML block in Markdown until a blank line
+    doc.write_text(text[: start + len(BEGIN)] + "\n\n" + block.strip("\n") + "\n\n" + text[stop:])
     return True
 
 
