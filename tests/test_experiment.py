@@ -311,7 +311,8 @@ def _result(arm, seed, r1, r2, r3=None, episodes=3200):
     return {"name": arm if arm == "base" else f"{arm}-seed{seed}", "arm": arm, "seed": None if arm == "base" else seed, "commit": "x",
             "wall_seconds": 60.0, "final": {"answer_changed": 0.25, "num_problems": len(r1)}, "selected_iteration": None, "per_problem": per,
             "training_episodes": 0 if arm == "base" else episodes, "generated_episodes": 0, "curves": curves,
-            "train": [] if arm == "base" else [{"iteration": i, "seconds_iteration": 90.0, "zero_variance_groups": (i - 1) / 4} for i in range(1, 5)]}
+            "train": [] if arm == "base" else [{"iteration": i, "seconds_iteration": 90.0, "zero_variance_groups": (i - 1) / 4,
+                                                **({"fixed": 0.05, "broken": 0.1 * i} if seed == 1 else {})} for i in range(1, 5)]}
 
 
 def test_report_is_rebuilt_from_result_files_alone(tmp_path):
@@ -360,6 +361,9 @@ def test_report_is_rebuilt_from_result_files_alone(tmp_path):
     assert "| 10 | +5.0 | +5.0 |" in md and "the collapse diagnostic, mean over seeds" in md
     # training rows per 10 iterations (here iterations 0-3, all in the first window), mean over seeds
     assert "| iterations | (b) SCoRe | (e) plain two-turn RL |\n| --- | --- | --- |\n| 1-10 | 38 | 38 |" in md
+    # fixes and breaks of sampled attempts where the records have them (seed 1 only; older records do not)
+    assert "sampled attempt 2 breaks a right attempt 1 (% of samples), mean per 10 iterations and over seeds:" in md
+    assert "| 1-10 | 25.0 | — |" in md and "| 1-10 | 5.0 | — |" in md
     # every run on its own; no transfer evaluation yet
     assert "| score-seed1 | 50.0 | 66.7 | +16.7 | 25.0% | — | — | — | — |" in md
     (results / "transfer").mkdir()

@@ -172,6 +172,8 @@ def test_a_finished_run_becomes_a_result_file_the_report_reads(full_run, tmp_pat
         assert outcomes(rec, t).mean() == pytest.approx(final[f"accuracy_t{t}"])
     assert [c["iteration"] for c in rec["curves"]] == [2, 4] and rec["training_episodes"] == 4 * 4
     assert rec["settings"]["skip_zero_variance_groups"] is True and len(rec["train"]) == 4
+    for row in rec["train"]:  # a fix or a break changes the final answer: both are within the changed share
+        assert 0 <= row["fixed"] and 0 <= row["broken"] and row["fixed"] + row["broken"] <= row["answer_changed"] + 1e-9
     for ex in rec["corrections"]:
         assert ex["problem"].endswith("Answer with a number.") and ex["attempt1"] and ex["attempt2"]
     (tmp_path / "results").mkdir()

@@ -26,6 +26,21 @@ def _bits(values: list[float]) -> str:
     return "".join("1" if v >= 0.5 else "0" for v in values)
 
 
+def sampled_corrections(run_dir: Path) -> dict[int, dict[str, float]]:
+    """Per training iteration, the shares of generated samples whose attempt 2 fixed a wrong attempt 1 and
+    broke a right one (from ``samples/train_iter*.parquet``): what the Stage II shaping bonus α(r2 − r1)
+    pays and charges for, which the validation curves (greedy) do not show."""
+    import pyarrow.parquet as pq
+
+    out = {}
+    for path in sorted((run_dir / "samples").glob("train_iter*.parquet")):
+        t = pq.read_table(path, columns=["r1", "r2"])
+        r1, r2 = np.asarray(t["r1"].to_pylist()) >= 0.5, np.asarray(t["r2"].to_pylist()) >= 0.5
+        if len(r1):
+            out[int(path.stem.removeprefix("train_iter"))] = {"fixed": float((~r1 & r2).mean()), "broken": float((r1 & ~r2).mean())}
+    return out
+
+
 def summarize_run(name: str, run_dir: Path, wall_seconds: float, eval_only: bool = False,
                   problems: list[Problem] | None = None) -> dict[str, Any]:
     """Everything the report needs from one finished run, small enough to commit. ``eval_only``: ``run_dir``
@@ -50,6 +65,7 @@ def summarize_run(name: str, run_dir: Path, wall_seconds: float, eval_only: bool
     # only the sections the record needs, read as data: a run written by an older version stays readable
     saved = yaml.safe_load(cfg_path.read_text()) if cfg_path else None
     train = [r for r in records if r["kind"] == "train"]
+    sampled = sampled_corrections(run_dir) if train else {}
     curves = [r for r in records if r["kind"] == "eval" and r.get("split") == "val"]
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     out: dict[str, Any] = {
@@ -61,8 +77,8 @@ def summarize_run(name: str, run_dir: Path, wall_seconds: float, eval_only: bool
         "training_episodes": int(sum(r.get("episodes_trained", 0) for r in train)),
         "generated_episodes": int(sum(r.get("groups_generated", 0) for r in train) * (saved["rollout"]["samples_per_problem"] if saved else 0)),
         "curves": [{k: r[k] for k in ("iteration", "accuracy_t1", "accuracy_t2", "delta_t1_t2", "answer_changed", "text_identical")} for r in curves],
-        "train": [{k: r.get(k) for k in ("iteration", "stage", "reward_attempt1", "reward_attempt2", "answer_changed", "zero_variance_groups",
-                                          "seconds_iteration")} for r in train],
+        "train": [{**{k: r.get(k) for k in ("iteration", "stage", "reward_attempt1", "reward_attempt2", "answer_changed", "zero_variance_groups",
+                                             "seconds_iteration")}, **sampled.get(r["iteration"], {})} for r in train],
     }
     if (run_dir / BRANCHED_FROM).exists():  # its Stage I is another run's (cluster.experiment.branch)
         out["branched_from"] = json.loads((run_dir / BRANCHED_FROM).read_text())

@@ -255,6 +255,8 @@ def curve_tables(by_arm: dict[str, list[dict[str, Any]]]) -> list[str]:
 
 TRAIN_METRICS = {"reward_attempt1": "training reward of attempt 1", "reward_attempt2": "training reward of attempt 2",
                  "answer_changed": "training: sampled attempt 2 gives another final answer (%)",
+                 "fixed": "training: sampled attempt 2 fixes a wrong attempt 1 (% of samples)",
+                 "broken": "training: sampled attempt 2 breaks a right attempt 1 (% of samples)",
                  "zero_variance_groups": "training: groups without reward variance (% of generated)"}
 
 
@@ -275,7 +277,8 @@ def training_tables(by_arm: dict[str, list[dict[str, Any]]], window: int = 10) -
         windows = sorted({w for c in cells.values() for w in c})
         if not windows:
             continue
-        fmt = (lambda v: f"{v:.2f}") if metric.startswith("reward") else (lambda v: f"{100 * v:.0f}")
+        fmt = (lambda v: f"{v:.2f}") if metric.startswith("reward") else (lambda v: f"{100 * v:.1f}") if metric in ("fixed", "broken") \
+            else (lambda v: f"{100 * v:.0f}")
         lines += ["", f"{title}, mean per {window} iterations and over seeds:", "",
                   "| iterations | " + " | ".join(ARM_TITLES[a] for a in arms) + " |", "|" + " --- |" * (len(arms) + 1)]
         lines += [f"| {w * window + 1}-{(w + 1) * window} | " + " | ".join(fmt(cells[a][w]) if w in cells[a] else "—" for a in arms) + " |"
