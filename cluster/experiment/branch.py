@@ -62,7 +62,7 @@ def checkpoint_name(iteration: int) -> str:
 
 def keep_sets(plan: Any, arm: str) -> list[str]:
     """The override (b) needs for (d) to branch from it: keep the checkpoint at the end of Stage I."""
-    if arm in BRANCHES.values() and any(BRANCHES[a] == arm for a in plan.arms if a in BRANCHES) and plan.stage1:
+    if plan.stage1 and any(BRANCHES.get(a) == arm for a in plan.arms):
         return [f"checkpoint.keep_iterations=[{plan.stage1}]"]
     return []
 
