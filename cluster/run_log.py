@@ -13,6 +13,8 @@ from typing import Any
 
 import ray
 
+from common.jsonl import read_jsonl, write_jsonl
+
 
 @ray.remote(num_cpus=0, max_restarts=-1)
 class RunMetrics:
@@ -71,14 +73,12 @@ class RunLog:
                 self.sink.record.remote({"phase_seconds": seconds}, {"phase": phase})
 
     def records(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        return read_jsonl(self.path)
 
     def truncate_after(self, step: int) -> None:
         """On resume: drop records of iterations after the checkpoint (they will be redone)."""
         kept = [r for r in self.records() if r["step"] <= step]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        write_jsonl(self.path, kept)
 
     def close(self) -> None:
         self.tb.close()

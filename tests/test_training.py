@@ -11,6 +11,7 @@ import torch
 
 from cluster.config import load_config
 from cluster.trainer import ScoreTrainer
+from common.jsonl import read_jsonl
 from rewards.tasks import build_task
 
 TINY = [
@@ -40,7 +41,7 @@ def _trainer(tmp_path, name, model_path, extra=(), resume=False):
 
 
 def _train_records(run_dir):
-    return [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if json.loads(l)["kind"] == "train"]
+    return [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "train"]
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,7 @@ from typing import Any
 
 from cluster.checkpoints import BEST, MANIFEST
 from cluster.config import load_config
+from common.jsonl import read_jsonl, write_jsonl
 
 log = logging.getLogger("cluster.experiment")
 
@@ -80,8 +81,7 @@ def save_point(plan: Any, name: str, where: Path) -> Path | None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     _link_tree(ckpt, tmp / ckpt.name)
-    rows = [line for line in (where / "metrics.jsonl").read_text().splitlines() if line.strip() and json.loads(line)["step"] <= plan.stage1]
-    (tmp / "metrics.jsonl").write_text("\n".join(rows) + "\n")
+    write_jsonl(tmp / "metrics.jsonl", [r for r in read_jsonl(where / "metrics.jsonl") if r["step"] <= plan.stage1])
     (tmp / "branch.json").write_text(json.dumps({"run": name, "iteration": plan.stage1, **_identity(plan, int(seed))}, indent=1))
     tmp.rename(dst)
     log.info(f"    kept {name}'s Stage I checkpoint (iteration {plan.stage1}) in {dst} for {', '.join(f'{a}-seed{seed}' for a in waiting)}")
@@ -121,7 +121,7 @@ def start_from_point(plan: Any, name: str, where: Path) -> bool:
     if {k: point.get(k) for k in ("shared", "stage1", "stage2", "seed")} != _identity(plan, int(seed)):
         log.info(f"    {src} was kept with other settings than {name}'s; {name} trains from iteration 0")
         return False
-    rows = [json.loads(line) for line in (src / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_jsonl(src / "metrics.jsonl")
     ckpt_src = src / checkpoint_name(point["iteration"])
     cfg = load_config(plan.config, [*plan.shared_sets(2), *plan.arm_sets(arm)])
     best = None

@@ -22,6 +22,7 @@ import numpy as np
 from cluster.experiment import branch
 from cluster.experiment.arms import Plan
 from cluster.experiment.record import summarize_run
+from common.jsonl import read_jsonl
 
 log = logging.getLogger("cluster.experiment")  # not __name__: see cluster.main
 
@@ -161,7 +162,7 @@ def finished(name: str, where: Path) -> bool:
     metrics = where / "metrics.jsonl"
     if not metrics.exists() or not (where / "hf_model").is_dir():
         return False
-    return any(json.loads(line).get("label") == "final" for line in metrics.read_text().splitlines() if line.strip())
+    return any(r.get("label") == "final" for r in read_jsonl(metrics))
 
 
 def _wall_seconds(out: Path, name: str, where: Path) -> float:
@@ -169,12 +170,11 @@ def _wall_seconds(out: Path, name: str, where: Path) -> float:
     attempt counts up to its last heartbeat, within ``run_attempt``'s 30 s). Without the runner's timings
     (it was stopped while the run went on), the run's own span: from its config, written at start-up, to
     its last record."""
-    path = out / "timings.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    rows = read_jsonl(out / "timings.jsonl")
     seconds = float(sum(r["seconds"] for r in rows if r["run"] == name))
     metrics = where / "metrics.jsonl"
     if seconds == 0 and metrics.exists() and (where / "config.yaml").exists():
-        last = json.loads(metrics.read_text().splitlines()[-1])["time"]
+        last = read_jsonl(metrics)[-1]["time"]
         seconds = last - (where / "config.yaml").stat().st_mtime
     return seconds
 
@@ -201,7 +201,7 @@ def status(plan: Plan, now: float | None = None, fresh_s: float = 120.0) -> list
         record = plan.results / f"{name}.json"
         beat = plan.out / f"{name}.attempt.json"
         metrics = where / "metrics.jsonl"
-        records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.exists() else []
+        records = read_jsonl(metrics)
         reached = max((r["iteration"] for r in records if r.get("kind") == "train"), default=0)
         checkpoints = _checkpoint_iterations(where)
         if record.exists():

@@ -17,6 +17,7 @@ import yaml
 from cluster.config import TaskConfig
 from cluster.experiment.arms import ARMS
 from cluster.experiment.branch import BRANCHED_FROM
+from common.jsonl import read_jsonl
 from rewards.tasks import Problem, build_task
 
 EXAMPLES_PER_RUN = 5
@@ -56,7 +57,7 @@ def summarize_run(name: str, run_dir: Path, wall_seconds: float, eval_only: bool
         cfg_path = None
         records: list[dict[str, Any]] = []
     else:
-        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        records = read_jsonl(run_dir / "metrics.jsonl")
         final = [r for r in records if r["kind"] == "eval" and r["label"] == "final"][-1]
         samples = sorted((run_dir / "samples").glob("eval_iter*.parquet"))[-1]
         cfg_path = run_dir / "config.yaml"
