@@ -11,6 +11,7 @@ import pytest
 from cluster.experiment import grid, record, report
 from cluster.experiment.arms import Plan
 from cluster.experiment.report import bootstrap, markdown_table
+from common.jsonl import read_jsonl, write_jsonl
 from tests.conftest import REPO
 
 
@@ -464,3 +465,17 @@ def test_status_reads_where_the_grid_stands_from_its_files(tmp_path, capsys):
     assert "score-seed0          running  4/5 (checkpoint 2)" in out
     assert "stage2_only-seed0    running  0/5 (no checkpoint yet)" in out
     assert "1 of 4 runs done; 9 training iterations left" in out  # 1 + 3 (resumes at 2) + 5 - 0
+
+
+def test_rewriting_a_log_replaces_a_hard_link_instead_of_writing_through_it(tmp_path):
+    """A branched run's metrics.jsonl may start as a link to (b)'s kept log; truncating or rewriting it
+    must leave (b)'s copy as it was."""
+    kept = tmp_path / "kept.jsonl"
+    write_jsonl(kept, [{"step": 1}, {"step": 2}])
+    mine = tmp_path / "metrics.jsonl"
+    mine.hardlink_to(kept)
+    write_jsonl(mine, [{"step": 1}])
+    assert read_jsonl(kept) == [{"step": 1}, {"step": 2}]
+    assert read_jsonl(mine) == [{"step": 1}]
+    assert read_jsonl(tmp_path / "missing.jsonl") == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.jsonl", "metrics.jsonl"]  # no partial file left

@@ -141,7 +141,7 @@ def start_from_point(plan: Any, name: str, where: Path) -> bool:
                                                                    "window": cfg.checkpoint.select_window, "time": time.time()}, indent=1))
         (ckpts / f"{BEST}.partial").rename(ckpts / BEST)
     _link_tree(ckpt_src, ckpts / (ckpt_src.name + ".partial"))  # complete only once everything else is in place
-    _replace(where / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    write_jsonl(where / "metrics.jsonl", rows)
     (where / BRANCHED_FROM).write_text(json.dumps({"run": point["run"], "iteration": point["iteration"]}))
     (ckpts / (ckpt_src.name + ".partial")).rename(ckpts / ckpt_src.name)
     log.info(f"    {name} continues from {point['run']}'s checkpoint at iteration {point['iteration']} (the same Stage I; "
