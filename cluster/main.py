@@ -152,12 +152,13 @@ def cmd_eval(args: argparse.Namespace, cfg: ScoreConfig) -> int:
 
     from cluster.evaluate import METRICS, evaluate, format_table
     from cluster.trainer import build_fleet, build_reward_pool, ray_connect
-    from common.devices import resolve_dtype
+    from common.devices import machine_record, resolve_dtype
 
     started_here = not ray.is_initialized()
     ray_connect(cfg)
     gpus = ray.cluster_resources().get("GPU", 0) > 0
-    fleet = build_fleet(cfg, model_path, gpus, resolve_dtype(cfg.model.dtype, gpu=gpus))
+    dtype = resolve_dtype(cfg.model.dtype, gpu=gpus)
+    fleet = build_fleet(cfg, model_path, gpus, dtype)
     pool = build_reward_pool(cfg)
     try:
         metrics, batch = evaluate(fleet, pool, task, problems, temperature=cfg.eval.temperature, max_tokens=cfg.eval.max_tokens,
@@ -169,7 +170,7 @@ def cmd_eval(args: argparse.Namespace, cfg: ScoreConfig) -> int:
             ray.shutdown()
     out = Path(args.out) if args.out else Path(cfg.run.output_dir) / f"{cfg.run.name}-eval"
     out.mkdir(parents=True, exist_ok=True)
-    record = {"model": model_path, "task": task.name, "split": args.split, **metrics}
+    record = {"model": model_path, "task": task.name, "split": args.split, **metrics, "machine": machine_record(dtype)}
     (out / "eval.json").write_text(json.dumps(record, indent=1))
     with (out / "eval.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["model", "task", *METRICS, "answer_changed", "text_identical", "num_problems"], extrasaction="ignore")

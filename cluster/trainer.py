@@ -34,6 +34,7 @@ from actors.fleet import FleetSettings, GenerationError, GeneratorFleet
 from cluster.checkpoints import CheckpointStore
 from cluster.config import ConfigError, ScoreConfig, dump_config
 from cluster.evaluate import METRICS, collapse_metrics, evaluate, format_table
+from cluster.machines import check_resume, note_start
 from cluster.run_log import RunLog, plot_run
 from common.devices import dtype_choice, resolve_dtype
 from common.teardown import tear_down
@@ -311,7 +312,8 @@ class ScoreTrainer:
         if best is not None and best.iteration < self.iteration and score <= best.manifest["train_reward"]:
             return
         tmp = self.store.begin(None)
-        manifest = {"iteration": self.iteration, "version": self.version, "train_reward": score, "window": c.select_window, "time": time.time()}
+        manifest = {"iteration": self.iteration, "version": self.version, "train_reward": score, "window": c.select_window, "dtype": self.dtype,
+                    "time": time.time()}
         self.learner.save(str(tmp), manifest)
         self.store.commit(tmp, manifest)
         log.info(f"checkpoint.select: iterations {self.iteration - c.select_window + 1}-{self.iteration} have the best training reward so far ({score:.3f})")
@@ -335,7 +337,7 @@ class ScoreTrainer:
     def checkpoint(self) -> Path:
         tmp = self.store.begin(self.iteration)
         manifest = {"iteration": self.iteration, "stage": self.stage_of(max(0, self.iteration - 1)), "version": self.version,
-                    "seed": self.cfg.run.seed, "time": time.time()}
+                    "seed": self.cfg.run.seed, "dtype": self.dtype, "time": time.time()}
         self.learner.save(str(tmp), manifest)
         return self.store.commit(tmp, manifest)
 
@@ -373,6 +375,12 @@ class ScoreTrainer:
     def run(self, task) -> RunResult:
         cfg = self.cfg
         total = cfg.algorithm.stage1_iterations + cfg.algorithm.stage2_iterations
+        if self.resume:  # before minutes of start-up: a checkpoint from a machine that computed in another dtype
+            gpus = ray.cluster_resources().get("GPU", 0) > 0
+            latest, _ = CheckpointStore(self.run_dir).latest()
+            if latest is not None:
+                check_resume(latest.path.name, latest.manifest.get("dtype"), resolve_dtype(cfg.model.dtype, gpu=gpus),
+                             dtype_choice(cfg.model.dtype, gpu=gpus))
         self.build(task)
         (self.run_dir / "config.yaml").write_text(dump_config(cfg))
         self._install_signals()
@@ -381,6 +389,7 @@ class ScoreTrainer:
         elif cfg.eval.before:
             log.info(f"evaluating the base model prompted to self-correct on {min(cfg.eval.num_problems, len(task.problems('eval')))} held-out problems")
             self._report(self.run_eval("base"))
+        note_start(self.run_dir, self.iteration, self.dtype)
         bar = tqdm(total=total, initial=self.iteration, desc="SCoRe", unit="it", disable=not self.progress, dynamic_ncols=True)
         interrupted = False
         while self.iteration < total:

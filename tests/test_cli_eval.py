@@ -31,6 +31,11 @@ def test_eval_command_writes_the_table_and_files(model_path, tmp_path):
     assert samples.num_rows == 4 and {"r1", "r2", "r3", "a3_text"} <= set(samples.column_names)
     assert record["accuracy_t3"] == sum(r >= 0.5 for r in samples["r3"].to_pylist()) / 4  # the instruction, repeated once more
     assert 0 <= record["answer_changed"] <= 1 and record["split"] == "eval"
+    from common.devices import resolve_dtype
+
+    # where it computed: the dtype auto chose on this machine, and the flags that chose it
+    assert record["machine"]["dtype"] == resolve_dtype("auto", gpu=False) == record["machine"]["auto_dtype"]
+    assert record["machine"]["cpus"] >= 1 and "torch" in record["machine"]["versions"]
 
 
 def test_eval_on_the_validation_split_needs_one(tmp_path):

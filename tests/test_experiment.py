@@ -75,6 +75,38 @@ def test_run_skips_runs_with_a_result_file_and_resumes_checkpointed_ones(tmp_pat
     assert not [m for m in caplog.messages if "transfer set" in m]
 
 
+def test_runs_are_not_added_in_another_dtype_than_the_finished_ones(tmp_path, monkeypatch, capsys):
+    """model.dtype auto follows the machine, and a grid is continued on whichever machine a session gets: a run
+    computed in float32 beside runs computed in bfloat16 is refused in one line unless asked for."""
+    from cluster.config import ConfigError
+    from cluster.experiment.__main__ import main
+    from common import devices
+
+    monkeypatch.setattr(devices, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))  # no native bf16: auto -> float32
+    monkeypatch.setattr(devices, "on_gpu", lambda: False)
+    plan = Plan(tmp_path / "runs", "configs/experiment_cpu.yaml", [0, 1], 10, 1, 1, [], results=tmp_path / "results",
+                arms=("base", "score"), transfer=())
+    plan.results.mkdir()
+    for name in ("base", "score-seed0"):
+        (plan.results / f"{name}.json").write_text(json.dumps({"machines": [{"iteration": 0, "dtype": "bfloat16"}]}))
+    (plan.results / "score-seed1.json").write_text(json.dumps({"arm": "score"}))  # written before records had machines
+    assert grid.finished_dtypes(plan.results) == {"bfloat16": ["base", "score-seed0"]}
+    (plan.results / "score-seed1.json").unlink()  # score-seed1 is left to train
+    with pytest.raises(ConfigError, match=r"2 in bfloat16 \(base, score-seed0\), while here model.dtype auto -> float32 "):
+        grid.run(plan)
+    assert not plan.out.joinpath("score-seed1").exists()  # nothing was started
+    args = ["run", "--out", str(plan.out), "--results", str(plan.results), "--seeds", "0", "1", "--arms", "base", "score",
+            "--stage1", "1", "--stage2", "1", "--problems", "10", "--transfer"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the finished runs computed in another dtype") and err.count("\n") == 1 and "--allow-mixed-dtype" in err
+    plan.allow_mixed_dtype = True
+    grid.check_same_dtype(plan)  # asked for: no error
+    monkeypatch.setattr(devices, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_bf16"}))  # this machine computes bf16 too
+    plan.allow_mixed_dtype = False
+    grid.check_same_dtype(plan)
+
+
 def test_the_runner_reports_its_plan_when_run_as_a_module(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "cluster.experiment", "run", "--dry-run", "--out", str(tmp_path / "runs"), "--results",
                            str(tmp_path / "results"), "--seeds", "0", "--arms", "score"], cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -140,6 +172,7 @@ def test_no_shaping_continues_from_score_stage1_checkpoint_only_where_that_is_ex
     rows = [{"kind": "train", "step": i, "iteration": i, "reward_attempt2": r} for i, r in zip((1, 2, 3, 4), (0.1, 0.2, 0.5, 0.6))]
     rows += [{"kind": "eval", "step": i, "iteration": i, "label": f"iteration {i}"} for i in (2, 4)]
     (score / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_jsonl(score / "machines.jsonl", [{"iteration": 0, "dtype": "bfloat16"}, {"iteration": 3, "dtype": "bfloat16"}])  # resumed at 3
     (score / "hf_model").mkdir()
     p.results.mkdir()
     (p.results / "score-seed0.json").write_text("{}")
@@ -165,6 +198,7 @@ def test_no_shaping_continues_from_score_stage1_checkpoint_only_where_that_is_ex
     assert "train_reward" not in json.loads((point / "iter_000002" / "score_checkpoint.json").read_text())  # not written through a link
     assert [json.loads(line)["step"] for line in (mine / "metrics.jsonl").read_text().splitlines()] == [1, 2, 2]  # (b)'s log, not the attempt's
     assert json.loads((mine / "branched_from.json").read_text()) == {"run": "score-seed0", "iteration": 2}
+    assert read_jsonl(mine / "machines.jsonl") == [{"iteration": 0, "dtype": "bfloat16"}]  # the start that computed its Stage I
     caplog.clear()
     grid.run(p, dry_run=True)
     assert "--resume" in next(m for m in caplog.messages if m.startswith("[2/2] no_shaping-seed0:"))

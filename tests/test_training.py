@@ -9,7 +9,8 @@ import threading
 import pytest
 import torch
 
-from cluster.config import load_config
+from cluster.config import ConfigError, load_config
+from cluster.machines import machines
 from cluster.trainer import ScoreTrainer
 from common.jsonl import read_jsonl
 from rewards.tasks import build_task
@@ -173,6 +174,7 @@ def test_a_finished_run_becomes_a_result_file_the_report_reads(full_run, tmp_pat
         assert outcomes(rec, t).mean() == pytest.approx(final[f"accuracy_t{t}"])
     assert [c["iteration"] for c in rec["curves"]] == [2, 4] and rec["training_episodes"] == 4 * 4
     assert rec["settings"]["skip_zero_variance_groups"] is True and len(rec["train"]) == 4
+    assert [(m["iteration"], m["dtype"]) for m in rec["machines"]] == [(0, "bfloat16")]
     for row in rec["train"]:  # a fix or a break changes the final answer: both are within the changed share
         assert 0 <= row["fixed"] and 0 <= row["broken"] and row["fixed"] + row["broken"] <= row["answer_changed"] + 1e-9
     for ex in rec["corrections"]:
@@ -200,6 +202,13 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(full_run, ra
     finally:
         first.shutdown()
     assert stopped.interrupted and stopped.iterations == 1
+    run_dir = tmp_path / "resumed"
+    assert json.loads((run_dir / "checkpoints" / "iter_000001" / "score_checkpoint.json").read_text())["dtype"] == "bfloat16"
+    # continuing in another number format is refused in one line, before minutes of start-up
+    other, task = _trainer(tmp_path, "resumed", model_path, [*EXPERIMENT, "model.dtype=float32"], resume=True)
+    with pytest.raises(ConfigError, match="iter_000001 was trained in bfloat16, but here model.dtype float32"):
+        other.run(task)
+    assert other.fleet is None and other.learner is None
     # a partial checkpoint next to the good one is reported and skipped
     (tmp_path / "resumed" / "checkpoints" / "iter_000009.partial").mkdir()
 
@@ -211,6 +220,8 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(full_run, ra
     assert finished.iterations == 4 and not finished.interrupted
     got = _train_records(tmp_path / "resumed")
     assert [r["iteration"] for r in got] == [1, 2, 3, 4]
+    # one line per start in machines.jsonl: fresh at 0, resumed at 1, both in the dtype it computed in
+    assert [(m["iteration"], m["dtype"]) for m in machines(run_dir)] == [(0, "bfloat16"), (1, "bfloat16")]
     for key in ("reward_attempt1", "reward_attempt2", "loss", "pg_loss", "kl_attempt1", "kl_attempt2", "generated_tokens", "sampling_rounds"):
         assert got[1][key] == expected[1][key], key  # the next iteration after the interruption
         assert got[3][key] == expected[3][key], key

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from cluster.config import ConfigError
 from cluster.experiment.arms import ARMS, TRANSFER, Plan
 from cluster.experiment.grid import print_status, run
 from cluster.experiment.report import report
@@ -31,14 +32,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--transfer", nargs="*", default=list(TRANSFER), metavar="KEY=VALUE",
                    help="overrides that make the transfer set every run is also evaluated on; none: skip it (default: %(default)s)")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep a finished run's DeepSpeed checkpoints (default: drop them, keep hf_model)")
+    p.add_argument("--allow-mixed-dtype", action="store_true",
+                   help="run here even if this machine computes in another dtype than the finished runs did (default: refuse)")
     p.add_argument("--commit", action="store_true", help="git-commit each run's result file as it is written")
     p.add_argument("--dry-run", action="store_true", help="print the commands without running them")
     a = p.parse_args(argv)
     setup_logging()
     plan = Plan(Path(a.out), a.config, a.seeds, a.problems, a.stage1, a.stage2, a.overrides, Path(a.results), a.attempts, tuple(a.arms),
-                tuple(a.transfer), a.keep_checkpoints)
+                tuple(a.transfer), a.keep_checkpoints, a.allow_mixed_dtype)
     if a.command == "run":
-        return run(plan, a.dry_run, a.commit)
+        try:
+            return run(plan, a.dry_run, a.commit)
+        except ConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     if a.command == "status":
         return print_status(plan)
     return report(plan.results, Path(a.docs), Path(a.embed) if a.embed else None)

@@ -43,6 +43,7 @@ class Plan:
     arms: tuple[str, ...] = field(default=ARMS)
     transfer: tuple[str, ...] = TRANSFER  # overrides that make the transfer set; empty: no transfer evaluation
     keep_checkpoints: bool = False
+    allow_mixed_dtype: bool = False  # add runs computed in another dtype than the finished ones (grid.check_same_dtype)
 
     def shared_sets(self, attempts: int) -> list[str]:
         """The overrides every run shares: the fixed held-out problems, the evaluation, the user's ``--set``."""

@@ -12,7 +12,8 @@ Invariants:
   settings it ran with, unless (d) of that seed is done already.
 - (d) branches only when it has no checkpoint of its own and the branch point's settings are exactly (d)'s
   besides α, the run name and the evaluation's attempt count (which does not touch training). Its log up to
-  ``stage1`` is (b)'s, and ``branched_from.json`` in its run folder says so; the result file carries it.
+  ``stage1`` is (b)'s, and so are the lines of ``machines.jsonl`` that computed it; ``branched_from.json`` in
+  its run folder says so; the result file carries it.
 - With ``checkpoint.select: best_train_reward``, (d) also needs the best weights as of iteration ``stage1``;
   only the ``stage1`` checkpoint is kept, so (d) branches only when the best window so far ends there, and
   otherwise trains from iteration 0.
@@ -32,6 +33,7 @@ from typing import Any
 
 from cluster.checkpoints import BEST, MANIFEST
 from cluster.config import load_config
+from cluster.machines import MACHINES, machines
 from common.jsonl import read_jsonl, write_jsonl
 
 log = logging.getLogger("cluster.experiment")
@@ -82,6 +84,7 @@ def save_point(plan: Any, name: str, where: Path) -> Path | None:
     tmp.mkdir()
     _link_tree(ckpt, tmp / ckpt.name)
     write_jsonl(tmp / "metrics.jsonl", [r for r in read_jsonl(where / "metrics.jsonl") if r["step"] <= plan.stage1])
+    write_jsonl(tmp / MACHINES, [m for m in machines(where) if m["iteration"] < plan.stage1])  # those that computed Stage I
     (tmp / "branch.json").write_text(json.dumps({"run": name, "iteration": plan.stage1, **_identity(plan, int(seed))}, indent=1))
     tmp.rename(dst)
     log.info(f"    kept {name}'s Stage I checkpoint (iteration {plan.stage1}) in {dst} for {', '.join(f'{a}-seed{seed}' for a in waiting)}")
@@ -136,12 +139,14 @@ def start_from_point(plan: Any, name: str, where: Path) -> bool:
     ckpts.mkdir(parents=True)
     if best is not None:
         _link_tree(ckpt_src, ckpts / f"{BEST}.partial")
-        version = json.loads((ckpt_src / MANIFEST).read_text())["version"]
-        _replace(ckpts / f"{BEST}.partial" / MANIFEST, json.dumps({"iteration": best[0], "version": version, "train_reward": best[1],
-                                                                   "window": cfg.checkpoint.select_window, "time": time.time()}, indent=1))
+        source = json.loads((ckpt_src / MANIFEST).read_text())
+        _replace(ckpts / f"{BEST}.partial" / MANIFEST, json.dumps({"iteration": best[0], "version": source["version"], "train_reward": best[1],
+                                                                   "window": cfg.checkpoint.select_window, "dtype": source.get("dtype"),
+                                                                   "time": time.time()}, indent=1))
         (ckpts / f"{BEST}.partial").rename(ckpts / BEST)
     _link_tree(ckpt_src, ckpts / (ckpt_src.name + ".partial"))  # complete only once everything else is in place
     write_jsonl(where / "metrics.jsonl", rows)
+    write_jsonl(where / MACHINES, read_jsonl(src / MACHINES))
     (where / BRANCHED_FROM).write_text(json.dumps({"run": point["run"], "iteration": point["iteration"]}))
     (ckpts / (ckpt_src.name + ".partial")).rename(ckpts / ckpt_src.name)
     log.info(f"    {name} continues from {point['run']}'s checkpoint at iteration {point['iteration']} (the same Stage I; "

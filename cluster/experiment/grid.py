@@ -2,7 +2,7 @@
 
 Invariants: a run with a result file is skipped; an unfinished run that left a checkpoint continues
 from it (``--resume``); every attempt's time goes to ``timings.jsonl``, a stopped one's too (through a
-heartbeat file); a finished run drops its DeepSpeed checkpoints unless ``keep_checkpoints`` and keeps
+heartbeat file); runs are not added in another dtype than the finished ones' unless asked; a finished run drops its DeepSpeed checkpoints unless ``keep_checkpoints`` and keeps
 its exported model (SCoRe's Stage I checkpoint stays until (d) of its seed has branched from it:
 ``branch``); ``status`` reads where the grid stands from the files alone.
 """
@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from cluster.config import ConfigError, load_config
 from cluster.experiment import branch
 from cluster.experiment.arms import Plan
 from cluster.experiment.record import summarize_run
@@ -32,6 +33,8 @@ def run(plan: Plan, dry_run: bool = False, commit: bool = False) -> int:
     interrupted (exit 130 or 143). Returns 1 if any run failed (the others still ran), else 0."""
     plan.out.mkdir(parents=True, exist_ok=True)
     todo = plan.commands()
+    if not dry_run and any(not (plan.results / f"{name}.json").exists() for name, _, _ in todo):
+        check_same_dtype(plan)
     failed = 0
     for i, (name, where, cmd) in enumerate(todo, 1):
         step = f"[{i}/{len(todo)}] {name}"
@@ -44,6 +47,31 @@ def run(plan: Plan, dry_run: bool = False, commit: bool = False) -> int:
                 return rc
         failed += rc != 0
     return 1 if failed else 0
+
+
+def finished_dtypes(results: Path) -> dict[str, list[str]]:
+    """The runs with a result file, by the dtype they computed in (``machines`` of the record; a record from
+    before the field existed is left out)."""
+    out: dict[str, list[str]] = {}
+    for path in sorted(results.glob("*.json")):
+        for dtype in sorted({m["dtype"] for m in json.loads(path.read_text()).get("machines", []) if m.get("dtype")}):
+            out.setdefault(dtype, []).append(path.stem)
+    return out
+
+
+def check_same_dtype(plan: Plan) -> None:
+    """Refuse, in one line, to add runs computed in another dtype than the finished ones (``model.dtype: auto``
+    follows the machine, and a grid is often continued on another one), unless ``plan.allow_mixed_dtype``."""
+    from common.devices import dtype_choice, resolve_dtype  # imports torch: only when runs are left to train
+
+    cfg = load_config(plan.config, plan.shared_sets(2))
+    here = resolve_dtype(cfg.model.dtype)
+    others = {d: runs for d, runs in finished_dtypes(plan.results).items() if d != here}
+    if not others or plan.allow_mixed_dtype:
+        return
+    done = "; ".join(f"{len(runs)} in {d} ({', '.join(runs[:3])}{', ...' if len(runs) > 3 else ''})" for d, runs in others.items())
+    raise ConfigError(f"the finished runs computed in another dtype than this machine would: {done}, while here {dtype_choice(cfg.model.dtype)}. "
+                      f"Continue the grid on a machine that computes {', '.join(others)}, or pass --allow-mixed-dtype to mix them")
 
 
 def _run_one(plan: Plan, step: str, name: str, where: Path, cmd: list[str], dry_run: bool, commit: bool) -> int:

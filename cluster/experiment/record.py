@@ -17,6 +17,7 @@ import yaml
 from cluster.config import TaskConfig
 from cluster.experiment.arms import ARMS
 from cluster.experiment.branch import BRANCHED_FROM
+from cluster.machines import machines
 from common.jsonl import read_jsonl
 from rewards.tasks import Problem, build_task
 
@@ -81,6 +82,8 @@ def summarize_run(name: str, run_dir: Path, wall_seconds: float, eval_only: bool
         "train": [{**{k: r.get(k) for k in ("iteration", "stage", "reward_attempt1", "reward_attempt2", "answer_changed", "zero_variance_groups",
                                              "seconds_iteration")}, **sampled.get(r["iteration"], {})} for r in train],
     }
+    # where it computed, in which dtype: one entry per start of a trained run, the one machine of an evaluation
+    out["machines"] = machines(run_dir) if records else [final["machine"]] if "machine" in final else []
     if (run_dir / BRANCHED_FROM).exists():  # its Stage I is another run's (cluster.experiment.branch)
         out["branched_from"] = json.loads((run_dir / BRANCHED_FROM).read_text())
     if saved is not None:
