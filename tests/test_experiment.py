@@ -361,6 +361,8 @@ def test_report_is_rebuilt_from_result_files_alone(tmp_path):
              _result("plain_rl", 0, r1, r1, r1)]
     files[1]["corrections"] = [fixed]
     files[3]["branched_from"] = {"run": "score-seed0", "iteration": 2}  # as cluster.experiment.branch records it
+    files[1]["machines"] = [{"iteration": 0, "dtype": "bfloat16"}, {"iteration": 2, "dtype": "bfloat16"}]
+    files[2]["machines"] = [{"iteration": 0, "dtype": "bfloat16", "recorded": False}]  # added to a record that predates the field
     for rec in files:
         (results / f"{rec['name']}.json").write_text(json.dumps(rec))
     docs = tmp_path / "docs"
@@ -382,7 +384,9 @@ def test_report_is_rebuilt_from_result_files_alone(tmp_path):
     assert summary["accuracy_by_attempt"]["score"] == pytest.approx([0.5, 7 / 12, 2 / 3])
     assert (docs / "self_correction.png").stat().st_size > 10_000
     md = (docs / "self_correction.md").read_text()
-    assert "(e) plain two-turn RL" in md and "Accuracy@t3" in md and "| score-seed1 | 2400 | 38% | 1 | 6 |" in md
+    assert "(e) plain two-turn RL" in md and "Accuracy@t3" in md and "| score-seed1 | 2400 | 38% | 1 | 6 | — | bfloat16 (inferred) |" in md
+    assert "| score-seed0 | 3200 | 38% | 1 | 6 | — | bfloat16 |" in md and "| base | 0 | — | 1 | 0 | — | not recorded |" in md
+    assert summary["dtypes"]["score-seed0"] == ["bfloat16"] and "different dtypes" not in md
     assert summary["iteration_seconds"]["score-seed0"] == pytest.approx(360.0)
     assert "| plain_rl-seed0 (iterations 1-2 are score-seed0's) | 3200 |" in md
     assert summary["zero_variance_groups"]["score-seed0"] == pytest.approx(0.375) and summary["zero_variance_groups"]["base"] is None
@@ -431,6 +435,10 @@ def test_report_is_rebuilt_from_result_files_alone(tmp_path):
     text = doc.read_text()
     assert "stale table" not in text and text.startswith("# Results\nprose before\n") and text.endswith(f"{report.END}\nprose after\n")
     assert md.strip() in text
+    # a run computed in another dtype is said where the numbers are read
+    (results / "plain_rl-seed0.json").write_text(json.dumps(files[3] | {"machines": [{"iteration": 0, "dtype": "float32"}]}))
+    assert report.report(results, docs) == 0
+    assert "**The runs computed in different dtypes (bfloat16, float32)" in (docs / "self_correction.md").read_text()
 
 
 def test_an_evaluation_record_quotes_corrections_from_the_evaluated_problems(tmp_path):

@@ -386,9 +386,9 @@ def report(results: Path, doc_dir: Path, embed_in: Path | None = None) -> int:
     # The runner's wall time covers every attempt it timed (before heartbeats, an attempt stopped with the session
     # left no timing); the iterations' own seconds cover every attempt, but not start-up or evaluations.
     lines.append("| run | training episodes | zero-variance groups (of generated, mean) | runner wall time (min) "
-                 "| sum of iteration times (min) | selected iteration |")
-    lines.append("| --- | --- | --- | --- | --- | --- |")
-    summary["iteration_seconds"], summary["zero_variance_groups"] = {}, {}
+                 "| sum of iteration times (min) | selected iteration | computed in |")
+    lines.append("| --- | --- | --- | --- | --- | --- | --- |")
+    summary["iteration_seconds"], summary["zero_variance_groups"], summary["dtypes"] = {}, {}, {}
     for recs in by_arm.values():
         for r in recs:
             train = r.get("train", [])
@@ -397,8 +397,14 @@ def report(results: Path, doc_dir: Path, embed_in: Path | None = None) -> int:
             summary["iteration_seconds"][r["name"]] = its
             mean_zero = summary["zero_variance_groups"][r["name"]] = float(np.mean(zero)) if zero else None
             name = r["name"] + (f" (iterations 1-{b['iteration']} are {b['run']}'s)" if (b := r.get("branched_from")) else "")
+            summary["dtypes"][r["name"]] = dtypes = sorted({m["dtype"] for m in r.get("machines", []) if m.get("dtype")})
+            inferred = any(m.get("recorded") is False for m in r.get("machines", []))
             lines.append(f"| {name} | {r['training_episodes']} | {'—' if mean_zero is None else f'{100 * mean_zero:.0f}%'} "
-                         f"| {r['wall_seconds'] / 60:.0f} | {its / 60:.0f} | {r.get('selected_iteration') or '—'} |")
+                         f"| {r['wall_seconds'] / 60:.0f} | {its / 60:.0f} | {r.get('selected_iteration') or '—'} "
+                         f"| {', '.join(dtypes) or 'not recorded'}{' (inferred)' if inferred else ''} |")
+    mixed = sorted({d for ds in summary["dtypes"].values() for d in ds})
+    if len(mixed) > 1:  # grid.check_same_dtype refuses this unless asked: say it where the numbers are read
+        lines += ["", f"**The runs computed in different dtypes ({', '.join(mixed)}): their numbers are not strictly comparable.**"]
     lines += curve_tables(by_arm) + training_tables(by_arm)
     summary["examples"], quoted = _examples(by_arm, "Held-out problems")
     lines += quoted
