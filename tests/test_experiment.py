@@ -441,6 +441,29 @@ def test_report_is_rebuilt_from_result_files_alone(tmp_path):
     assert "**The runs computed in different dtypes (bfloat16, float32)" in (docs / "self_correction.md").read_text()
 
 
+def test_the_report_checks_that_no_shaping_repeated_score_stage1():
+    """(b) and (d) differ only from Stage II (α), so (d)'s Stage I must equal (b)'s of the same seed, which is what
+    lets the runner branch (d) from (b)'s checkpoint: the report counts the equal iterations and evaluations."""
+    def rec(arm, seed, rewards, curves, **extra):
+        return {"arm": arm, "seed": seed, "settings": {"stage1_iterations": 2},
+                "train": [{"iteration": i + 1, "reward_attempt1": r, "reward_attempt2": r, "seconds_iteration": 50.0 + i} for i, r in enumerate(rewards)],
+                "curves": [{"iteration": i, "accuracy_t2": a} for i, a in curves], **extra}
+
+    by_arm = {"score": [rec("score", 0, [0.1, 0.2, 0.3], [(2, 0.4), (4, 0.5)]), rec("score", 1, [0.1, 0.2, 0.3], [(2, 0.4)])],
+              "no_shaping": [rec("no_shaping", 0, [0.1, 0.2, 0.9], [(2, 0.4), (4, 0.9)]),  # Stage II differs: not compared
+                             rec("no_shaping", 1, [0.1, 0.25, 0.3], [(2, 0.45)]),
+                             rec("no_shaping", 2, [], [], branched_from={"run": "score-seed2", "iteration": 2})]}
+    rows = report.stage1_agreement(by_arm)
+    assert rows[0] == {"seed": 0, "branched": False, "iterations": 2, "equal_iterations": 2, "compared_iterations": 2,
+                       "equal_evaluations": 1, "evaluations": 1}
+    assert rows[1]["equal_iterations"] == 1 and rows[1]["equal_evaluations"] == 0  # the timing differs everywhere; not compared
+    assert len(rows) == 2  # seed 2 has no (b) record here
+    by_arm["score"].append(rec("score", 2, [0.1], []))
+    assert report.stage1_agreement(by_arm)[2] == {"seed": 2, "branched": True, "iterations": 2}
+    line = report._stage1_line(report.stage1_agreement(by_arm))[1]
+    assert "seed 0: 2 of 2 iterations and 1 of 1 validation evaluations equal; seed 1: 1 of 2" in line and "seed 2: shared by branching" in line
+
+
 def test_an_evaluation_record_quotes_corrections_from_the_evaluated_problems(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

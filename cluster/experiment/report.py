@@ -351,6 +351,41 @@ def _rates_table(rates: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+STAGE1_KEYS = ("reward_attempt1", "reward_attempt2", "answer_changed", "zero_variance_groups", "fixed", "broken")
+
+
+def stage1_agreement(by_arm: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per seed with both, how far (d)'s Stage I reproduced (b)'s: the iterations whose sampled rewards and shares
+    (``STAGE1_KEYS``) are equal, and the validation evaluations that are. α enters only Stage II, so a run that
+    is a deterministic function of its config and seed repeats (b)'s first ``stage1`` iterations exactly; this is
+    what ``branch`` relies on to skip them. A (d) that branched shares them by construction (``branched``)."""
+    score = {r["seed"]: r for r in by_arm.get("score", [])}
+    out = []
+    for d in by_arm.get("no_shaping", []):
+        b = score.get(d["seed"])
+        if b is None:
+            continue
+        n = (d.get("settings") or {}).get("stage1_iterations", 0)
+        if d.get("branched_from"):
+            out.append({"seed": d["seed"], "branched": True, "iterations": n})
+            continue
+        rows = list(zip(b["train"][:n], d["train"][:n]))
+        curves = [(x, y) for x, y in zip(b["curves"], d["curves"]) if x["iteration"] <= n]
+        out.append({"seed": d["seed"], "branched": False, "iterations": n,
+                    "equal_iterations": sum(all(x.get(k) == y.get(k) for k in STAGE1_KEYS) for x, y in rows),
+                    "compared_iterations": len(rows), "equal_evaluations": sum(x == y for x, y in curves), "evaluations": len(curves)})
+    return out
+
+
+def _stage1_line(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    said = [f"seed {r['seed']}: shared by branching" if r["branched"] else
+            f"seed {r['seed']}: {r['equal_iterations']} of {r['compared_iterations']} iterations and {r['equal_evaluations']} of "
+            f"{r['evaluations']} validation evaluations equal" for r in rows]
+    return ["", f"(d)'s Stage I against (b)'s of the same seed (sampled rewards and shares, validation curves): {'; '.join(said)}"]
+
+
 def _summarize(by_arm: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Means and intervals per arm, the paired differences, the share of changed answers, and the correction
     rates, of one problem set."""
@@ -405,6 +440,8 @@ def report(results: Path, doc_dir: Path, embed_in: Path | None = None) -> int:
     mixed = sorted({d for ds in summary["dtypes"].values() for d in ds})
     if len(mixed) > 1:  # grid.check_same_dtype refuses this unless asked: say it where the numbers are read
         lines += ["", f"**The runs computed in different dtypes ({', '.join(mixed)}): their numbers are not strictly comparable.**"]
+    summary["stage1_agreement"] = stage1_agreement(by_arm)
+    lines += _stage1_line(summary["stage1_agreement"])
     lines += curve_tables(by_arm) + training_tables(by_arm)
     summary["examples"], quoted = _examples(by_arm, "Held-out problems")
     lines += quoted
