@@ -18,6 +18,7 @@ from pathlib import Path
 
 from cluster.config import DEFAULT_CONFIG, ConfigError, ScoreConfig, load_config
 from cluster.model_prep import ModelPrepError, prepare_model
+from common.files import replace_text
 from common.logs import setup_logging
 from rewards.tasks import TaskDataError, build_task
 
@@ -171,7 +172,7 @@ def cmd_eval(args: argparse.Namespace, cfg: ScoreConfig) -> int:
     out = Path(args.out) if args.out else Path(cfg.run.output_dir) / f"{cfg.run.name}-eval"
     out.mkdir(parents=True, exist_ok=True)
     record = {"model": model_path, "task": task.name, "split": args.split, **metrics, "machine": machine_record(dtype)}
-    (out / "eval.json").write_text(json.dumps(record, indent=1))
+    replace_text(out / "eval.json", json.dumps(record, indent=1))  # its presence marks the evaluation done (experiment runner)
     with (out / "eval.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["model", "task", *METRICS, "answer_changed", "text_identical", "num_problems"], extrasaction="ignore")
         w.writeheader()

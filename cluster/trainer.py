@@ -37,6 +37,7 @@ from cluster.evaluate import METRICS, collapse_metrics, evaluate, format_table
 from cluster.machines import check_resume, note_start
 from cluster.run_log import RunLog, plot_run
 from common.devices import dtype_choice, resolve_dtype
+from common.files import replace_text
 from common.teardown import tear_down
 from learner.core import LearnerSettings
 from learner.group import LearnerGroup
@@ -451,7 +452,7 @@ class ScoreTrainer:
         return [r for r in self.log.records() if r["kind"] == "eval"]
 
     def _write_evals(self, evals: list[dict[str, Any]]) -> None:
-        (self.run_dir / "eval.json").write_text(json.dumps(evals, indent=1))
+        replace_text(self.run_dir / "eval.json", json.dumps(evals, indent=1))
         keys = ["label", "split", "iteration", "version", *METRICS, "answer_changed", "text_identical", "num_problems"]
         with (self.run_dir / "eval.csv").open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from common.files import replace_text
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -16,9 +17,5 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
-    """Replace ``path`` with ``records``, one per line: written beside it and renamed over it, so a reader
-    (or a crash) sees the old file or the new one, never half of one, and a hard link at ``path`` (a
-    file shared with another run's folder) is replaced, never written through."""
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    os.replace(tmp, path)
+    """Replace ``path`` with ``records``, one per line, atomically and never through a hard link (``replace_text``)."""
+    replace_text(path, "".join(json.dumps(r) + "\n" for r in records))

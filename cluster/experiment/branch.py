@@ -34,6 +34,7 @@ from typing import Any
 from cluster.checkpoints import BEST, MANIFEST
 from cluster.config import load_config
 from cluster.machines import MACHINES, machines
+from common.files import replace_text
 from common.jsonl import read_jsonl, write_jsonl
 
 log = logging.getLogger("cluster.experiment")
@@ -51,12 +52,6 @@ def _link_tree(src: Path, dst: Path) -> None:
             shutil.copy2(a, b)
 
     shutil.copytree(src, dst, copy_function=link)
-
-
-def _replace(path: Path, text: str) -> None:
-    """Write ``text`` to a new file at ``path`` (never through a hard link to another checkpoint's file)."""
-    path.unlink(missing_ok=True)
-    path.write_text(text)
 
 
 def checkpoint_name(iteration: int) -> str:
@@ -140,7 +135,7 @@ def start_from_point(plan: Any, name: str, where: Path) -> bool:
     if best is not None:
         _link_tree(ckpt_src, ckpts / f"{BEST}.partial")
         source = json.loads((ckpt_src / MANIFEST).read_text())
-        _replace(ckpts / f"{BEST}.partial" / MANIFEST, json.dumps({"iteration": best[0], "version": source["version"], "train_reward": best[1],
+        replace_text(ckpts / f"{BEST}.partial" / MANIFEST, json.dumps({"iteration": best[0], "version": source["version"], "train_reward": best[1],
                                                                    "window": cfg.checkpoint.select_window, "dtype": source.get("dtype"),
                                                                    "time": time.time()}, indent=1))
         (ckpts / f"{BEST}.partial").rename(ckpts / BEST)

@@ -23,6 +23,7 @@ from cluster.config import ConfigError, load_config
 from cluster.experiment import branch
 from cluster.experiment.arms import Plan
 from cluster.experiment.record import summarize_run
+from common.files import replace_text
 from common.jsonl import read_jsonl
 
 log = logging.getLogger("cluster.experiment")  # not __name__: see cluster.main
@@ -141,7 +142,7 @@ def _run_transfer(plan: Plan, step: str, name: str, where: Path, dry_run: bool, 
 
 def _write_record(path: Path, summary: dict[str, Any], commit: bool, message: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary, indent=1) + "\n")
+    replace_text(path, json.dumps(summary, indent=1) + "\n")  # a crash leaves no half record for `run` to skip
     log.info(f"    wrote {path}")
     if commit:
         f = summary["final"]
