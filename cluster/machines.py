@@ -8,7 +8,8 @@ continued in float32 would mix both in one run without a word. ``check_resume`` 
 Invariants:
 - ``<run>/machines.jsonl`` gets one line per start of a training run (fresh or ``--resume``), before its
   first iteration: the iteration it starts from and ``common.devices.machine_record`` with the resolved
-  dtype. Earlier lines are never changed.
+  dtype. A start drops the lines of starts at or after its own iteration, whose work it redoes (as
+  ``RunLog.truncate_after`` drops their metrics): the file names the machines that computed what the run kept.
 - Every checkpoint manifest written since this module exists carries the dtype it was trained in; a
   manifest without one (older checkpoints) is not checked.
 """
@@ -26,12 +27,12 @@ MACHINES = "machines.jsonl"
 
 
 def note_start(run_dir: Path, iteration: int, dtype: str) -> dict[str, Any]:
-    """Append this machine to ``<run_dir>/machines.jsonl``: the run (re)starts here at ``iteration``."""
+    """Add this machine to ``<run_dir>/machines.jsonl``: the run (re)starts here at ``iteration``."""
     from common.devices import machine_record  # imports torch; the experiment's report and status need none
 
     entry = {"iteration": iteration, "time": time.time(), **machine_record(dtype)}
     path = run_dir / MACHINES
-    write_jsonl(path, [*read_jsonl(path), entry])
+    write_jsonl(path, [*(m for m in read_jsonl(path) if m["iteration"] < iteration), entry])
     return entry
 
 

@@ -544,3 +544,20 @@ def test_rewriting_a_log_replaces_a_hard_link_instead_of_writing_through_it(tmp_
     assert read_jsonl(mine) == [{"step": 1}]
     assert read_jsonl(tmp_path / "missing.jsonl") == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.jsonl", "metrics.jsonl"]  # no partial file left
+
+
+def test_a_start_replaces_the_machine_lines_of_the_work_it_redoes(tmp_path, monkeypatch):
+    """machines.jsonl names the machines that computed the iterations a run keeps: a resume from an earlier
+    checkpoint drops the lines of starts whose iterations it redoes, as the metrics log drops their rows."""
+    from cluster.machines import machines, note_start
+    from common import devices
+
+    monkeypatch.setattr(devices, "cpu_flags", lambda: frozenset({"avx2", "avx512_bf16"}))
+    note_start(tmp_path, 0, "bfloat16")
+    note_start(tmp_path, 20, "bfloat16")  # resumed at 20; reached 27 and was stopped; its last checkpoint: 20
+    note_start(tmp_path, 20, "bfloat16")  # so the next start redoes 21-27 and the line before it goes
+    got = machines(tmp_path)
+    assert [m["iteration"] for m in got] == [0, 20] and got[1]["time"] >= got[0]["time"]
+    assert got[0]["dtype"] == "bfloat16" and got[0]["cpu_flags"] == ["avx2", "avx512_bf16"] and got[0]["auto_dtype"] == "bfloat16"
+    note_start(tmp_path, 0, "float32")  # a fresh start (--overwrite of a run that crashed before its first metrics)
+    assert [(m["iteration"], m["dtype"]) for m in machines(tmp_path)] == [(0, "float32")]

@@ -2,9 +2,10 @@
 
 Invariants: a run with a result file is skipped; an unfinished run that left a checkpoint continues
 from it (``--resume``); every attempt's time goes to ``timings.jsonl``, a stopped one's too (through a
-heartbeat file); runs are not added in another dtype than the finished ones' unless asked; a finished run drops its DeepSpeed checkpoints unless ``keep_checkpoints`` and keeps
-its exported model (SCoRe's Stage I checkpoint stays until (d) of its seed has branched from it:
-``branch``); ``status`` reads where the grid stands from the files alone.
+heartbeat file); no run is added in another dtype than the finished ones' unless asked (``check_same_dtype``);
+a finished run drops its DeepSpeed checkpoints unless ``keep_checkpoints`` and keeps its exported model
+(SCoRe's Stage I checkpoint stays until (d) of its seed has branched from it: ``branch``); ``status`` reads
+where the grid stands from the files alone.
 """
 
 from __future__ import annotations
