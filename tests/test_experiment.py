@@ -100,6 +100,8 @@ def test_runs_are_not_added_in_another_dtype_than_the_finished_ones(tmp_path, mo
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: the finished runs computed in another dtype") and err.count("\n") == 1 and "--allow-mixed-dtype" in err
+    assert grid.print_status(plan) == 0  # status says it before anyone starts the runner
+    assert "note: `run` would stop on this machine: the finished runs computed in another dtype" in capsys.readouterr().out
     plan.allow_mixed_dtype = True
     grid.check_same_dtype(plan)  # asked for: no error
     monkeypatch.setattr(devices, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_bf16"}))  # this machine computes bf16 too

@@ -269,6 +269,11 @@ def print_status(plan: Plan) -> int:
     if seconds and left:
         line += f", about {left * float(np.median(seconds)) / 3600:.1f} h of training at the finished runs' median {np.median(seconds):.0f} s per iteration (evaluations not counted)"
     print(line)
+    if done < len(rows):  # what a new session on another machine wants to know before it starts the runner
+        try:
+            check_same_dtype(plan)
+        except ConfigError as err:
+            print(f"note: `run` would stop on this machine: {err}")
     return 0
 
 
