@@ -82,6 +82,11 @@ def ray_connect(cfg: ScoreConfig) -> str | None:
     return f"http://{url}" if url and not url.startswith("http") else url
 
 
+def cluster_has_gpus() -> bool:
+    """Whether the connected Ray cluster offers GPUs (its workers, not this driver, do the work)."""
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
 def build_reward_pool(cfg: ScoreConfig):
     """The reward actors, with the configured sandbox limits (training and ``eval`` alike)."""
     r = cfg.rewards
@@ -119,7 +124,7 @@ class ScoreTrainer:
     def build(self, task) -> None:
         cfg = self.cfg
         self.task = task
-        gpus = ray.cluster_resources().get("GPU", 0) > 0
+        gpus = cluster_has_gpus()
         self.gpus = gpus
         log.info(f"starting {cfg.rewards.num_actors} reward actor(s), {cfg.rollout.num_generators} generator(s), {cfg.learner.num_ranks} learner rank(s) ({'GPU' if gpus else 'CPU'})")
         self.pool = build_reward_pool(cfg)
@@ -377,7 +382,7 @@ class ScoreTrainer:
         cfg = self.cfg
         total = cfg.algorithm.stage1_iterations + cfg.algorithm.stage2_iterations
         if self.resume:  # before minutes of start-up: a checkpoint from a machine that computed in another dtype
-            gpus = ray.cluster_resources().get("GPU", 0) > 0
+            gpus = cluster_has_gpus()
             latest, _ = CheckpointStore(self.run_dir).latest()
             if latest is not None:
                 check_resume(latest.path.name, latest.manifest.get("dtype"), resolve_dtype(cfg.model.dtype, gpu=gpus),
