@@ -23,7 +23,7 @@ import numpy as np
 from cluster.config import ConfigError, load_config
 from cluster.experiment import branch
 from cluster.experiment.arms import Plan
-from cluster.experiment.record import summarize_run
+from cluster.experiment.record import dtypes_of, summarize_run
 from common.files import replace_text
 from common.jsonl import read_jsonl
 
@@ -56,7 +56,7 @@ def finished_dtypes(results: Path) -> dict[str, list[str]]:
     before the field existed is left out)."""
     out: dict[str, list[str]] = {}
     for path in sorted(results.glob("*.json")):
-        for dtype in sorted({m["dtype"] for m in json.loads(path.read_text()).get("machines", []) if m.get("dtype")}):
+        for dtype in dtypes_of(json.loads(path.read_text())):
             out.setdefault(dtype, []).append(path.stem)
     return out
 

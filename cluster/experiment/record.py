@@ -116,6 +116,11 @@ def load_results(results: Path) -> dict[str, list[dict[str, Any]]]:
     return {arm: by_arm[arm] for arm in sorted(by_arm, key=lambda a: ARMS.index(a) if a in ARMS else len(ARMS))}
 
 
+def dtypes_of(rec: dict[str, Any]) -> list[str]:
+    """The number formats a run computed in, from its record's ``machines`` ([] for a record without them)."""
+    return sorted({m["dtype"] for m in rec.get("machines", []) if m.get("dtype")})
+
+
 def outcomes(rec: dict[str, Any], attempt: int) -> np.ndarray:
     return np.frombuffer(rec["per_problem"][f"r{attempt}"].encode(), dtype=np.uint8) == ord("1")
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from cluster.evaluate import LABELS, METRICS, metric_array
 from cluster.experiment.arms import ARM_TITLES, ARMS, TRAINED
-from cluster.experiment.record import load_results, outcomes
+from cluster.experiment.record import dtypes_of, load_results, outcomes
 
 
 def bootstrap(results: dict[str, list[tuple[np.ndarray, np.ndarray]]], draws: int = 2000, seed: int = 0) -> dict[str, Any]:
@@ -432,7 +432,7 @@ def report(results: Path, doc_dir: Path, embed_in: Path | None = None) -> int:
             summary["iteration_seconds"][r["name"]] = its
             mean_zero = summary["zero_variance_groups"][r["name"]] = float(np.mean(zero)) if zero else None
             name = r["name"] + (f" (iterations 1-{b['iteration']} are {b['run']}'s)" if (b := r.get("branched_from")) else "")
-            summary["dtypes"][r["name"]] = dtypes = sorted({m["dtype"] for m in r.get("machines", []) if m.get("dtype")})
+            summary["dtypes"][r["name"]] = dtypes = dtypes_of(r)
             inferred = any(m.get("recorded") is False for m in r.get("machines", []))
             lines.append(f"| {name} | {r['training_episodes']} | {'—' if mean_zero is None else f'{100 * mean_zero:.0f}%'} "
                          f"| {r['wall_seconds'] / 60:.0f} | {its / 60:.0f} | {r.get('selected_iteration') or '—'} "
