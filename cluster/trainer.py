@@ -36,7 +36,7 @@ from cluster.config import ConfigError, ScoreConfig, dump_config
 from cluster.evaluate import METRICS, collapse_metrics, evaluate, format_table
 from cluster.machines import check_resume, note_start
 from cluster.run_log import RunLog, plot_run
-from common.devices import dtype_choice, resolve_dtype
+from common.devices import bf16_emulated, dtype_choice, resolve_dtype
 from common.files import replace_text
 from common.teardown import tear_down
 from learner.core import LearnerSettings
@@ -132,7 +132,7 @@ class ScoreTrainer:
         # node in local mode; on a GPU cluster the answer is bf16 whatever the driver's CPU)
         dtype = resolve_dtype(cfg.model.dtype, gpu=gpus)
         self.dtype = dtype
-        log.info(dtype_choice(cfg.model.dtype, gpu=gpus))
+        (log.warning if bf16_emulated(cfg.model.dtype, gpu=gpus) else log.info)(dtype_choice(cfg.model.dtype, gpu=gpus))
         colocated = cfg.rollout.colocate_with_learner
         self.shared_pg = self._colocated_placement(gpus) if colocated else None
         self.fleet = build_fleet(cfg, self.model_path, gpus, dtype, placement_group=self.shared_pg)
