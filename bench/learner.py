@@ -53,7 +53,7 @@ def run(tiny: bool = False, model_name: str = "embedded") -> BenchResult:
 
     gpu = on_gpu()
     # a GPU gets a batch of the size it is built for (256 rows); the CPU one of a CPU iteration (16 rows)
-    problems, k, steps = (2, 2, 1) if tiny else (32, 8, 3) if gpu else (4, 4, 3)
+    problems, k, steps = (1, 2, 1) if tiny else (32, 8, 3) if gpu else (4, 4, 3)
     model_path = prepare_model(model_name)
     batch = _batch(model_path, problems, k, "cuda" if gpu else "cpu")
     rows = problems * k

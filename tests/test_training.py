@@ -259,7 +259,7 @@ def test_colocated_run_shares_bundles_and_syncs_through_shared_buffers(ray_local
 
     trainer, task = _trainer(tmp_path, "colocated", model_path,
                              ["rollout.colocate_with_learner=true", "algorithm.stage1_iterations=1", "algorithm.stage2_iterations=1",
-                              f"model.dtype={OTHER_DTYPE}"])
+                              "rollout.problems_per_iteration=1", f"model.dtype={OTHER_DTYPE}"])
     try:
         trainer.build(task)
         pg = trainer.shared_pg.id.hex()
