@@ -105,10 +105,10 @@ def run(tiny: bool = False) -> BenchResult:
                                                 "config": "configs/local_cpu.yaml", "tiny": tiny})
     result.extra = {"points": {str(p): v for p, v in points.items()}, "fit": fits}
     outside = points[mid]["generate"] + points[mid]["grade"] + points[mid]["sync"]
-    from common.devices import resolve_dtype
+    from common.devices import other_dtype, resolve_dtype
 
     auto = resolve_dtype("auto")
-    other = "float32" if auto != "float32" else "bfloat16"
+    other = other_dtype(auto)
     # the other dtype at the middle size; the smoke setting takes the smallest (bf16 on a CPU without it is slow)
     at = small if tiny else mid
     contrast = measure(at, tiny=tiny, measured=measured, dtype=other)

@@ -48,7 +48,7 @@ def run(tiny: bool = False, model_name: str = "embedded") -> BenchResult:
     from weight_sync.buckets import plan_buckets
     from weight_sync.transports import BroadcastTransport, SyncEndpoint
     from cluster.model_prep import prepare_model
-    from common.devices import on_gpu, resolve_dtype
+    from common.devices import on_gpu, other_dtype, resolve_dtype
     from learner.core import LearnerCore, LearnerSettings, attempt_logprobs
 
     gpu = on_gpu()
@@ -108,7 +108,7 @@ def run(tiny: bool = False, model_name: str = "embedded") -> BenchResult:
     rates = {name: tokens[name] / seconds[name] for name in contenders}
     score_seconds, two_pass_seconds = seconds[auto] / steps, seconds["two_pass"] / steps
     plain_rate = rates["plain"]
-    cores.pop({"float32": "bfloat16", "bfloat16": "float32"}[auto]).close()
+    cores.pop(other_dtype(auto)).close()
 
     # gather + pack + broadcast the full weights (a group of one: the publisher's own cost)
     plan = plan_buckets(core.param_specs(), 64 << 20)

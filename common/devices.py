@@ -59,6 +59,11 @@ def resolve_dtype(name: str, gpu: bool | None = None) -> str:
     return "bfloat16" if gpu or cpu_native_bf16() else "float32"
 
 
+def other_dtype(name: str) -> str:
+    """The resolved dtype a comparison sets beside ``name``: bfloat16 beside float32, float32 beside the rest."""
+    return "bfloat16" if name == "float32" else "float32"
+
+
 def bf16_emulated(name: str, gpu: bool | None = None) -> bool:
     """True when ``name`` resolves to bf16 on a CPU that has no bf16 instructions (only by forcing it)."""
     gpu = on_gpu() if gpu is None else gpu

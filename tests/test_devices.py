@@ -18,6 +18,7 @@ def test_auto_follows_the_cpu_flags(monkeypatch):
     # forcing bf16 there is allowed, and said to be slow; forcing it on a GPU or a bf16 CPU is not
     assert devices.bf16_emulated("bfloat16", gpu=False) and not devices.bf16_emulated("auto", gpu=False)
     assert "bf16 is emulated here" in devices.dtype_choice("bfloat16", gpu=False)
+    assert devices.other_dtype("float32") == "bfloat16" and devices.other_dtype("bfloat16") == "float32"
     assert not devices.bf16_emulated("bfloat16", gpu=True) and devices.dtype_choice("float32", gpu=False) == "model.dtype float32 (set in the config)"
     assert devices.resolve_dtype("auto", gpu=True) == "bfloat16"
     assert devices.resolve_dtype("float32", gpu=True) == "float32" and devices.resolve_dtype("bfloat16", gpu=False) == "bfloat16"

@@ -12,7 +12,7 @@ import torch
 from cluster.config import ConfigError, load_config
 from cluster.machines import machines
 from cluster.trainer import ScoreTrainer
-from common.devices import resolve_dtype
+from common.devices import other_dtype, resolve_dtype
 from common.jsonl import read_jsonl
 from rewards.tasks import build_task
 
@@ -21,7 +21,7 @@ from rewards.tasks import build_task
 # bf16 everywhere cost 25 minutes of the suite on a CPU without bf16 instructions: there bf16 matrix products
 # fall back to a slow kernel, the learner's backward pass ~40x slower than in float32; common/devices.py.)
 DTYPE = resolve_dtype("auto", gpu=False)
-OTHER_DTYPE = "float32" if DTYPE == "bfloat16" else "bfloat16"
+OTHER_DTYPE = other_dtype(DTYPE)
 # per dtype: the bound on vLLM's mean per-token log-prob mismatch with the learner (bf16 rounds on both
 # sides; float32: ~1e-5, test_generation), whether the truncated importance weight is on by default, and
 # the bytes per parameter a weight sync sends
