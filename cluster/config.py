@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "local_cpu.yaml"
@@ -182,6 +182,12 @@ class AlgorithmConfig(_Section):
     # auto: on when model.dtype resolves to bf16 or fp16 (generators and learner then round differently)
     vllm_is: Literal["auto", "on", "off"] = "auto"
     vllm_is_cap: float = Field(2.0, ge=1.0)
+
+    @field_validator("vllm_is", mode="before")
+    @classmethod
+    def _on_off_from_yaml(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare on / off (in a file or a --set) as true / false
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 class EvalConfig(_Section):

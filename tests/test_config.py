@@ -57,6 +57,15 @@ def test_bad_values_name_the_key(override, expected):
     assert "\n" not in str(err.value)
 
 
+def test_vllm_is_takes_on_and_off_as_written(tmp_path):
+    # YAML 1.1 reads a bare on / off as a boolean; the option still means what was written
+    assert load_config(overrides=["algorithm.vllm_is=on"]).algorithm.vllm_is == "on"
+    assert load_config(overrides=["algorithm.vllm_is=off"]).algorithm.vllm_is == "off"
+    f = tmp_path / "is.yaml"
+    f.write_text("algorithm:\n  vllm_is: off\n")
+    assert load_config(f).algorithm.vllm_is == "off"
+
+
 def test_an_unknown_key_says_whether_it_came_from_the_file_or_from_set(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("learner:\n  lrr: 1\n")
