@@ -464,6 +464,13 @@ def test_the_report_checks_that_no_shaping_repeated_score_stage1():
     assert report.stage1_agreement(by_arm)[2] == {"seed": 2, "branched": True, "iterations": 2}
     line = report._stage1_line(report.stage1_agreement(by_arm))[1]
     assert "seed 0: 2 of 2 iterations and 1 of 1 validation evaluations equal; seed 1: 1 of 2" in line and "seed 2: shared by branching" in line
+    # a (d) computed in another dtype than (b) sampled other tokens from the first step: said, not counted
+    by_arm["score"][1]["machines"] = [{"iteration": 0, "dtype": "bfloat16"}]
+    by_arm["no_shaping"][1]["machines"] = [{"iteration": 0, "dtype": "float32"}]
+    assert report.stage1_agreement(by_arm)[1] == {"seed": 1, "branched": False, "iterations": 2,
+                                                   "dtypes": {"score": ["bfloat16"], "no_shaping": ["float32"]}}
+    line = report._stage1_line(report.stage1_agreement(by_arm))[1]
+    assert "seed 1: not comparable, (b) computed in bfloat16 and (d) in float32" in line and "seed 0: 2 of 2" in line
 
 
 def test_an_evaluation_record_quotes_corrections_from_the_evaluated_problems(tmp_path):

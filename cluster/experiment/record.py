@@ -91,7 +91,8 @@ def summarize_run(name: str, run_dir: Path, wall_seconds: float, eval_only: bool
         out["settings"] = {**{k: alg[k] for k in ("stage1_iterations", "stage2_iterations", "alpha", "beta1", "beta2")}, "lr": saved["learner"]["lr"],
                            **{k: roll.get(k) for k in ("problems_per_iteration", "samples_per_problem", "skip_zero_variance_groups")},
                            "temperature": roll["attempt1"]["temperature"], "checkpoint_select": saved["checkpoint"].get("select"),
-                           "difficulty": saved["task"]["difficulty"], "dtype": saved["model"]["dtype"]}
+                           "difficulty": saved["task"]["difficulty"], "dtype": saved["model"]["dtype"],
+                           "vllm_is": alg.get("vllm_is")}
         problems = build_task(TaskConfig.model_validate(saved["task"]), seed=saved["run"]["seed"]).problems("eval")
     if problems is not None:
         idx = table["problem_index"].to_pylist()

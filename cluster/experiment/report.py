@@ -358,7 +358,8 @@ def stage1_agreement(by_arm: dict[str, list[dict[str, Any]]]) -> list[dict[str, 
     """Per seed with both, how far (d)'s Stage I reproduced (b)'s: the iterations whose sampled rewards and shares
     (``STAGE1_KEYS``) are equal, and the validation evaluations that are. α enters only Stage II, so a run that
     is a deterministic function of its config and seed repeats (b)'s first ``stage1`` iterations exactly; this is
-    what ``branch`` relies on to skip them. A (d) that branched shares them by construction (``branched``)."""
+    what ``branch`` relies on to skip them. A (d) that branched shares them by construction (``branched``); one
+    computed in another dtype than (b) is not compared (``dtypes``)."""
     score = {r["seed"]: r for r in by_arm.get("score", [])}
     out = []
     for d in by_arm.get("no_shaping", []):
@@ -368,6 +369,9 @@ def stage1_agreement(by_arm: dict[str, list[dict[str, Any]]]) -> list[dict[str, 
         n = (d.get("settings") or {}).get("stage1_iterations", 0)
         if d.get("branched_from"):
             out.append({"seed": d["seed"], "branched": True, "iterations": n})
+            continue
+        if dtypes_of(b) != dtypes_of(d):  # other roundings sample other tokens from the first step: nothing to compare
+            out.append({"seed": d["seed"], "branched": False, "iterations": n, "dtypes": {"score": dtypes_of(b), "no_shaping": dtypes_of(d)}})
             continue
         rows = list(zip(b["train"][:n], d["train"][:n]))
         curves = [(x, y) for x, y in zip(b["curves"], d["curves"]) if x["iteration"] <= n]
@@ -380,9 +384,17 @@ def stage1_agreement(by_arm: dict[str, list[dict[str, Any]]]) -> list[dict[str, 
 def _stage1_line(rows: list[dict[str, Any]]) -> list[str]:
     if not rows:
         return []
-    said = [f"seed {r['seed']}: shared by branching" if r["branched"] else
-            f"seed {r['seed']}: {r['equal_iterations']} of {r['compared_iterations']} iterations and {r['equal_evaluations']} of "
-            f"{r['evaluations']} validation evaluations equal" for r in rows]
+    def one(r: dict[str, Any]) -> str:
+        if r["branched"]:
+            return f"seed {r['seed']}: shared by branching"
+        if "dtypes" in r:
+            d = r["dtypes"]
+            return (f"seed {r['seed']}: not comparable, (b) computed in {', '.join(d['score']) or 'an unrecorded dtype'} "
+                    f"and (d) in {', '.join(d['no_shaping']) or 'an unrecorded dtype'}")
+        return (f"seed {r['seed']}: {r['equal_iterations']} of {r['compared_iterations']} iterations and {r['equal_evaluations']} of "
+                f"{r['evaluations']} validation evaluations equal")
+
+    said = [one(r) for r in rows]
     return ["", f"(d)'s Stage I against (b)'s of the same seed (sampled rewards and shares, validation curves): {'; '.join(said)}"]
 
 
