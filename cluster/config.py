@@ -187,7 +187,7 @@ class AlgorithmConfig(_Section):
     @classmethod
     def _on_off_from_yaml(cls, value: Any) -> Any:
         # YAML 1.1 reads a bare on / off (in a file or a --set) as true / false
-        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+        return ("on" if value else "off") if isinstance(value, bool) else value
 
 
 class EvalConfig(_Section):

@@ -370,8 +370,9 @@ def stage1_agreement(by_arm: dict[str, list[dict[str, Any]]]) -> list[dict[str, 
         if d.get("branched_from"):
             out.append({"seed": d["seed"], "branched": True, "iterations": n})
             continue
-        if dtypes_of(b) != dtypes_of(d):  # other roundings sample other tokens from the first step: nothing to compare
-            out.append({"seed": d["seed"], "branched": False, "iterations": n, "dtypes": {"score": dtypes_of(b), "no_shaping": dtypes_of(d)}})
+        dtypes = {"score": dtypes_of(b), "no_shaping": dtypes_of(d)}
+        if dtypes["score"] != dtypes["no_shaping"]:  # other roundings sample other tokens from the first step: nothing to compare
+            out.append({"seed": d["seed"], "branched": False, "iterations": n, "dtypes": dtypes})
             continue
         rows = list(zip(b["train"][:n], d["train"][:n]))
         curves = [(x, y) for x, y in zip(b["curves"], d["curves"]) if x["iteration"] <= n]
