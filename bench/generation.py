@@ -122,6 +122,7 @@ def run(tiny: bool = False) -> BenchResult:
 
     from learner.batch import attempt_inputs
     from learner.core import token_logprobs
+    from learner.policy import PolicyLogprobs
     from learner.objectives import logprob_mismatch
 
     bare_rates: dict[str, list[float]] = {}
@@ -150,7 +151,7 @@ def run(tiny: bool = False) -> BenchResult:
             rows.append({"a1_prompt_ids": ids, "a1_response_ids": list(out.token_ids),
                          "a1_logprobs": [float(step[t].logprob) for step, t in zip(out.logprobs, out.token_ids)]})
         inputs = attempt_inputs(pa.Table.from_pylist(rows), "a1")
-        hf = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).eval()
+        hf = PolicyLogprobs(AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))).eval()
         with torch.no_grad():
             lp = token_logprobs(hf, inputs, 0.7)
         mismatch[dtype] = logprob_mismatch(lp, inputs.old_logp, inputs.action_mask)

@@ -12,6 +12,10 @@ which contain attempt 1), with the learner core built without Ray, as on a lone 
   reference forward and the policy forward+backward+step on the same length-sorted micro-batches
   with a mean log-likelihood loss. The difference is the SCoRe bookkeeping (advantages, KL, IS
   weight, metrics);
+- the engine around :class:`learner.policy.PolicyLogprobs` (every pass through ``engine.forward``,
+  which ZeRO-3 needs) against a plain engine around the Hugging Face model whose backbone and head
+  are called past the engine (what the learner did before; correct on ZeRO-2 only), same loss: the
+  cost of the wrapper;
 - one pass for both attempts against two passes;
 - the padded fraction of the computed positions;
 - gathering and packing the full weights for publishing, against an in-memory copy.
@@ -50,6 +54,7 @@ def run(tiny: bool = False, model_name: str = "embedded") -> BenchResult:
     from cluster.model_prep import prepare_model
     from common.devices import on_gpu, other_dtype, resolve_dtype
     from learner.core import LearnerCore, LearnerSettings, attempt_logprobs
+    from learner.policy import PolicyLogprobs
 
     gpu = on_gpu()
     # a GPU gets a batch of the size it is built for (256 rows); the CPU one of a CPU iteration (16 rows)
@@ -66,24 +71,42 @@ def run(tiny: bool = False, model_name: str = "embedded") -> BenchResult:
     # plain DeepSpeed doing the same work: reference forward + policy forward/backward/step, same micro-batches
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=core.dtype)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config={
-        "train_micro_batch_size_per_gpu": micro, "gradient_accumulation_steps": core.settings.gradient_accumulation_steps,
-        "gradient_clipping": 1.0, "zero_optimization": {"stage": 2}, "bf16": {"enabled": core.dtype == torch.bfloat16},
-        "zero_allow_untested_optimizer": True, "steps_per_print": 10**9})
+    ds_config = {"train_micro_batch_size_per_gpu": micro, "gradient_accumulation_steps": core.settings.gradient_accumulation_steps,
+                 "gradient_clipping": 1.0, "zero_optimization": {"stage": 2}, "bf16": {"enabled": core.dtype == torch.bfloat16},
+                 "zero_allow_untested_optimizer": True, "steps_per_print": 10**9}
+    engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=ds_config)
     engine.train()
+    wrapped_model = PolicyLogprobs(AutoModelForCausalLM.from_pretrained(model_path, dtype=core.dtype))
+    wrapped, *_ = deepspeed.initialize(model=wrapped_model, optimizer=torch.optim.AdamW(wrapped_model.parameters(), lr=1e-6), config=ds_config)
+    wrapped.train()
     micros, padded = core.device_micro_batches(batch)
 
-    def plain_step() -> int:
+    def bypass_logprobs(mb) -> torch.Tensor:  # the Hugging Face model's pieces called past the engine
+        inputs, sel = mb.joint, (mb.masks[0] + mb.masks[1]) > 0
+        hidden = engine.module.model(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, use_cache=False).last_hidden_state
+        logits = engine.module.lm_head(hidden[:, :-1][sel]).float()
+        picked = logits.gather(-1, inputs.targets[sel].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+        return torch.zeros(sel.shape, dtype=picked.dtype, device=picked.device).masked_scatter(sel, picked)
+
+    def wrapper_logprobs(mb) -> torch.Tensor:
+        inputs = mb.joint
+        return wrapped(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, targets=inputs.targets, keep=(mb.masks[0] + mb.masks[1]) > 0)
+
+    def likelihood_step(eng, logprobs, reference: bool = True) -> int:
         tokens = 0
         for mb in micros:
-            with torch.no_grad():
-                attempt_logprobs(core.reference, mb, 1.0, 1.0)
-            lp, _ = attempt_logprobs(engine, mb, 1.0, 1.0)
+            if reference:
+                with torch.no_grad():
+                    attempt_logprobs(core.reference, mb, 1.0, 1.0)
+            lp = logprobs(mb)
             mask = mb.masks[1]
-            engine.backward(-(lp * mask).sum() / mask.sum())
-            engine.step()
+            eng.backward(-(lp * mask).sum() / mask.sum())
+            eng.step()
             tokens += mb.num_tokens
         return tokens
+
+    def plain_step() -> int:
+        return likelihood_step(engine, bypass_logprobs)
 
     def two_pass_step() -> int:
         core.settings.joint_forward = False
@@ -95,7 +118,9 @@ def run(tiny: bool = False, model_name: str = "embedded") -> BenchResult:
     # each contender runs once to warm up, then all take turns, step by step (these machines are noisy)
     contenders = {"float32": lambda: cores["float32"].update(batch, stage=2)["tokens"],
                   "bfloat16": lambda: cores["bfloat16"].update(batch, stage=2)["tokens"],
-                  "plain": plain_step, "two_pass": two_pass_step}
+                  "plain": plain_step, "two_pass": two_pass_step,
+                  "bypass": lambda: likelihood_step(engine, bypass_logprobs, reference=False),
+                  "wrapper": lambda: likelihood_step(wrapped, wrapper_logprobs, reference=False)}
     seconds = {name: 0.0 for name in contenders}
     tokens = {name: 0 for name in contenders}
     for round_ in range(steps + (0 if tiny else 1)):
@@ -129,6 +154,8 @@ def run(tiny: bool = False, model_name: str = "embedded") -> BenchResult:
                     "plain DeepSpeed: reference fwd + fwd/bwd/step", plain_rate),
         Measurement("SCoRe update s/step, one pass for both attempts", score_seconds, "s", "two passes (attempt 1, attempt 2)",
                     two_pass_seconds, higher_is_better=False),
+        Measurement(f"policy fwd+bwd+step through the PolicyLogprobs engine vs the head called past the engine ({auto}, ZeRO-2)",
+                    rates["wrapper"], "tok/s", "bypass (the learner before the wrapper)", rates["bypass"]),
         Measurement(f"useful (non-padding) share of computed positions (padded {padded:.1%})", 1.0 - padded, "", "no padding", 1.0),
         Measurement(f"publish gather+pack s ({sent / 2**20:.0f} MiB, {auto})", publish_s, "s", "in-memory copy of the weights", copy_s,
                     higher_is_better=False),
@@ -137,7 +164,8 @@ def run(tiny: bool = False, model_name: str = "embedded") -> BenchResult:
     params = sum(p.numel() for p in model.parameters())
     core.close()
     engine.destroy()
-    del engine, model, opt
+    wrapped.destroy()
+    del engine, model, opt, wrapped, wrapped_model
     if torch.cuda.is_available():
         peak = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
         name = torch.cuda.get_device_name()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import logging
 import os
 import random
 import shutil
@@ -30,12 +31,15 @@ import torch
 from common.devices import on_gpu, torch_dtype
 from common.network import free_port
 from learner.batch import AttemptInputs, JointInputs, attempt_inputs, joint_inputs, length_sorted_micro_batches, num_micro_batches, rewards
+from learner.policy import PolicyLogprobs, check_head
 from learner.objectives import (REWARD_SIDE_KL, Aggregation, AttemptTensors, ObjectiveSettings, logprob_mismatch, score_advantages,
                                score_loss, sequence_kl_penalty)
 from weight_sync.buckets import ParamSpec, plan_buckets
 
 if TYPE_CHECKING:
     from cluster.config import ScoreConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -89,7 +93,7 @@ class LearnerSettings:
                                                  "updates_per_batch", "threads_per_rank", "reference_placement")},
             **{f: getattr(alg, f) for f in ("alpha", "beta1", "beta2", "gamma", "kl_estimator", "loss_agg", "normalize_advantages",
                                              "clip_ratio", "vllm_is", "vllm_is_cap")},
-            temperature1=rollout.attempt1.temperature or 1.0, temperature2=rollout.attempt2.temperature or 1.0,
+            temperature1=rollout.attempt1.temperature, temperature2=rollout.attempt2.temperature,
             max_tokens1=rollout.attempt1.max_tokens, max_tokens2=rollout.attempt2.max_tokens,
         )
 
@@ -97,26 +101,14 @@ class LearnerSettings:
 def token_logprobs(model: torch.nn.Module, inputs: AttemptInputs, temperature: float, keep: torch.Tensor | None = None) -> torch.Tensor:
     """Log-probs ``[N, L-1]`` of each target token under ``model`` at the sampling temperature.
 
-    With ``keep`` (a ``[N, L-1]`` mask of the targets that matter, the action tokens), the LM head
-    and the softmax run only at those positions and the others are 0: the vocabulary projection
-    (49k columns for the embedded model) is then paid for response tokens only, not for the
-    prompt, the instruction and the padding.
+    ``model`` is a :class:`learner.policy.PolicyLogprobs` or the DeepSpeed engine around one: the call
+    goes through the engine's ``forward`` (ZeRO-3 counts micro-steps there). With ``keep`` (a ``[N, L-1]``
+    mask of the targets that matter, the action tokens), the LM head and the softmax run only at those
+    positions and the others are 0: the vocabulary projection (49k columns for the embedded model) is
+    then paid for response tokens only, not for the prompt, the instruction and the padding.
     """
-    if keep is None:
-        logits = model(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, use_cache=False).logits[:, :-1].float()
-        targets = inputs.targets
-    else:
-        lm = getattr(model, "module", model)  # a DeepSpeed engine wraps the Hugging Face model
-        hidden = lm.model(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, use_cache=False).last_hidden_state
-        sel = keep.bool()
-        logits = lm.lm_head(hidden[:, :-1][sel]).float()  # [M, V] for the M kept positions
-        targets = inputs.targets[sel]
-    if temperature > 0 and temperature != 1.0:
-        logits = logits / temperature
-    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    if keep is None:
-        return picked
-    return torch.zeros(sel.shape, dtype=picked.dtype, device=picked.device).masked_scatter(sel, picked)
+    return model(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, targets=inputs.targets, keep=keep,
+                 temperature=temperature)
 
 
 def _take(inputs: AttemptInputs, rows: torch.Tensor, device: torch.device) -> AttemptInputs:
@@ -210,12 +202,13 @@ class LearnerCore:
         # in the ZeRO optimizer (small updates accumulate in fp32); the reference runs in bf16 too.
         dtype = torch_dtype(settings.dtype, self.gpu)
         self.dtype = dtype
-        policy = AutoModelForCausalLM.from_pretrained(settings.model_path, dtype=dtype)
+        hf_policy = AutoModelForCausalLM.from_pretrained(settings.model_path, dtype=dtype)
         if settings.gradient_checkpointing:
-            policy.gradient_checkpointing_enable()
+            hf_policy.gradient_checkpointing_enable()
+        policy = PolicyLogprobs(hf_policy)  # DeepSpeed wraps the module whose forward returns the log-probs
         self.reference = None
         if settings.reference_placement == "learner":
-            self.reference = AutoModelForCausalLM.from_pretrained(settings.model_path, dtype=dtype).to(self.device).eval()
+            self.reference = PolicyLogprobs(AutoModelForCausalLM.from_pretrained(settings.model_path, dtype=dtype)).to(self.device).eval()
             self.reference.requires_grad_(False)
         self.pad_id = policy.config.pad_token_id if policy.config.pad_token_id is not None else 0
 
@@ -234,7 +227,9 @@ class LearnerCore:
             "wall_clock_breakdown": False,
         }
         self.engine, _, _, _ = deepspeed.initialize(model=policy, optimizer=optimizer, lr_scheduler=schedule, config=ds_config)
+        check_head(self.engine.module, self.device)  # one line, before any training, for a head the learner cannot reproduce
         self.step_count = 0
+        self._warned_two_passes = False
 
     # -- helpers ---------------------------------------------------------------------------
     @staticmethod
@@ -262,8 +257,13 @@ class LearnerCore:
             raise RuntimeError("learner.reference_placement is 'separate' but the batch has no a1_ref_logprobs/a2_ref_logprobs")
         return self.reference
 
+    @property
+    def hf_model(self) -> torch.nn.Module:
+        """The Hugging Face model inside the engine (its parameter names are the weights' names)."""
+        return self.engine.module.model
+
     def named_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
-        return list(self.engine.module.named_parameters())
+        return list(self.hf_model.named_parameters())
 
     def param_specs(self):
         return [
@@ -295,7 +295,12 @@ class LearnerCore:
         s = self.settings
         # Attempt 2's sequence starts with attempt 1's: one forward pass serves both attempts
         # when they were sampled at the same temperature (the default); otherwise two passes.
-        joint = joint_inputs(shard, self.pad_id) if s.joint_forward and s.temperature1 == s.temperature2 else None
+        wanted = s.joint_forward and s.temperature1 == s.temperature2
+        joint = joint_inputs(shard, self.pad_id) if wanted else None
+        if wanted and joint is None and not self._warned_two_passes:
+            log.warning("some attempt-2 prompts do not start with attempt 1's tokens (the chat template rewrites earlier turns): "
+                        "the learner scores the attempts in two passes, not one")
+            self._warned_two_passes = True
         if joint is not None:
             layout, longest = {"joint": joint}, joint.inputs
         else:
@@ -305,6 +310,13 @@ class LearnerCore:
         micros = [micro_batch(g, self.device, **layout) for g in groups]
         computed = sum(mb.computed_positions for mb in micros)
         return micros, 1.0 - sum(mb.num_tokens for mb in micros) / max(computed, 1)
+
+    def global_action_tokens(self, micros: list[MicroBatch]) -> tuple[float, float]:
+        """Each attempt's action tokens in the whole batch: this rank's, summed over the ranks (one all-reduce)."""
+        counts = torch.tensor([sum(float(mb.masks[a].sum()) for mb in micros) for a in (0, 1)], dtype=torch.float64, device=self.device)
+        if self.world_size > 1:
+            torch.distributed.all_reduce(counts)
+        return float(counts[0]), float(counts[1])
 
     def _no_grad_logprobs(self, model: torch.nn.Module, mb: MicroBatch) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
@@ -329,9 +341,12 @@ class LearnerCore:
         r1_all, r2_all = rewards(shard, "r1"), rewards(shard, "r2")
         micros, padded = self.device_micro_batches(shard)
         n_micro = len(micros)
-        # Denominators of the whole rank batch, per micro-batch (DeepSpeed divides each micro loss by n_micro).
-        action_tokens = [sum(float(mb.masks[a].sum()) for mb in micros) for a in (0, 1)]
-        aggs = tuple(Aggregation(s.loss_agg, tokens=max(action_tokens[a], 1.0) / n_micro, sequences=shard.num_rows / n_micro,
+        # Denominators of the whole batch over all ranks (verl's agg_loss with a global token count): DeepSpeed
+        # divides each micro-batch loss by n_micro and averages the gradients over the ranks, so per micro-batch
+        # the denominator is the batch's count / (ranks x n_micro) and every token of every rank weighs the same.
+        action_tokens = self.global_action_tokens(micros)
+        share = self.world_size * n_micro
+        aggs = tuple(Aggregation(s.loss_agg, tokens=max(action_tokens[a], 1.0) / share, sequences=shard.num_rows * self.world_size / share,
                                  length=float((s.max_tokens1, s.max_tokens2)[a])) for a in (0, 1))
         self.engine.train()
         refs = [mb.given_ref or self._no_grad_logprobs(self._reference(), mb) for mb in micros]
@@ -434,7 +449,7 @@ class LearnerCore:
             return None
         out = Path(directory)
         tmp = out.with_name(out.name + ".partial")
-        self.engine.module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+        self.hf_model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
         AutoTokenizer.from_pretrained(self.settings.model_path).save_pretrained(tmp)
         (tmp / "score_export.json").write_text(json.dumps({"optimizer_steps": self.step_count}))
         if out.exists():

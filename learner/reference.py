@@ -16,6 +16,7 @@ from common.devices import on_gpu, torch_dtype
 from common.teardown import tear_down
 from learner.batch import attempt_inputs, joint_inputs, response_values
 from learner.core import _take, token_logprobs
+from learner.policy import PolicyLogprobs
 
 
 class ReferenceScorer:
@@ -28,7 +29,7 @@ class ReferenceScorer:
         if not gpu and threads:
             torch.set_num_threads(threads)
         self.device = torch.device("cuda") if gpu else torch.device("cpu")
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype(dtype, gpu)).to(self.device).eval()
+        self.model = PolicyLogprobs(AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype(dtype, gpu))).to(self.device).eval()
         self.t1, self.t2 = temperature1, temperature2
 
     @torch.no_grad()

@@ -50,3 +50,16 @@ ONE_REWARDED = [
     ("Anna has 5 books and loses 2 books. How many books does Anna have now?",
      [("Anna has 4 books.", 0.0, "Anna has 3 books.", 1.0), ("Anna has 6 books.", 0.0, "Anna has 6 books.", 0.0)]),
 ]
+
+
+# Two problems whose responses differ about fourfold in length: on two ranks (one problem each) the ranks'
+# action-token counts are unequal, so a per-rank token mean would weigh their tokens differently.
+UNEQUAL = [
+    ("Tom has 3 apples and buys 4 more apples. How many apples does Tom have now?",
+     [("7", 1.0, "7", 1.0), ("8", 0.0, "9", 0.0)]),
+    ("Anna has 5 books and loses 2 books. How many books does Anna have now?",
+     [("Anna starts with 5 books. She loses 2 of them, so she has 5 - 2 = 4 books left. The answer is 4 books.", 0.0,
+       "Let me check again. Anna starts with 5 books and loses 2 books, so 5 - 2 = 3. Anna has 3 books now.", 1.0),
+      ("Anna starts with 5 books. Losing 2 books leaves her with 5 + 2 = 7 books, so Anna has 7 books now.", 0.0,
+       "Checking the work: 5 + 2 = 7 books. I believe the answer is right, so Anna has 7 books now in total.", 0.0)]),
+]

@@ -37,3 +37,11 @@ def ray_local():
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(model_path):
+    """A tiny random model of the embedded model's architecture (tests of mechanics; see tests/tiny_models.py)."""
+    from tests.tiny_models import tiny_model
+
+    return tiny_model("llama", model_path)

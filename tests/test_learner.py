@@ -173,9 +173,10 @@ def test_one_joint_pass_gives_the_loss_and_gradients_of_two_passes(model_path, b
     from learner.batch import attempt_inputs, joint_inputs
     from learner.core import attempt_logprobs, micro_batch
     from learner.objectives import AttemptTensors, ObjectiveSettings, stage2_loss
+    from learner.policy import PolicyLogprobs
 
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    reference = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    model = PolicyLogprobs(AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32))
+    reference = PolicyLogprobs(AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)).eval()
     with torch.no_grad():  # move the policy away from the reference so that the KL terms are not zero
         for p in model.parameters():
             p.add_(1e-3 * torch.randn_like(p))
@@ -236,22 +237,69 @@ def test_update_uses_the_learners_own_old_policy_not_vllms(model_path, batch):
     assert ison["grad_norm"] == pytest.approx(1.2 * same["grad_norm"], rel=1e-4)
 
 
-@pytest.mark.parametrize("loss_agg", ["token_mean", "seq_mean_token_mean"])
-def test_micro_batches_of_one_row_give_the_whole_batch_update(model_path, batch, loss_agg):
-    """Rows are cut into length-sorted micro-batches after the advantages are computed over the whole shard:
-    four micro-batches of one row (gradient accumulation) give the loss and the gradient of one of four rows."""
-    from learner.core import LearnerCore, LearnerSettings
+# --------------------------------------------------------------------------- accumulation and ranks
+# These use the tiny random model of the embedded architecture (tests/tiny_models.py): what they test is
+# gradient arithmetic across micro-batches and ranks, not what the model knows, and it is the same on any
+# weights. The batch's two problems differ fourfold in response length, so the two ranks' token counts do.
 
-    got = {}
-    for rows_per_micro in (4, 1):
-        core = LearnerCore(LearnerSettings(model_path=model_path, lr=1e-5, rows_per_micro_batch=rows_per_micro, rows_per_rank=4, k=2,
-                                           loss_agg=loss_agg, dtype="float32"))
-        got[rows_per_micro] = core.update(batch, stage=2)
-        core.close()
-    whole, split = got[4], got[1]
-    assert split["padded_fraction"] == 0.0 < whole["padded_fraction"]
-    for key in ("loss", "pg_loss", "kl_attempt1", "kl_attempt2", "advantage_abs_mean_attempt1", "grad_norm"):
-        assert split[key] == pytest.approx(whole[key], rel=1e-4, abs=1e-7), key
+
+@pytest.fixture(scope="module")
+def unequal_batch(tiny_model_path):
+    from tests.batches import UNEQUAL
+
+    return build_batch(tiny_model_path, UNEQUAL)
+
+
+def _first_update(model_path, batch, zero_stage, loss_agg, ranks, rows_per_micro, stage=2):
+    """The metrics of the first update of a fresh learner on ``batch`` (one rank in this process, or a Ray group)."""
+    from learner.core import LearnerCore, LearnerSettings
+    from learner.group import LearnerGroup
+
+    settings = LearnerSettings(model_path=model_path, zero_stage=zero_stage, lr=1e-5, rows_per_micro_batch=rows_per_micro,
+                               rows_per_rank=batch.num_rows // ranks, k=2, loss_agg=loss_agg, dtype="float32")
+    if ranks == 1:
+        core = LearnerCore(settings)
+        try:
+            return core.update(batch, stage=stage)
+        finally:
+            core.close()
+    group = LearnerGroup(settings, num_ranks=ranks, cpus_per_rank=1)
+    try:
+        return group.update(batch, stage=stage)
+    finally:
+        group.shutdown()
+
+
+def test_the_ranks_of_the_batch_have_unequal_token_counts(unequal_batch):
+    lengths = [len(a) + len(b) for a, b in zip(unequal_batch["a1_response_ids"].to_pylist(), unequal_batch["a2_response_ids"].to_pylist())]
+    assert sum(lengths[2:]) > 3 * sum(lengths[:2])  # rank 1's problem has over three times rank 0's action tokens
+
+
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_micro_batches_and_ranks_give_the_whole_batch_gradient(ray_local, tiny_model_path, unequal_batch, zero_stage):
+    """Rows are cut into length-sorted micro-batches after the advantages are computed over the whole batch: four
+    micro-batches of one row (gradient accumulation) on one rank, and two ranks of one-row micro-batches, give the
+    loss and the gradient of one micro-batch of all four rows, under ZeRO-2 and ZeRO-3 alike. (ZeRO-3 adds a
+    micro-batch's gradient to the accumulated one only when the pass went through ``engine.forward``.)"""
+    whole = _first_update(tiny_model_path, unequal_batch, zero_stage, "token_mean", ranks=1, rows_per_micro=4)
+    accumulated = _first_update(tiny_model_path, unequal_batch, zero_stage, "token_mean", ranks=1, rows_per_micro=1)
+    two_ranks = _first_update(tiny_model_path, unequal_batch, zero_stage, "token_mean", ranks=2, rows_per_micro=1)
+    assert accumulated["padded_fraction"] == 0.0 < whole["padded_fraction"]
+    assert whole["grad_norm"] > 0
+    for got in (accumulated, two_ranks):
+        for key in ("loss", "pg_loss", "kl_attempt1", "kl_attempt2", "advantage_abs_mean_attempt1", "grad_norm"):
+            assert got[key] == pytest.approx(whole[key], rel=1e-4, abs=1e-7), key
+
+
+@pytest.mark.parametrize("loss_agg", ["seq_mean_token_mean", "seq_mean_token_sum_norm"])
+def test_two_ranks_with_unequal_token_counts_give_the_one_rank_gradient(ray_local, tiny_model_path, unequal_batch, loss_agg):
+    """Every aggregation is the whole batch's on any number of ranks (``token_mean`` in the test above): the
+    denominators are the whole batch's counts, not a rank's."""
+    whole = _first_update(tiny_model_path, unequal_batch, 3, loss_agg, ranks=1, rows_per_micro=4)
+    two_ranks = _first_update(tiny_model_path, unequal_batch, 3, loss_agg, ranks=2, rows_per_micro=1)
+    assert whole["grad_norm"] > 0
+    for key in ("loss", "pg_loss", "kl_attempt1", "kl_attempt2", "grad_norm"):
+        assert two_ranks[key] == pytest.approx(whole[key], rel=1e-4, abs=1e-7), key
 
 
 def test_bf16_learner_keeps_small_updates_in_fp32_master_weights(model_path, batch):
@@ -261,15 +309,15 @@ def test_bf16_learner_keeps_small_updates_in_fp32_master_weights(model_path, bat
     from learner.core import LearnerCore, LearnerSettings
 
     core = LearnerCore(LearnerSettings(model_path=model_path, lr=1e-6, rows_per_micro_batch=4, rows_per_rank=4, k=2, dtype="bfloat16"))
-    assert core.dtype == torch.bfloat16 and core.reference.dtype == torch.bfloat16
+    assert core.dtype == torch.bfloat16 and core.reference.model.dtype == torch.bfloat16
     masters = core.engine.optimizer.single_partition_of_fp32_groups
     assert all(m.dtype == torch.float32 for m in masters)
     before = [m.clone() for m in masters]
-    weights = {n: p.detach().clone() for n, p in core.engine.module.named_parameters()}
+    weights = {n: p.detach().clone() for n, p in core.named_parameters()}
     metrics = core.update(batch, stage=2)
     moved = torch.cat([(m - b).abs() for m, b in zip(masters, before)])
     assert (moved > 5e-7).float().mean() > 0.5 and moved.max() < 2e-6  # AdamW's first step is ~lr per weight
-    params = list(core.engine.module.named_parameters())
+    params = core.named_parameters()
     changed = sum(int((p.detach() != weights[n]).sum()) for n, p in params) / sum(p.numel() for _, p in params)
     assert changed < 0.02
     flat = torch.cat([p.detach().reshape(-1) for _, p in params])
@@ -277,3 +325,89 @@ def test_bf16_learner_keeps_small_updates_in_fp32_master_weights(model_path, bat
     core.close()
     # bf16 on the learner side: the truncated importance weight is on by default (vllm_is: auto)
     assert "is_weight_mean_attempt1" in metrics and metrics["mismatch_max_abs_attempt1"] > 0
+
+
+# --------------------------------------------------------------------------- the model's own head
+# Tiny random models of other families (tests/tiny_models.py): what is tested is which distribution the
+# learner scores, a property of the architecture's head, not of trained weights.
+
+HEAD_FAMILIES = ["gemma2", "cohere", "granite", "gpt2", "llama-untied"]
+
+
+def _own_logprobs(model, inputs, temperature):
+    """What the model's own forward gives: log_softmax(model(...).logits / T) at each target."""
+    with torch.no_grad():
+        logits = model(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, use_cache=False).logits[:, :-1].float()
+    return torch.log_softmax(logits / temperature, dim=-1).gather(-1, inputs.targets.unsqueeze(-1)).squeeze(-1)
+
+
+@pytest.mark.parametrize("variant", HEAD_FAMILIES)
+def test_the_learner_scores_each_familys_own_distribution(model_path, unequal_batch, variant):
+    """Gemma-2's soft-capped logits, Cohere's logit scale, Granite's logit divisor, GPT-2's ``transformer`` backbone
+    and an untied head: the learner's log-probs at the action tokens equal ``model(...).logits``' at the sampling
+    temperature, and for the families with a post-head transform, skipping it would be far off."""
+    from transformers import AutoModelForCausalLM
+
+    from learner.batch import joint_inputs
+    from learner.policy import PolicyLogprobs, post_head_transform
+    from tests.tiny_models import tiny_model
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model(variant, model_path), dtype=torch.float32).eval()
+    policy = PolicyLogprobs(model)
+    joint = joint_inputs(unequal_batch)
+    inputs, keep = joint.inputs, (joint.mask1 + joint.inputs.action_mask) > 0
+    with torch.no_grad():
+        ours = policy(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, targets=inputs.targets, keep=keep, temperature=0.7)
+    theirs = _own_logprobs(model, inputs, 0.7)
+    assert float((ours - theirs)[keep].abs().max()) < 1e-4
+    assert float(ours[~keep].abs().max()) == 0.0  # only the kept positions are scored
+    if post_head_transform(model) is not None:
+        policy._transform = None
+        with torch.no_grad():
+            raw = policy(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, targets=inputs.targets, keep=keep, temperature=0.7)
+        assert float((raw - theirs)[keep].abs().max()) > 0.5
+
+
+@pytest.mark.parametrize("variant,zero_stage", [("gemma2", 3), ("gpt2", 2)])
+def test_a_learner_rank_trains_other_families_through_the_engine(model_path, unequal_batch, variant, zero_stage):
+    """A whole learner rank (DeepSpeed engine, reference, update) on a family whose backbone or head is not
+    Llama's: its log-probs are the model's own before and after an update, and the update moved them."""
+    from transformers import AutoModelForCausalLM
+
+    from learner.batch import attempt_inputs
+    from learner.core import LearnerCore, LearnerSettings
+    from tests.tiny_models import tiny_model
+
+    path = tiny_model(variant, model_path)
+    core = LearnerCore(LearnerSettings(model_path=path, zero_stage=zero_stage, lr=1e-3, rows_per_micro_batch=2, rows_per_rank=4, k=2,
+                                       dtype="float32"))
+    try:
+        before = core.sequence_logprob(unequal_batch, "a2")
+        metrics = core.update(unequal_batch, stage=2)
+        after = core.sequence_logprob(unequal_batch, "a2")
+    finally:
+        core.close()
+    inputs = attempt_inputs(unequal_batch, "a2")
+    own = (_own_logprobs(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), inputs, 1.0) * inputs.action_mask).sum(dim=1)
+    assert before == pytest.approx(own.tolist(), abs=1e-3)
+    assert metrics["grad_norm"] > 0 and max(abs(a - b) for a, b in zip(after, before)) > 1e-3
+
+
+def test_a_head_the_learner_cannot_reproduce_is_refused_in_one_line(model_path):
+    """A causal LM whose forward changes the logits in a way the learner does not know (as custom code can)."""
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+    from learner.policy import HeadError, PolicyLogprobs, check_head
+    from tests.tiny_models import tiny_model
+
+    class ScaledLlama(LlamaForCausalLM):
+        def forward(self, *args, **kwargs):
+            out = super().forward(*args, **kwargs)
+            out.logits = out.logits * 3.0
+            return out
+
+    path = tiny_model("llama", model_path)
+    assert check_head(PolicyLogprobs(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)), torch.device("cpu")) < 1e-4
+    with pytest.raises(HeadError, match=r"ScaledLlama \(llama\): the learner's log-probs differ") as err:
+        check_head(PolicyLogprobs(ScaledLlama.from_pretrained(path, dtype=torch.float32)), torch.device("cpu"))
+    assert "\n" not in str(err.value)
