@@ -23,6 +23,7 @@ import torch
 from actors.batch import ATTEMPT1_SCHEMA, ROLLOUT_SCHEMA, from_rows
 from actors.engine import make_llm
 from actors.prompts import ChatFormatter
+from actors.stops import stop_token_ids
 from common.devices import on_gpu
 from common.logs import setup_logging
 from common.network import actor_placement
@@ -71,7 +72,8 @@ class GeneratorCore:
             logprobs_mode="processed_logprobs",  # log-probs of the distribution actually sampled
             **engine_kwargs,
         )
-        self.formatter = ChatFormatter(self.llm.get_tokenizer())
+        tokenizer = self.llm.get_tokenizer()
+        self.formatter = ChatFormatter(tokenizer, stop_token_ids(tokenizer, model_path))
         self.version = 0
         self.tokens_generated = 0
 

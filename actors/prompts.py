@@ -12,16 +12,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from actors.stops import end_of_turn_id, stop_token_ids
+
 _SENTINEL = "\x00SCORE-ATTEMPT-1\x00"
 
 
 class ChatFormatter:
     """Owns a tokenizer and the chat-template pieces needed to build attempt prompts."""
 
-    def __init__(self, tokenizer: Any):
+    def __init__(self, tokenizer: Any, stop_ids: set[int] | None = None):
+        """``stop_ids``: the ids generation stops at (:func:`actors.stops.stop_token_ids`; default the tokenizer's
+        eos); the token the template closes a turn with is added to them."""
         self.tokenizer = tokenizer
-        self.end_of_turn_ids = {i for i in (tokenizer.eos_token_id,) if i is not None}
-        eot = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else None
+        self.end_of_turn_ids = set(stop_ids) if stop_ids is not None else stop_token_ids(tokenizer)
+        eot = end_of_turn_id(tokenizer)
         if eot is not None:
             self.end_of_turn_ids.add(eot)
 

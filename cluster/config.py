@@ -250,6 +250,12 @@ class ScoreConfig(_Section):
                 raise ValueError("rollout.colocate_with_learner shares one GPU per learner rank: rollout.tensor_parallel_size must be 1")
         for name in ("attempt1", "attempt2"):
             sampling = getattr(self.rollout, name)
+            if sampling.temperature == 0:
+                raise ValueError(
+                    f"rollout.{name}.temperature=0 is greedy decoding: k greedy samples of a problem are one sample (no "
+                    "leave-one-out baseline) and the learner would score them at temperature 1; train with a temperature > 0 "
+                    "(evaluations are greedy with eval.temperature=0)"
+                )
             if sampling.top_p < 1.0:
                 raise ValueError(
                     f"rollout.{name}.top_p={sampling.top_p}: the learner scores the full softmax and cannot reproduce "
@@ -369,6 +375,45 @@ def load_config(
     except ValidationError as err:
         overridden = frozenset(a.split("=", 1)[0].strip() for a in overrides)
         raise ConfigError(_format_validation_error(err, str(path), overridden)) from None
+
+
+# What a resumed run may not change without --force-config-change: the shape of a batch and of the learner
+# group (the checkpoint's optimizer partitions, the data order), the task and model, and the objective; the
+# stage lengths may grow (train longer), everything else (evaluation, logging, checkpoint cadence) may change.
+RESUME_FIXED = ("rollout.problems_per_iteration", "rollout.samples_per_problem", "learner.num_ranks", "learner.zero_stage",
+                "model.path", "task", "algorithm")
+RESUME_MAY_GROW = ("algorithm.stage2_iterations",)
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        out.update(_flat(value, f"{path}.") if isinstance(value, dict) else {path: value})
+    return out
+
+
+def resume_config(saved: str | os.PathLike, overrides: list[str] | tuple[str, ...] = (), force: bool = False) -> ScoreConfig:
+    """The config of a resumed run: the run's own ``config.yaml`` with the new ``--set`` on top.
+
+    A change to what :data:`RESUME_FIXED` names (the batch shape, k, the ranks, the task, the model, the
+    algorithm) is refused in one line unless ``force``; :data:`RESUME_MAY_GROW` may only grow.
+    """
+    before = load_config(saved)
+    after = load_config(saved, overrides)
+    if force:
+        return after
+    old, new = _flat(before.model_dump(mode="json")), _flat(after.model_dump(mode="json"))
+    changed = []
+    for key in sorted(k for k in new if new[k] != old.get(k)):
+        if key in RESUME_MAY_GROW and new[key] > old[key]:
+            continue
+        if any(key == fixed or key.startswith(f"{fixed}.") for fixed in RESUME_FIXED):
+            changed.append(f"{key} {old.get(key)!r} -> {new[key]!r}")
+    if changed:
+        raise ConfigError(f"--resume would change what the checkpoint was trained with: {'; '.join(changed)}; "
+                          "start a new run (--set run.name=...), or pass --force-config-change")
+    return after
 
 
 def dump_config(cfg: ScoreConfig) -> str:

@@ -16,7 +16,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from cluster.config import DEFAULT_CONFIG, ConfigError, ScoreConfig, load_config
+from cluster.config import DEFAULT_CONFIG, ConfigError, ScoreConfig, load_config, resume_config
 from cluster.model_prep import ModelPrepError, prepare_model
 from common.files import replace_text
 from common.logs import setup_logging
@@ -47,7 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="run SCoRe training (Stage I, then Stage II)")
     _add_config_args(p)
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint of this run")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the latest checkpoint of this run, with the config it was started with (its config.yaml) "
+                        "and any --set on top")
+    p.add_argument("--force-config-change", action="store_true",
+                   help="with --resume: allow --set to change the batch shape, k, the ranks, the task, the model or the algorithm")
     p.add_argument("--overwrite", action="store_true", help="start afresh even if the run directory has results")
 
     p = sub.add_parser("eval", help="evaluate a model's self-correction (Accuracy@t1/t2, deltas)")
@@ -99,6 +103,20 @@ def _run_dir(cfg: ScoreConfig) -> Path:
     return Path(cfg.run.output_dir) / cfg.run.name
 
 
+def train_config(args: argparse.Namespace) -> ScoreConfig:
+    """The config ``train`` runs with: ``--config`` and ``--set``; with ``--resume``, the run's own ``config.yaml``
+    (found from ``run.output_dir``/``run.name``) with ``--set`` on top (:func:`cluster.config.resume_config`)."""
+    cfg = load_config(Path(args.config), args.overrides)
+    if not args.resume:
+        if args.force_config_change:
+            raise ConfigError("--force-config-change goes with --resume")
+        return cfg
+    saved = _run_dir(cfg) / "config.yaml"
+    if not saved.is_file():
+        raise ConfigError(f"--resume: {saved} not found; name the run with --set run.name=... (and run.output_dir)")
+    return resume_config(saved, args.overrides, force=args.force_config_change)
+
+
 def cmd_train(args: argparse.Namespace, cfg: ScoreConfig) -> int:
     task = build_task(cfg.task, seed=cfg.run.seed)
     for split in ("train", "val", "eval"):
@@ -106,6 +124,9 @@ def cmd_train(args: argparse.Namespace, cfg: ScoreConfig) -> int:
     for report in task.reports:
         log.info(report.summary())
     model_path = _prepare(cfg)
+    from cluster.preflight import check_run  # transformers: after the config and data are known to be good
+
+    check_run(cfg, model_path, task)  # the model's template and stop ids, the sequence lengths: before Ray starts
     run_dir = _run_dir(cfg)
     if run_dir.exists() and (run_dir / "metrics.jsonl").exists() and not args.resume:
         if not args.overwrite:
@@ -189,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "prepare-model":
             setup_logging()
             return cmd_prepare_model(args)
-        cfg = load_config(Path(args.config), args.overrides)
+        cfg = train_config(args) if args.command == "train" else load_config(Path(args.config), args.overrides)
         setup_logging(cfg.run.log_level)
         if args.command == "sample":
             return cmd_sample(args, cfg)

@@ -152,3 +152,115 @@ def test_cross_field_errors_are_one_line():
         load_config(None, ["rollout.colocate_with_learner=true", "rollout.num_generators=2"])
     with pytest.raises(ConfigError, match="tensor_parallel_size must be 1"):
         load_config(None, ["rollout.colocate_with_learner=true", "rollout.tensor_parallel_size=2"])
+
+
+def test_a_greedy_training_temperature_is_refused():
+    with pytest.raises(ConfigError, match=r"rollout.attempt2.temperature=0 is greedy decoding.*train with a temperature > 0"):
+        load_config(None, ["rollout.attempt2.temperature=0"])
+    assert load_config(None, ["eval.temperature=0"]).eval.temperature == 0  # greedy evaluation stays the default
+
+
+# --------------------------------------------------------------------------- resume keeps the run's config
+
+
+def _saved_run(tmp_path, *overrides):
+    from cluster.config import dump_config
+
+    cfg = load_config(None, ["rollout.problems_per_iteration=2", "algorithm.alpha=3", "learner.lr=2e-6", f"run.output_dir={tmp_path}",
+                             "run.name=r", *overrides])
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "config.yaml").write_text(dump_config(cfg))
+    return cfg
+
+
+def _train_config(*argv):
+    from cluster.main import build_parser, train_config
+
+    return train_config(build_parser().parse_args(["train", *argv]))
+
+
+def test_resume_continues_the_runs_own_config_with_new_settings_on_top(tmp_path):
+    saved = _saved_run(tmp_path)
+    where = ["--set", f"run.output_dir={tmp_path}", "--set", "run.name=r"]
+    assert _train_config("--resume", *where) == saved  # no --config: not the defaults, the run's own
+    longer = _train_config("--resume", *where, "--set", "learner.lr=1e-6", "--set", "algorithm.stage2_iterations=9", "--set", "eval.every_iterations=1")
+    assert (longer.learner.lr, longer.algorithm.stage2_iterations, longer.eval.every_iterations) == (1e-6, 9, 1)
+    assert longer.algorithm.alpha == 3 and longer.rollout.problems_per_iteration == 2
+    for change, shown in (("algorithm.alpha=10", "algorithm.alpha 3.0 -> 10.0"), ("rollout.samples_per_problem=8", "rollout.samples_per_problem 4 -> 8"),
+                          ("learner.num_ranks=2", "learner.num_ranks 1 -> 2"), ("algorithm.stage2_iterations=1", "algorithm.stage2_iterations")):
+        with pytest.raises(ConfigError, match=f"--resume would change what the checkpoint was trained with: {shown}"):
+            _train_config("--resume", *where, "--set", change)
+    forced = _train_config("--resume", *where, "--set", "algorithm.alpha=10", "--force-config-change")
+    assert forced.algorithm.alpha == 10
+    with pytest.raises(ConfigError, match="not found"):
+        _train_config("--resume", "--set", f"run.output_dir={tmp_path}", "--set", "run.name=other")
+    with pytest.raises(ConfigError, match="goes with --resume"):
+        _train_config("--force-config-change")
+
+
+def test_a_refused_resume_change_is_one_line_and_exit_2(tmp_path):
+    _saved_run(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "cluster.main", "train", "--resume", "--set", f"run.output_dir={tmp_path}", "--set", "run.name=r",
+                           "--set", "algorithm.beta1=0.5"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "algorithm.beta1 0.01 -> 0.5" in proc.stderr, proc.stderr
+
+
+# --------------------------------------------------------------------------- the model and the lengths (cluster.preflight)
+
+
+def _tiny_copy(model_path, tmp_path, edit):
+    import json
+    import shutil
+
+    from tests.tiny_models import tiny_model
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model("llama", model_path), folder)
+    edit(folder, json)
+    return str(folder)
+
+
+def test_preflight_accepts_the_default_run_and_reports_its_lengths(model_path):
+    from cluster.preflight import check_run
+    from rewards.tasks import build_task
+
+    cfg = load_config()
+    lengths = check_run(cfg, model_path, build_task(cfg.task, seed=0))
+    assert 0 < lengths["prompt"] and 0 < lengths["correction_turn"]
+    assert lengths["train"] == lengths["prompt"] + cfg.rollout.attempt1.max_tokens + lengths["correction_turn"] + cfg.rollout.attempt2.max_tokens
+    assert lengths["train"] <= cfg.rollout.max_model_len
+
+
+def test_preflight_refuses_what_would_fail_mid_run(model_path, tmp_path):
+    from cluster.preflight import check_run
+    from rewards.tasks import build_task
+
+    cfg = load_config()
+    task = build_task(cfg.task, seed=0)
+    long = load_config(None, ["rollout.max_model_len=256", "rollout.attempt1.max_tokens=100", "rollout.attempt2.max_tokens=100"])
+    with pytest.raises(ConfigError, match=r"training needs sequences of up to \d+ tokens .* more than rollout.max_model_len=256"):
+        check_run(long, model_path, task)
+    evals = load_config(None, ["rollout.max_model_len=512", "eval.attempts=5", "eval.max_tokens=100"])
+    with pytest.raises(ConfigError, match=r"the 5-attempt evaluation needs sequences of up to"):
+        check_run(evals, model_path, task)
+
+    def drop_template(folder, json):
+        (folder / "chat_template.jinja").unlink(missing_ok=True)
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+        config.pop("chat_template", None)
+        (folder / "tokenizer_config.json").write_text(json.dumps(config))
+
+    with pytest.raises(ConfigError, match="has no chat template"):
+        check_run(cfg, _tiny_copy(model_path, tmp_path / "a", drop_template), task)
+
+    def other_eos(folder, json):  # the model stops at <|endoftext|> (id 0), the template closes turns with <|im_end|>
+        for name, key in (("generation_config.json", "eos_token_id"), ("config.json", "eos_token_id")):
+            data = json.loads((folder / name).read_text())
+            data[key] = 0
+            (folder / name).write_text(json.dumps(data))
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+        config["eos_token"] = "<|endoftext|>"
+        (folder / "tokenizer_config.json").write_text(json.dumps(config))
+
+    with pytest.raises(ConfigError, match=r"ends a turn with '<\|im_end\|>' \(id 2\), which vLLM does not stop at \(stop ids \[0\]\)"):
+        check_run(cfg, _tiny_copy(model_path, tmp_path / "b", other_eos), task)
