@@ -10,6 +10,7 @@ owns the transport and its membership and tells the fleet who holds which versio
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -23,6 +24,17 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from actors.batch import check_complete, sort_problem_major
 from actors.generator import Generator, StaleWeightsError
 from common.teardown import tear_down
+
+
+def shard_sampling(sampling: dict[str, Any], shard: int) -> dict[str, Any]:
+    """The sampling parameters of shard ``shard`` of a rollout: its own seed, so that shards (on different
+    generators) draw different noise. Shard 0 keeps the batch's seed (one generator samples as before); the
+    seed follows the shard, not the generator, so a shard re-sent to a survivor samples the same."""
+    seed = sampling.get("seed")
+    if seed is None or shard == 0:
+        return sampling
+    mixed = int.from_bytes(hashlib.blake2b(f"{int(seed)}/{shard}".encode(), digest_size=4).digest(), "little") & 0x7FFFFFFF
+    return {**sampling, "seed": mixed}
 
 
 class GenerationError(RuntimeError):
@@ -105,8 +117,9 @@ class GeneratorFleet:
         return list(self.wait({n: a.info.remote() for n, a in zip(self.names, self.actors)}, 60, "generator info").values())
 
     # -- rollouts ---------------------------------------------------------------------------
-    def _run_sharded(self, shards: list[Any], call: Callable[[Any, Any], Any], what: str) -> list[pa.Table]:
-        """Run one call per shard on the current generators, re-sending the shards of dead ones."""
+    def _run_sharded(self, shards: list[Any], call: Callable[[Any, Any, int], Any], what: str) -> list[pa.Table]:
+        """Run one call per shard (``call(actor, shard, shard_index)``) on the current generators, re-sending the
+        shards of dead ones."""
         pending = list(enumerate(shards))
         results: dict[int, pa.Table] = {}
         while pending:
@@ -116,7 +129,7 @@ class GeneratorFleet:
             inflight = {}
             for j, (idx, shard) in enumerate(pending):
                 g = alive[j % len(alive)]
-                inflight[call(self.actors[g], shard)] = (idx, shard, g)
+                inflight[call(self.actors[g], shard, idx)] = (idx, shard, g)
             pending = []
             deadline = time.monotonic() + self.settings.timeout_s
             remaining = list(inflight)
@@ -150,13 +163,14 @@ class GeneratorFleet:
     def first_attempts(self, items: list[dict[str, Any]], k: int, sampling: dict[str, Any]) -> pa.Table:
         shards = [[items[i] for i in r] for r in self._shards(len(items))]
         version = self.version
-        tables = self._run_sharded(shards, lambda a, s: a.first_attempts.remote(s, k, sampling, version), "first attempts")
+        tables = self._run_sharded(shards, lambda a, s, i: a.first_attempts.remote(s, k, shard_sampling(sampling, i), version), "first attempts")
         return sort_problem_major(pa.concat_tables(tables))
 
     def second_attempts(self, first: pa.Table, instruction: str, sampling: dict[str, Any], num_problems: int | None = None, k: int | None = None) -> pa.Table:
         shards = [first.slice(r.start, len(r)) for r in self._shards(first.num_rows)]
         version = self.version
-        tables = self._run_sharded(shards, lambda a, s: a.second_attempts.remote(s, instruction, sampling, version), "second attempts")
+        tables = self._run_sharded(shards, lambda a, s, i: a.second_attempts.remote(s, instruction, shard_sampling(sampling, i), version),
+                                   "second attempts")
         batch = sort_problem_major(pa.concat_tables(tables))
         if num_problems is not None and k is not None:
             check_complete(batch, num_problems, k, version)

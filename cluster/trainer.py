@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 
 SPLIT_NAMES = {"eval": "held-out problems", "val": "validation problems"}
+RECOVERY_ATTEMPTS = 3  # tries of a rollout or evaluation that lost every generator, and of a failed weight push
 COLOCATED_GPU_SHARE = 0.5  # of one GPU, for each of a colocated learner rank and generator (Ray's fractional GPUs)
 
 
@@ -257,9 +258,12 @@ class ScoreTrainer:
         return batch, generated, stats
 
     def step(self, iteration: int) -> dict[str, Any]:
+        """One iteration. Its phases fail apart: a rollout that loses every generator is redone (with the weights
+        re-synced as the current version); once the update has returned, only the push of the new version is
+        retried, so no iteration updates twice and versions only grow."""
         stage = self.stage_of(iteration)
         t0 = time.monotonic()
-        batch, generated, stats = self.collect(iteration, stage)
+        batch, generated, stats = self._with_generator_recovery(lambda: self.collect(iteration, stage), f"iteration {iteration + 1}'s rollout")
         t_rollout = time.monotonic()
         self._write_samples(generated, f"train_iter{iteration + 1:06d}")
         if self.reference is not None:
@@ -267,7 +271,7 @@ class ScoreTrainer:
         self.fleet.sleep()  # colocated on a GPU: hand the generators' memory to the learner (no-op otherwise)
         learn = self.learner.update(batch, stage)
         t_learn = time.monotonic()
-        sync = self._sync(self.version + 1)
+        sync = self._publish(self.version + 1)
         self.version = sync["version"]
         t_sync = time.monotonic()
         gen_tokens = sum(generated["a1_length"].to_pylist()) + sum(generated["a2_length"].to_pylist())
@@ -403,7 +407,7 @@ class ScoreTrainer:
                 interrupted = True
                 break
             bar.set_description(f"SCoRe stage {'I' if self.stage_of(self.iteration) == 1 else 'II'}")
-            metrics = self._step_with_recovery(self.iteration)
+            metrics = self.step(self.iteration)
             self.iteration += 1
             self.log.write("train", self.iteration, metrics)
             bar.set_postfix(r1=f"{metrics['reward_attempt1']:.2f}", r2=f"{metrics['reward_attempt2']:.2f}", v=self.version)
@@ -429,19 +433,29 @@ class ScoreTrainer:
         print(f"\nrun directory: {self.run_dir}\nplot: {plot}\nHugging Face model: {exported}", flush=True)
         return RunResult(self.run_dir, self.iteration, self.version, evals)
 
-    def _step_with_recovery(self, iteration: int) -> dict[str, Any]:
-        return self._with_generator_recovery(lambda: self.step(iteration), f"iteration {iteration + 1}")
-
     def _with_generator_recovery(self, work, what: str):
-        """Run ``work``; if every generator died, bring the restarted ones to the current weights and retry."""
-        for attempt in range(3):
+        """Run ``work``, which reads the generators but changes no weights (a rollout, an evaluation); if every
+        generator died, bring the restarted ones to the current weights and retry."""
+        for attempt in range(RECOVERY_ATTEMPTS):
             try:
                 return work()
             except GenerationError as err:
-                if attempt == 2:
+                if attempt == RECOVERY_ATTEMPTS - 1:
                     raise
                 log.info(f"{what}: {err}; re-syncing weight version {self.version} to restarted generators and retrying")
                 self._sync(self.version)
+        raise AssertionError("unreachable")
+
+    def _publish(self, version: int) -> dict[str, Any]:
+        """Push the weights of an update that has happened as ``version``: only this push is retried (each try is
+        itself :meth:`WeightSync.push`'s rebuilds and retries), never the update."""
+        for attempt in range(RECOVERY_ATTEMPTS):
+            try:
+                return self._sync(version)
+            except GenerationError as err:
+                if attempt == RECOVERY_ATTEMPTS - 1:
+                    raise
+                log.warning(f"publishing weight version {version}: {err}; retrying the push (the update is kept)")
         raise AssertionError("unreachable")
 
     def _sync(self, version: int) -> dict[str, Any]:

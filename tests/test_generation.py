@@ -174,6 +174,23 @@ def test_two_generators_produce_a_full_two_attempt_batch(fleet, task):
 LOGPROB_BOUND = 4e-4
 
 
+def test_two_generators_draw_different_samples_for_the_same_prompt(fleet, task):
+    """A batch's shards go to different generators with seeds of their own: four copies of one problem, two per
+    generator, sampled at T = 1 with one batch seed, come back as different samples on each generator, and the
+    same batch seed gives the same batch again (resume reproduces it)."""
+    problem = task.problems("eval")[0]
+    items = [{"uid": f"copy{i}", "problem_index": i, "messages": task.first_turn(problem)} for i in range(4)]
+    sampling = {**SAMPLED, "seed": 1234}
+    first = fleet.first_attempts(items, 1, sampling)
+    assert first["generator"].to_pylist() == ["generator-0", "generator-0", "generator-1", "generator-1"]
+    samples = first["a1_response_ids"].to_pylist()
+    assert samples[:2] != samples[2:]  # the same seed on both generators would give the same two samples twice
+    again = fleet.first_attempts(items, 1, sampling)
+    assert again["a1_response_ids"].to_pylist() == samples
+    second = fleet.second_attempts(first, task.instruction, sampling, num_problems=4, k=1)
+    assert second["a2_response_ids"].to_pylist()[:2] != second["a2_response_ids"].to_pylist()[2:]
+
+
 def test_vllm_logprobs_match_the_learner_at_the_sampling_temperature(fleet, task, model_path):
     """Real vLLM at temperature 0.7 against the learner's own scoring of the same tokens (float32): the
     per-token log-probs agree within LOGPROB_BOUND, and the learner's mismatch metric reports the same numbers."""

@@ -238,7 +238,13 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(full_run, ra
     # a partial checkpoint next to the good one is reported and skipped
     (tmp_path / "resumed" / "checkpoints" / "iter_000009.partial").mkdir()
 
-    second, task = _trainer(tmp_path, "resumed", model_path, EXPERIMENT, resume=True)
+    # `train --resume` with no --config and only the run's location: the run's own config.yaml (TINY + EXPERIMENT,
+    # far from the defaults) is what it continues with
+    from cluster.main import build_parser, train_config
+
+    cfg = train_config(build_parser().parse_args(["train", "--resume", "--set", f"run.output_dir={tmp_path}", "--set", "run.name=resumed"]))
+    assert cfg == load_config(None, [*TINY, "run.name=resumed", f"run.output_dir={tmp_path}", *EXPERIMENT])
+    second, task = ScoreTrainer(cfg, model_path, run_dir, resume=True), build_task(cfg.task, seed=cfg.run.seed)
     try:
         finished = second.run(task)
     finally:
@@ -281,3 +287,48 @@ def test_colocated_run_shares_bundles_and_syncs_through_shared_buffers(ray_local
         _assert_what_the_dtype_implies(records, OTHER_DTYPE, sum(p.numel() for p in base.parameters()))
     finally:
         trainer.shutdown()
+
+
+def test_a_push_that_keeps_failing_is_retried_without_redoing_the_update(ray_local, tiny_model_path, tmp_path):
+    """Iteration 2's weight push loses its only generator on every attempt WeightSync makes (killed as the learner
+    starts sending; Ray restarts it). The run retries the push of version 2 alone: exactly one update per
+    iteration (the optimizer's step count), and the pushed versions never go back. The tiny random model: the
+    mechanics of recovery do not depend on what the model knows."""
+    trainer, task = _trainer(tmp_path, "push-faults", tiny_model_path, ["algorithm.stage1_iterations=1", "algorithm.stage2_iterations=2",
+                                                                        "eval.before=false"])
+    attempted, kills, stepped = [], {"left": 0}, []
+    build, step = trainer.build, trainer.step
+
+    def build_with_faults(task_):
+        build(task_)
+        trainer.weights.timeout_s = 15  # a send to a killed receiver waits out this deadline
+        push, send = trainer.weights.push, trainer.learner.start_send
+
+        def recorded_push(version):
+            attempted.append(version)
+            return push(version)
+
+        def send_after_a_kill(wire_plan):
+            if kills["left"]:
+                kills["left"] -= 1
+                trainer.fleet.kill(0)
+            return send(wire_plan)
+
+        trainer.weights.push, trainer.learner.start_send = recorded_push, send_after_a_kill
+
+    def step_with_faults(iteration):
+        kills["left"] = trainer.weights.attempts if iteration == 1 and iteration not in stepped else 0
+        stepped.append(iteration)
+        return step(iteration)
+
+    trainer.build, trainer.step = build_with_faults, step_with_faults
+    try:
+        result = trainer.run(task)
+        events = list(trainer.weights.events)
+    finally:
+        trainer.shutdown()
+    assert result.iterations == 3 and any("version 2, attempt 3" in e for e in events), events
+    records = _train_records(result.run_dir)
+    assert [r["optimizer_steps"] for r in records] == [1, 2, 3]
+    assert [r["version"] for r in records] == [1, 2, 3]
+    assert attempted == [1, 2, 2, 3]  # the failed push of version 2, then version 2 again, never version 1
