@@ -95,14 +95,20 @@ def build_reward_pool(cfg: ScoreConfig):
                       allow_weak_isolation=r.sandbox.allow_weak_isolation)
 
 
+def generator_engine_kwargs(cfg: ScoreConfig, gpus: bool, dtype: str) -> dict[str, Any]:
+    """The engine settings of ``cfg.rollout`` that every generator passes to :func:`actors.engine.engine_args`."""
+    r = cfg.rollout
+    engine_kwargs: dict[str, Any] = {"max_model_len": r.max_model_len, "dtype": dtype}
+    engine_kwargs.update({"gpu_memory_utilization": r.gpu_memory_utilization} if gpus else {"cpu_kv_cache_gb": r.cpu_kv_cache_gb})
+    return engine_kwargs
+
+
 def build_fleet(cfg: ScoreConfig, model_path: str, gpus: bool, dtype: str, placement_group=None):
     """The generator fleet of ``cfg.rollout`` (training and ``eval`` alike); colocated when a placement group is given."""
     r = cfg.rollout
-    engine_kwargs = {"max_model_len": r.max_model_len, "dtype": dtype}
-    engine_kwargs.update({"gpu_memory_utilization": r.gpu_memory_utilization} if gpus else {"cpu_kv_cache_gb": r.cpu_kv_cache_gb})
     return GeneratorFleet(model_path, FleetSettings(
         num_generators=r.num_generators, tensor_parallel_size=r.tensor_parallel_size, gpus=gpus,
-        cpus_per_generator=r.cpus_per_generator, seed=cfg.run.seed, engine_kwargs=engine_kwargs,
+        cpus_per_generator=r.cpus_per_generator, seed=cfg.run.seed, engine_kwargs=generator_engine_kwargs(cfg, gpus, dtype),
         colocated=placement_group is not None, placement_group=placement_group, gpu_share=COLOCATED_GPU_SHARE,
     ))
 
