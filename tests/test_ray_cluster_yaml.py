@@ -30,3 +30,22 @@ def test_bad_cluster_yaml_is_rejected():
     except jsonschema.ValidationError:
         return
     raise AssertionError("the schema accepted an unknown top-level key")
+
+
+def test_gpu_nodes_stop_on_a_driver_older_than_cuda_13_needs(tmp_path):
+    """The first setup command refuses an NVIDIA driver below 580 (torch 2.13.0 from PyPI is a CUDA 13 build),
+    and passes a newer one and a node without GPUs: run with a stand-in nvidia-smi."""
+    import subprocess
+
+    config = yaml.safe_load((REPO / "ray_cluster.yaml").read_text())
+    check = next(cmd for cmd in config["setup_commands"] if "nvidia-smi" in cmd)
+    for driver, ok in (("575.57.08", False), ("580.65.06", True), (None, True)):
+        bin_dir = tmp_path / str(driver)
+        bin_dir.mkdir()
+        if driver:
+            (bin_dir / "nvidia-smi").write_text(f"#!/bin/sh\necho {driver}\n")
+            (bin_dir / "nvidia-smi").chmod(0o755)
+        proc = subprocess.run(["bash", "-c", check], env={"PATH": f"{bin_dir}:/usr/bin:/bin"}, capture_output=True, text=True)
+        assert (proc.returncode == 0) == ok, (driver, proc.stderr)
+        assert ok or "older than 580" in proc.stderr
+    assert any("3, 11" in cmd for cmd in config["setup_commands"])
