@@ -43,6 +43,52 @@ def _batch(model_path: str, problems: int, k: int, device: str):
     return build_batch(model_path, base, device=device)
 
 
+def _head_pass(positions: int, hidden: int, vocab: int, chunk: int | None, gpu: bool) -> tuple[float, float]:
+    """One forward+backward of the log-probs head on random ``[positions, hidden]`` states: (peak MiB above the
+    start, seconds). CPU: the process's peak resident set (VmHWM, reset through /proc/self/clear_refs); GPU:
+    torch's peak allocation."""
+    from learner.policy import PolicyLogprobs  # noqa: F401  (the module under test; its pieces below)
+    from learner.policy import ChunkedHeadLogprobs, _head_logprobs
+
+    device = torch.device("cuda" if gpu else "cpu")
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    h = torch.randn(positions, hidden, generator=gen).to(device).requires_grad_(True)
+    w = (0.02 * torch.randn(vocab, hidden, generator=gen)).to(device).requires_grad_(True)
+    t = torch.randint(0, vocab, (positions,), generator=gen).to(device)
+
+    def status(key: str) -> float:
+        line = next(x for x in open("/proc/self/status") if x.startswith(key))
+        return int(line.split()[1]) / 1024
+
+    if gpu:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start_mem = torch.cuda.memory_allocated() / 2**20
+    else:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak resident set to the current one
+        start_mem = status("VmRSS")
+    start = time.perf_counter()
+    logp = ChunkedHeadLogprobs.apply(h, w, None, t, chunk, None, 1.0) if chunk else _head_logprobs(torch.nn.functional.linear(h, w), t, None, 1.0)
+    logp.sum().backward()
+    if gpu:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated() / 2**20 if gpu else status("VmHWM")
+    return peak - start_mem, seconds
+
+
+def _head_memory(positions: int, hidden: int, vocab: int, chunk: int, gpu: bool) -> dict[str, tuple[float, float]]:
+    """Chunked against whole, each in a fresh process on CPU (freed memory stays mapped, so one process would
+    show the second pass too little), in this one on GPU."""
+    if gpu:
+        return {name: _head_pass(positions, hidden, vocab, c, True) for name, c in (("whole", None), ("chunked", chunk))}
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
+        return {name: pool.apply(_head_pass, (positions, hidden, vocab, c, False)) for name, c in (("whole", None), ("chunked", chunk))}
+
+
 def run(tiny: bool = False, model_name: str = "embedded") -> BenchResult:
     """``model_name``: the embedded model, or any Hugging Face folder (e.g. a larger one, for a GPU's figures)."""
     import deepspeed
@@ -145,6 +191,9 @@ def run(tiny: bool = False, model_name: str = "embedded") -> BenchResult:
     _ = [p.detach().clone() for _, p in core.named_parameters()]
     copy_s = time.perf_counter() - start
 
+    # the head's memory: a micro-batch's action positions scored at once against learner.logprob_chunk_positions at a time
+    head_shape = (1024, 576, 49152, 256) if tiny else (8192, 576, 49152, 2048) if not gpu else (16384, 3584, 152064, 2048)
+    head = _head_memory(*head_shape, gpu=gpu)
     result = BenchResult("learner", settings={"problems": problems, "k": k, "steps": steps, "zero_stage": 2, "ranks": 1,
                                               "rows_per_micro_batch": micro, "threads": torch.get_num_threads(), "auto_dtype": auto,
                                               "model": model_name})
@@ -156,11 +205,16 @@ def run(tiny: bool = False, model_name: str = "embedded") -> BenchResult:
                     two_pass_seconds, higher_is_better=False),
         Measurement(f"policy fwd+bwd+step through the PolicyLogprobs engine vs the head called past the engine ({auto}, ZeRO-2)",
                     rates["wrapper"], "tok/s", "bypass (the learner before the wrapper)", rates["bypass"]),
+        Measurement(f"head log-probs fwd+bwd peak MiB, {head_shape[3]} positions at a time ({head_shape[0]} positions x {head_shape[2]} vocab, "
+                    f"hidden {head_shape[1]})", head["chunked"][0], "MiB", "all positions at once", head["whole"][0], higher_is_better=False),
+        Measurement("head log-probs fwd+bwd seconds, chunked (recomputed in backward)", head["chunked"][1], "s", "all positions at once",
+                    head["whole"][1], higher_is_better=False),
         Measurement(f"useful (non-padding) share of computed positions (padded {padded:.1%})", 1.0 - padded, "", "no padding", 1.0),
         Measurement(f"publish gather+pack s ({sent / 2**20:.0f} MiB, {auto})", publish_s, "s", "in-memory copy of the weights", copy_s,
                     higher_is_better=False),
     ]
-    result.extra = {"tokens_per_second": rates, "seconds_per_step": {n: v / steps for n, v in seconds.items()}, "padded_fraction": padded}
+    result.extra = {"head_memory": {"shape": dict(zip(("positions", "hidden", "vocab", "chunk"), head_shape)), **head},
+                    "tokens_per_second": rates, "seconds_per_step": {n: v / steps for n, v in seconds.items()}, "padded_fraction": padded}
     params = sum(p.numel() for p in model.parameters())
     core.close()
     engine.destroy()

@@ -157,6 +157,9 @@ class LearnerConfig(_Section):
     # score each batch, so learner ranks hold one model (for large models on tight devices)
     reference_placement: Literal["learner", "separate"] = "learner"
     reference_actors: int = Field(1, ge=1)
+    # the LM head scores this many action positions at a time, each chunk's logits recomputed in the backward
+    # pass instead of kept: the transient memory of the log-probs is chunk x vocab fp32, not positions x vocab
+    logprob_chunk_positions: int | None = Field(2048, ge=1)
     threads_per_rank: int = Field(1, ge=1)  # CPU only
     cpus_per_rank: float = Field(1.0, gt=0.0)  # CPU-only machines: Ray CPUs reserved per rank
 

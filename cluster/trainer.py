@@ -148,7 +148,7 @@ class ScoreTrainer:
         if cfg.learner.reference_placement == "separate":
             self.reference = ReferenceGroup(self.model_path, cfg.learner.reference_actors, gpus=gpus, cpus=cfg.learner.cpus_per_rank,
                                             dtype=dtype, temperature1=settings.temperature1, temperature2=settings.temperature2,
-                                            threads=cfg.learner.threads_per_rank)
+                                            threads=cfg.learner.threads_per_rank, chunk_positions=cfg.learner.logprob_chunk_positions)
         self.learner = LearnerGroup(settings, cfg.learner.num_ranks, gpus=gpus, cpus_per_rank=cfg.learner.cpus_per_rank,
                                     pg=self.shared_pg, gpu_share=COLOCATED_GPU_SHARE if colocated else 1.0)
         self.weights = WeightSync(self.learner, self.fleet, cfg.rollout.sync_bucket_mb << 20, load=cfg.rollout.sync_load)

@@ -76,6 +76,7 @@ class LearnerSettings:
     dtype: str = "auto"
     joint_forward: bool = True  # one pass for both attempts when attempt 2 extends attempt 1
     reference_placement: str = "learner"  # "separate": the batch carries a*_ref_logprobs from a ReferenceGroup
+    logprob_chunk_positions: int | None = 2048  # the head scores this many positions at a time (learner.policy)
 
     @property
     def gradient_accumulation_steps(self) -> int:
@@ -90,7 +91,8 @@ class LearnerSettings:
             rows_per_rank=rollout.problems_per_iteration * rollout.samples_per_problem // learner.num_ranks,
             rows_per_micro_batch=learner.micro_batch_size,
             **{f: getattr(learner, f) for f in ("zero_stage", "lr", "weight_decay", "warmup_steps", "gradient_checkpointing", "max_grad_norm",
-                                                 "updates_per_batch", "threads_per_rank", "reference_placement")},
+                                                 "updates_per_batch", "threads_per_rank", "reference_placement",
+                                                 "logprob_chunk_positions")},
             **{f: getattr(alg, f) for f in ("alpha", "beta1", "beta2", "gamma", "kl_estimator", "loss_agg", "normalize_advantages",
                                              "clip_ratio", "vllm_is", "vllm_is_cap")},
             temperature1=rollout.attempt1.temperature, temperature2=rollout.attempt2.temperature,
@@ -205,10 +207,11 @@ class LearnerCore:
         hf_policy = AutoModelForCausalLM.from_pretrained(settings.model_path, dtype=dtype)
         if settings.gradient_checkpointing:
             hf_policy.gradient_checkpointing_enable()
-        policy = PolicyLogprobs(hf_policy)  # DeepSpeed wraps the module whose forward returns the log-probs
+        chunk = settings.logprob_chunk_positions
+        policy = PolicyLogprobs(hf_policy, chunk)  # DeepSpeed wraps the module whose forward returns the log-probs
         self.reference = None
         if settings.reference_placement == "learner":
-            self.reference = PolicyLogprobs(AutoModelForCausalLM.from_pretrained(settings.model_path, dtype=dtype)).to(self.device).eval()
+            self.reference = PolicyLogprobs(AutoModelForCausalLM.from_pretrained(settings.model_path, dtype=dtype), chunk).to(self.device).eval()
             self.reference.requires_grad_(False)
         self.pad_id = policy.config.pad_token_id if policy.config.pad_token_id is not None else 0
 

@@ -68,9 +68,14 @@ class PolicyLogprobs(torch.nn.Module):
     """Owns a Hugging Face causal LM (``.model``, whose parameter names are the weights' names) and
     turns a batch into per-target log-probs: the module the DeepSpeed engine wraps, and the reference."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, chunk_positions: int | None = None):
+        """``chunk_positions``: score the kept positions that many at a time (None: all at once; :class:`ChunkedHeadLogprobs`). Each
+        chunk's ``[chunk, vocab]`` logits are recomputed in the backward pass instead of kept, so the head's
+        transient memory is one chunk's, not ``positions x vocab`` fp32 (10 GB for 16k positions of a 152k
+        vocabulary), for one more head matrix product per chunk."""
         super().__init__()
         self.model = model
+        self.chunk_positions = chunk_positions
         if model.get_output_embeddings() is None:
             raise HeadError(f"{type(model).__name__} has no output embedding (LM head): the learner needs a causal LM")
         if model.base_model is model:
@@ -89,14 +94,72 @@ class PolicyLogprobs(torch.nn.Module):
         out = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         sel = (attention_mask[:, 1:] > 0) if keep is None else keep.bool()
-        logits = self.model.get_output_embeddings()(hidden[:, :-1][sel]).float()  # [M, V] for the M kept positions
-        if self._transform is not None:
-            logits = self._transform(logits)
-        if temperature > 0 and temperature != 1.0:
-            logits = logits / temperature
-        picked = targets[sel]
-        logp = logits.gather(-1, picked.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+        kept, picked = hidden[:, :-1][sel], targets[sel]  # [M, H] and [M] for the M kept positions
+        head = self.model.get_output_embeddings()
+        chunk = self.chunk_positions
+        if chunk and kept.shape[0] > chunk and isinstance(head, torch.nn.Linear):
+            transform = self._transform
+            logp = _call_as(head, lambda h: ChunkedHeadLogprobs.apply(h, head.weight, head.bias, picked, chunk, transform, temperature), kept)
+        else:
+            logp = _head_logprobs(head(kept), picked, self._transform, temperature)
         return torch.zeros(sel.shape, dtype=logp.dtype, device=logp.device).masked_scatter(sel, logp)
+
+
+def _head_logprobs(logits: torch.Tensor, targets: torch.Tensor, transform, temperature: float) -> torch.Tensor:
+    """``[m, V]`` head outputs -> ``[m]`` log-probs of ``targets``: the post-head transform and the temperature, in fp32."""
+    logits = logits.float()
+    if transform is not None:
+        logits = transform(logits)
+    if temperature > 0 and temperature != 1.0:
+        logits = logits / temperature
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def _call_as(module: torch.nn.Module, forward, *args):
+    """Call ``module`` with ``forward`` standing in for its own, its hooks included (ZeRO-3 gathers its weight before
+    and reduces its gradient after): one call per pass on every rank, whatever the number of chunks."""
+    module.forward = forward
+    try:
+        return module(*args)
+    finally:
+        del module.forward
+
+
+class ChunkedHeadLogprobs(torch.autograd.Function):
+    """``log_softmax(g(h W^T + b) / T)[t]`` for ``[M, H]`` hidden states, ``chunk`` positions at a time: neither pass
+    holds more than one chunk's ``[chunk, V]`` logits (the backward recomputes each chunk's), for one more head
+    matrix product per chunk."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, chunk, transform, temperature):
+        ctx.save_for_backward(hidden, weight, bias, targets)
+        ctx.chunk, ctx.transform, ctx.temperature = chunk, transform, temperature
+        return torch.cat([_head_logprobs(torch.nn.functional.linear(hidden[i : i + chunk], weight, bias), targets[i : i + chunk],
+                                         transform, temperature) for i in range(0, hidden.shape[0], chunk)])
+
+    @staticmethod
+    def backward(ctx, grad):
+        hidden, weight, bias, targets = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_hidden = torch.empty_like(hidden) if need_h else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        grad_bias = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if bias is not None and need_b else None
+        w = weight.detach().requires_grad_(need_w)
+        b = bias.detach().requires_grad_(bool(need_b)) if bias is not None else None
+        for i in range(0, hidden.shape[0], ctx.chunk):
+            h = hidden[i : i + ctx.chunk].detach().requires_grad_(need_h)
+            leaves = [x for x in (h, w, b) if x is not None and x.requires_grad]
+            with torch.enable_grad():
+                out = _head_logprobs(torch.nn.functional.linear(h, w, b), targets[i : i + ctx.chunk], ctx.transform, ctx.temperature)
+                got = dict(zip(map(id, leaves), torch.autograd.grad(out, leaves, grad[i : i + ctx.chunk])))
+            if need_h:
+                grad_hidden[i : i + ctx.chunk] = got[id(h)]
+            if need_w:
+                grad_weight += got[id(w)]
+            if grad_bias is not None:
+                grad_bias += got[id(b)]
+        return (grad_hidden, grad_weight.to(weight.dtype) if need_w else None,
+                grad_bias.to(bias.dtype) if grad_bias is not None else None, None, None, None, None)
 
 
 def check_head(policy: PolicyLogprobs, device: torch.device, tolerance: float | None = None, length: int = 8) -> float:

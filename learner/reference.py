@@ -22,14 +22,15 @@ from learner.policy import PolicyLogprobs
 class ReferenceScorer:
     """Owns one frozen reference model and turns a batch into reference log-prob columns."""
 
-    def __init__(self, model_path: str, dtype: str = "auto", temperature1: float = 1.0, temperature2: float = 1.0, threads: int | None = None):
+    def __init__(self, model_path: str, dtype: str = "auto", temperature1: float = 1.0, temperature2: float = 1.0, threads: int | None = None,
+                 chunk_positions: int | None = 2048):
         from transformers import AutoModelForCausalLM  # heavy: loaded by the reference actors only
 
         gpu = on_gpu()
         if not gpu and threads:
             torch.set_num_threads(threads)
         self.device = torch.device("cuda") if gpu else torch.device("cpu")
-        self.model = PolicyLogprobs(AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype(dtype, gpu))).to(self.device).eval()
+        self.model = PolicyLogprobs(AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype(dtype, gpu)), chunk_positions).to(self.device).eval()
         self.t1, self.t2 = temperature1, temperature2
 
     @torch.no_grad()

@@ -250,13 +250,13 @@ def unequal_batch(tiny_model_path):
     return build_batch(tiny_model_path, UNEQUAL)
 
 
-def _first_update(model_path, batch, zero_stage, loss_agg, ranks, rows_per_micro, stage=2):
+def _first_update(model_path, batch, zero_stage, loss_agg, ranks, rows_per_micro, stage=2, chunk=2048):
     """The metrics of the first update of a fresh learner on ``batch`` (one rank in this process, or a Ray group)."""
     from learner.core import LearnerCore, LearnerSettings
     from learner.group import LearnerGroup
 
     settings = LearnerSettings(model_path=model_path, zero_stage=zero_stage, lr=1e-5, rows_per_micro_batch=rows_per_micro,
-                               rows_per_rank=batch.num_rows // ranks, k=2, loss_agg=loss_agg, dtype="float32")
+                               rows_per_rank=batch.num_rows // ranks, k=2, loss_agg=loss_agg, dtype="float32", logprob_chunk_positions=chunk)
     if ranks == 1:
         core = LearnerCore(settings)
         try:
@@ -283,7 +283,8 @@ def test_micro_batches_and_ranks_give_the_whole_batch_gradient(ray_local, tiny_m
     micro-batch's gradient to the accumulated one only when the pass went through ``engine.forward``.)"""
     whole = _first_update(tiny_model_path, unequal_batch, zero_stage, "token_mean", ranks=1, rows_per_micro=4)
     accumulated = _first_update(tiny_model_path, unequal_batch, zero_stage, "token_mean", ranks=1, rows_per_micro=1)
-    two_ranks = _first_update(tiny_model_path, unequal_batch, zero_stage, "token_mean", ranks=2, rows_per_micro=1)
+    # and the head scoring 5 positions at a time, recomputed in the backward pass (ZeRO-3 gathers its weights again)
+    two_ranks = _first_update(tiny_model_path, unequal_batch, zero_stage, "token_mean", ranks=2, rows_per_micro=1, chunk=5)
     assert accumulated["padded_fraction"] == 0.0 < whole["padded_fraction"]
     assert whole["grad_norm"] > 0
     for got in (accumulated, two_ranks):
@@ -411,3 +412,54 @@ def test_a_head_the_learner_cannot_reproduce_is_refused_in_one_line(model_path):
     with pytest.raises(HeadError, match=r"ScaledLlama \(llama\): the learner's log-probs differ") as err:
         check_head(PolicyLogprobs(ScaledLlama.from_pretrained(path, dtype=torch.float32)), torch.device("cpu"))
     assert "\n" not in str(err.value)
+
+
+def test_a_batch_the_joint_pass_cannot_take_is_scored_in_two_passes_and_logged(tiny_model_path, unequal_batch, caplog):
+    """A chat template that rewrites earlier turns breaks the shared prefix of one row: the learner says so once
+    and scores that batch in two passes per row."""
+    import logging
+
+    from learner.core import LearnerCore, LearnerSettings
+
+    rows = unequal_batch.to_pylist()
+    rows[3]["a2_prompt_ids"] = rows[3]["a2_prompt_ids"][:3] + [rows[3]["a2_prompt_ids"][3] + 1] + rows[3]["a2_prompt_ids"][4:]
+    broken = pa.Table.from_pylist(rows, schema=unequal_batch.schema)
+    core = LearnerCore(LearnerSettings(model_path=tiny_model_path, rows_per_micro_batch=2, rows_per_rank=4, k=2, dtype="float32"))
+    try:
+        with caplog.at_level(logging.WARNING, logger="learner.core"):
+            joint, _ = core.device_micro_batches(unequal_batch)
+            assert not caplog.records and all(mb.joint is not None for mb in joint)
+            for _ in range(2):
+                split, _ = core.device_micro_batches(broken)
+        assert all(mb.joint is None for mb in split)
+        assert [r.getMessage() for r in caplog.records if "two passes" in r.getMessage()] and len(caplog.records) == 1
+    finally:
+        core.close()
+
+
+@pytest.mark.parametrize("variant", ["llama", "gemma2"])
+def test_chunked_log_probs_equal_the_whole_vocabulary_pass(model_path, unequal_batch, variant):
+    """Scoring the kept positions a few at a time (each chunk's logits recomputed in the backward pass instead of
+    kept) gives the same log-probs and the same gradients as one pass over all of them, soft-capped head included."""
+    from transformers import AutoModelForCausalLM
+
+    from learner.batch import joint_inputs
+    from learner.policy import PolicyLogprobs
+    from tests.tiny_models import tiny_model
+
+    joint = joint_inputs(unequal_batch)
+    inputs, keep = joint.inputs, (joint.mask1 + joint.inputs.action_mask) > 0
+    assert int(keep.sum()) > 3 * 7  # several chunks of 7, the last one partial
+    results = []
+    for chunk in (None, 7):
+        policy = PolicyLogprobs(AutoModelForCausalLM.from_pretrained(tiny_model(variant, model_path), dtype=torch.float32), chunk_positions=chunk)
+        lp = policy(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, targets=inputs.targets, keep=keep, temperature=0.7)
+        (-(lp * keep).sum() / keep.sum()).backward()
+        results.append((lp.detach(), {n: p.grad.clone() for n, p in policy.model.named_parameters()}))
+        with torch.no_grad():  # the no-grad pass (reference, old policy) chunks the same way
+            assert torch.allclose(policy(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, targets=inputs.targets,
+                                         keep=keep, temperature=0.7), lp.detach(), atol=1e-6)
+    (whole, g_whole), (chunked, g_chunked) = results
+    assert torch.allclose(chunked, whole, atol=1e-6)
+    worst = max(float((g - g_whole[n]).norm() / g_whole[n].norm().clamp(min=1e-12)) for n, g in g_chunked.items())
+    assert worst < 1e-4
