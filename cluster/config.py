@@ -160,6 +160,9 @@ class LearnerConfig(_Section):
     # the LM head scores this many action positions at a time, each chunk's logits recomputed in the backward
     # pass instead of kept: the transient memory of the log-probs is chunk x vocab fp32, not positions x vocab
     logprob_chunk_positions: int | None = Field(2048, ge=1)
+    # the optimizer states (fp32 masters, Adam moments) go to CPU memory from the end of each update until the
+    # next, freeing the GPU for colocated generators (OpenRLHF's --deepspeed_enable_sleep); ZeRO-2 only
+    offload_states_during_generation: bool = False
     threads_per_rank: int = Field(1, ge=1)  # CPU only
     cpus_per_rank: float = Field(1.0, gt=0.0)  # CPU-only machines: Ray CPUs reserved per rank
 
@@ -243,6 +246,9 @@ class ScoreConfig(_Section):
             raise ValueError(
                 "learner.updates_per_batch > 1 reuses a batch off-policy; set algorithm.clip_ratio"
             )
+        if self.learner.offload_states_during_generation and self.learner.zero_stage == 3:
+            raise ValueError("learner.offload_states_during_generation works with learner.zero_stage 2: DeepSpeed 0.19 offloads "
+                             "ZeRO-3 states only with its FusedAdam, and the learner uses torch's AdamW")
         if self.rollout.colocate_with_learner:
             if self.rollout.num_generators != self.learner.num_ranks:
                 raise ValueError(

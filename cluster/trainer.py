@@ -279,6 +279,8 @@ class ScoreTrainer:
         t_learn = time.monotonic()
         sync = self._publish(self.version + 1)
         self.version = sync["version"]
+        if self.cfg.learner.offload_states_during_generation:  # until the next update reloads them
+            self.learner.offload_states()
         t_sync = time.monotonic()
         gen_tokens = sum(generated["a1_length"].to_pylist()) + sum(generated["a2_length"].to_pylist())
         r1, r2 = generated["r1"].to_pylist(), generated["r2"].to_pylist()

@@ -232,6 +232,7 @@ class LearnerCore:
         self.engine, _, _, _ = deepspeed.initialize(model=policy, optimizer=optimizer, lr_scheduler=schedule, config=ds_config)
         check_head(self.engine.module, self.device)  # one line, before any training, for a head the learner cannot reproduce
         self.step_count = 0
+        self.states_offloaded = False
         self._warned_two_passes = False
 
     # -- helpers ---------------------------------------------------------------------------
@@ -340,6 +341,7 @@ class LearnerCore:
         if shard.num_rows != s.rows_per_rank:
             raise ValueError(f"learner rank {self.rank} got {shard.num_rows} rows, built for {s.rows_per_rank}")
         start = time.monotonic()
+        self.reload_states()  # offloaded during generation (learner.offload_states_during_generation)
         objective = self.objective
         r1_all, r2_all = rewards(shard, "r1"), rewards(shard, "r2")
         micros, padded = self.device_micro_batches(shard)
@@ -398,7 +400,29 @@ class LearnerCore:
             tokens=tokens, padded_fraction=padded, seconds=seconds, tokens_per_second=tokens / max(seconds, 1e-9),
             lr=float(self.engine.lr_scheduler.get_last_lr()[0]), optimizer_steps=self.step_count,
         )
+        self.release_cache()
         return metrics
+
+    # -- device memory between updates -------------------------------------------------------
+    def release_cache(self) -> None:
+        """Return torch's cached, unused GPU blocks to the driver (no-op on CPU): after an update and after
+        sending weights, so that a colocated vLLM engine waking up (its weights and KV cache are mapped outside
+        torch's allocator) finds them free."""
+        if self.gpu:
+            torch.cuda.empty_cache()
+
+    def offload_states(self) -> None:
+        """Move the optimizer states (fp32 master weights, Adam moments, gradient buffers) to CPU memory while the
+        generators run (OpenRLHF's ``--deepspeed_enable_sleep``); :meth:`reload_states` brings them back."""
+        if not self.states_offloaded:
+            self.engine.offload_states(pin_memory=self.gpu)
+            self.states_offloaded = True
+            self.release_cache()
+
+    def reload_states(self) -> None:
+        if self.states_offloaded:
+            self.engine.reload_states()
+            self.states_offloaded = False
 
     def sequence_logprob(self, shard: pa.Table, prefix: str = "a1") -> list[float]:
         """Sum of the policy's log-probs over each row's response tokens (for tests and diagnostics)."""

@@ -82,7 +82,13 @@ class LearnerRank:
     def send_weights(self, wire_plan: WirePlan) -> int:
         """Every rank gathers (ZeRO-3 needs all); ranks with a transport send. Returns the bytes this rank sent."""
         plan = plan_from_wire(wire_plan)
-        return self.sender.send(self.core.full_weights(plan), plan)
+        sent = self.sender.send(self.core.full_weights(plan), plan)
+        self.core.release_cache()  # ZeRO-3's gathered buckets: back to the driver before the generators wake
+        return sent
+
+    def offload_states(self) -> bool:
+        self.core.offload_states()
+        return True
 
     def close_weights(self) -> bool:
         self.sender.close()
@@ -163,6 +169,10 @@ class LearnerGroup:
 
     def full_state(self) -> dict[str, Any]:
         return self._get([r.full_state.remote() for r in self.ranks], "gathering full weights")[0]
+
+    def offload_states(self) -> None:
+        """Every rank's optimizer states to CPU memory until its next update (which reloads them)."""
+        self._get([r.offload_states.remote() for r in self.ranks], "learner ranks offloading their optimizer states")
 
     # -- the weight-sync source (weight_sync.manager.WeightSource) ------------------------------
     def _pending(self, refs: list, what: str):

@@ -264,3 +264,9 @@ def test_preflight_refuses_what_would_fail_mid_run(model_path, tmp_path):
 
     with pytest.raises(ConfigError, match=r"ends a turn with '<\|im_end\|>' \(id 2\), which vLLM does not stop at \(stop ids \[0\]\)"):
         check_run(cfg, _tiny_copy(model_path, tmp_path / "b", other_eos), task)
+
+
+def test_offloading_optimizer_states_needs_zero_2():
+    assert load_config(None, ["learner.offload_states_during_generation=true"]).learner.offload_states_during_generation
+    with pytest.raises(ConfigError, match="offload_states_during_generation works with learner.zero_stage 2"):
+        load_config(None, ["learner.offload_states_during_generation=true", "learner.zero_stage=3"])

