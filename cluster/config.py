@@ -44,6 +44,7 @@ class RunConfig(_Section):
     num_cpus: int | None = Field(None, ge=1)  # logical CPUs of a new local Ray (default: max(4, cores))
     dashboard: bool = True  # start the Ray dashboard with a new local Ray
     progress: bool = True  # progress bars on the console
+    gpu_memory_gb: float = Field(80.0, gt=0.0)  # memory of each GPU, for the memory plan (cluster/memory_plan.py)
     # operational messages, driver and workers; unset: $SCORE_LOG_LEVEL, else INFO
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] | None = None
 

@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["eval", "val"], default="eval",
                    help="held-out problems (default) or the validation split (task.val_size of the training problems)")
 
+    p = sub.add_parser("plan", help="print each GPU's estimated memory for a config (cluster/memory_plan.py)")
+    _add_config_args(p)
+    p.add_argument("--gpu-memory-gb", type=float, help="memory of one GPU (default: run.gpu_memory_gb)")
+
     p = sub.add_parser("prepare-model", help="prepare the model folder once (default: the embedded model)")
     p.add_argument("--model", default="embedded", help="'embedded', a local HF folder, or a hub name")
     p.add_argument("--cache-dir", help="cache directory (default: $SCORE_CACHE_DIR or ~/.cache/score-on-ray)")
@@ -161,6 +165,22 @@ def cmd_train(args: argparse.Namespace, cfg: ScoreConfig) -> int:
     return 143 if result.interrupted else 0
 
 
+def cmd_plan(args: argparse.Namespace, cfg: ScoreConfig) -> int:
+    """The memory plan of ``cfg`` on GPUs (bf16 where ``model.dtype`` is auto); exit 1 when something does not fit."""
+    from cluster.memory_plan import ModelShape, check_fits, memory_plan
+    from common.devices import resolve_dtype
+
+    dtype = resolve_dtype(cfg.model.dtype, gpu=True)
+    plan = memory_plan(cfg, ModelShape.of(_prepare(cfg)), dtype, args.gpu_memory_gb)
+    print(plan.table())
+    try:
+        check_fits(plan)
+    except ConfigError as err:
+        print(f"\ndoes not fit: {err}")
+        return 1
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace, cfg: ScoreConfig) -> int:
     task = build_task(cfg.task, seed=cfg.run.seed)
     problems = task.problems(args.split)[: cfg.eval.num_problems]
@@ -216,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_sample(args, cfg)
         if args.command == "train":
             return cmd_train(args, cfg)
+        if args.command == "plan":
+            return cmd_plan(args, cfg)
         return cmd_eval(args, cfg)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)

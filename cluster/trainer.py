@@ -140,6 +140,10 @@ class ScoreTrainer:
         dtype = resolve_dtype(cfg.model.dtype, gpu=gpus)
         self.dtype = dtype
         (log.warning if bf16_emulated(cfg.model.dtype, gpu=gpus) else log.info)(dtype_choice(cfg.model.dtype, gpu=gpus))
+        if gpus:  # each GPU's bytes before anything is placed: one line for a config that does not fit
+            from cluster.memory_plan import ModelShape, check_fits, memory_plan
+
+            check_fits(memory_plan(cfg, ModelShape.of(self.model_path), dtype))
         colocated = cfg.rollout.colocate_with_learner
         self.shared_pg = self._colocated_placement(gpus) if colocated else None
         self.fleet = build_fleet(cfg, self.model_path, gpus, dtype, placement_group=self.shared_pg)
