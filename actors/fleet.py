@@ -60,6 +60,7 @@ class FleetSettings:
     colocated: bool = False
     placement_group: Any = None
     gpu_share: float = 1.0
+    env_vars: dict[str, str] = field(default_factory=dict)  # for every generator's process (e.g. vLLM's settings)
 
 
 class GeneratorFleet:
@@ -93,8 +94,9 @@ class GeneratorFleet:
                 num_cpus=bundle.get("CPU", 0),
                 num_gpus=bundle.get("GPU", 0),
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
+                **({"runtime_env": {"env_vars": dict(settings.env_vars)}} if settings.env_vars else {}),
             ).remote(model_path, name=name, seed=settings.seed + i, tensor_parallel_size=settings.tensor_parallel_size,
-                     colocated=settings.colocated, **settings.engine_kwargs)
+                     colocated=settings.colocated, expect_gpu=settings.gpus, **settings.engine_kwargs)
             for i, name in enumerate(self.names)
         ]
         self.wait({name: a.ready.remote() for name, a in zip(self.names, self.actors)}, settings.start_timeout_s, "generator start-up")
@@ -182,12 +184,16 @@ class GeneratorFleet:
         alive = []
         deadline = time.monotonic() + self.settings.start_timeout_s
         for i, actor in enumerate(self.actors):
+            restarting = False
             while True:
                 try:
                     ray.get(actor.ready.remote(), timeout=max(1.0, deadline - time.monotonic()))
                     alive.append(i)
                     break
                 except ActorUnavailableError:  # restarting: its engine is loading again
+                    if not restarting:
+                        self.events.append(f"{self.names[i]} is restarting (its process or its engine died); waiting for it")
+                        restarting = True
                     if time.monotonic() > deadline:
                         self.events.append(f"{self.names[i]} still restarting after {self.settings.start_timeout_s:.0f} s")
                         break

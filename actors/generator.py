@@ -12,6 +12,7 @@ that generation used the newest weights.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -78,8 +79,15 @@ class GeneratorCore:
     """Owns one vLLM engine, its chat formatter and its weight version (usable without Ray)."""
 
     def __init__(self, model_path: str, name: str = "generator-0", seed: int = 0, cpu_threads: int | None = None,
-                 colocated: bool = False, **engine_kwargs: Any):
+                 colocated: bool = False, expect_gpu: bool | None = None, **engine_kwargs: Any):
+        """``expect_gpu``: what the driver decided (GPU or CPU stack); a generator that sees otherwise refuses to start."""
         setup_logging()  # this worker's messages at the driver's level ($SCORE_LOG_LEVEL)
+        if expect_gpu is not None and expect_gpu != on_gpu():
+            raise RuntimeError(f"{name}: the driver chose the {'GPU' if expect_gpu else 'CPU'} stack, but this actor "
+                               f"{'sees no CUDA device' if expect_gpu else 'sees a CUDA device'} (run.device)")
+        # a NCCL weight-sync collective that times out raises in the waiting thread (the manager then rebuilds and
+        # retries) instead of tearing the process down (torch's default, 3); set before vLLM starts its workers
+        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "2")
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         if not on_gpu():
             # Ray sets OMP_NUM_THREADS to the actor's CPU share (often 1), and vLLM's CPU worker
@@ -100,12 +108,31 @@ class GeneratorCore:
             logprobs_mode="processed_logprobs",  # log-probs of the distribution actually sampled
             **engine_kwargs,
         )
+        import psutil  # a Ray dependency
+
+        # vLLM's engine core and workers when they run apart (it names them VLLM::EngineCore, VLLM::Worker...)
+        self._engine_processes = [p for p in psutil.Process().children(recursive=True) if p.name().startswith("VLLM::")]
         tokenizer = self.llm.get_tokenizer()
         self.formatter = ChatFormatter(tokenizer, stop_token_ids(tokenizer, model_path))
         self.version = 0
         self.tokens_generated = 0
 
     # -- control ------------------------------------------------------------------------
+    def engine_alive(self) -> bool:
+        """Whether every process vLLM started for this engine still runs: on a GPU the engine core (and its workers)
+        are processes of their own, which can die while this actor lives; a request to a dead engine core can
+        block for ever, so the processes are looked at, not asked. In-process (CPU): the actor's own life."""
+        import psutil  # a Ray dependency
+
+        try:
+            return all(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in self._engine_processes)
+        except psutil.NoSuchProcess:
+            return False
+
+    def engine_pids(self) -> list[int]:
+        """The processes vLLM started under this actor (its engine core and workers; none in-process)."""
+        return [p.pid for p in self._engine_processes]
+
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "pid": os.getpid(), "tokens_generated": self.tokens_generated}
 
@@ -223,6 +250,11 @@ class Generator(GeneratorCore):
     """The Ray actor around :class:`GeneratorCore` (named ``generator-i`` in the dashboard)."""
 
     def ready(self) -> bool:
+        """Alive means the engine answers: a generator whose engine died exits, so that Ray restarts it (and the
+        fleet reports it dead meanwhile) instead of counting it live."""
+        if not self.engine_alive():
+            logging.getLogger(__name__).error("%s: its vLLM engine died; exiting so that Ray restarts this generator", self.name)
+            os._exit(1)
         return True
 
     def placement(self) -> dict[str, Any]:

@@ -449,3 +449,42 @@ def test_the_seed_reaches_vllm_per_engine_on_cpu_and_per_request_on_gpu():
     assert gpu.engine_seed is None and gpu.request_seeds == [7, 11, 15]
     samples = {s + i for s in gpu.request_seeds for i in range(4)}  # vLLM: sample i of n gets seed + i
     assert len(samples) == 12
+
+
+def test_a_generator_whose_engine_died_is_reported_and_replaced(ray_local, tiny_model_path, task):
+    """vLLM's engine core as a process of its own (as on a GPU; forced here with VLLM_ENABLE_V1_MULTIPROCESSING=1) is
+    killed while the actor lives: the next liveness check finds the engine dead, the actor exits, Ray restarts it,
+    and the fleet reports the restart and gets a generator that generates again. The tiny random model (mechanics)."""
+    import os
+    import signal
+
+    import ray
+
+    from actors.fleet import FleetSettings, GeneratorFleet
+
+    from pathlib import Path
+
+    shm_before = set(os.listdir("/dev/shm"))
+    fleet = GeneratorFleet(tiny_model_path, FleetSettings(num_generators=1, namespace_prefix="engine-death", env_vars={
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"},
+        engine_kwargs={"cpu_kv_cache_gb": 0.25, "max_model_len": 512, "dtype": "float32"}))
+    try:
+        actor = fleet.actors[0]
+        before = ray.get(actor.info.remote())["pid"]
+        engines = ray.get(actor.engine_pids.remote())
+        assert engines and before not in engines  # the engine core runs apart from the actor
+        assert fleet.live() == [0] and not fleet.events
+        for pid in engines:
+            os.kill(pid, signal.SIGKILL)
+        alive = fleet.live()  # probes the engine: dead, so the actor exits and Ray brings it back
+        assert any("engine-death-0" in e and ("restarting" in e or "unavailable" in e) for e in fleet.events), fleet.events
+        if alive != [0]:  # the probe's own call died with the actor: the next check waits for the restart
+            alive = fleet.live()
+        assert alive == [0]
+        assert ray.get(actor.info.remote())["pid"] != before
+        assert fleet.first_attempts(_items(task, 2), 1, GREEDY).num_rows == 2
+    finally:
+        fleet.shutdown()
+        for name in set(os.listdir("/dev/shm")) - shm_before:  # what the killed engine core left behind
+            if name.startswith(("psm_", "sem.mp-")):
+                Path("/dev/shm", name).unlink(missing_ok=True)
