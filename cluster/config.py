@@ -45,6 +45,10 @@ class RunConfig(_Section):
     dashboard: bool = True  # start the Ray dashboard with a new local Ray
     progress: bool = True  # progress bars on the console
     gpu_memory_gb: float = Field(80.0, gt=0.0)  # memory of each GPU, for the memory plan (cluster/memory_plan.py)
+    # auto: the GPU stack when the cluster has GPUs at job start; cpu: the CPU stack regardless; gpu: ask the
+    # autoscaler for the GPUs the run places and wait up to gpu_wait_s for them
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+    gpu_wait_s: float = Field(1800.0, gt=0.0)
     # operational messages, driver and workers; unset: $SCORE_LOG_LEVEL, else INFO
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] | None = None
 

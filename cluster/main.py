@@ -193,12 +193,12 @@ def cmd_eval(args: argparse.Namespace, cfg: ScoreConfig) -> int:
     import ray
 
     from cluster.evaluate import METRICS, evaluate, format_table
-    from cluster.trainer import build_fleet, build_reward_pool, cluster_has_gpus, ray_connect
+    from cluster.trainer import build_fleet, build_reward_pool, ray_connect, use_gpus
     from common.devices import machine_record, resolve_dtype
 
     started_here = not ray.is_initialized()
     ray_connect(cfg)
-    gpus = cluster_has_gpus()
+    gpus = use_gpus(cfg)
     dtype = resolve_dtype(cfg.model.dtype, gpu=gpus)
     fleet = build_fleet(cfg, model_path, gpus, dtype)
     pool = build_reward_pool(cfg)

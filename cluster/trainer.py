@@ -88,6 +88,44 @@ def cluster_has_gpus() -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
+def required_gpus(cfg: ScoreConfig) -> int:
+    """The GPUs a run places: one per learner rank (shared with its generator when colocated), ``tensor_parallel_size``
+    per generator, and one per separate reference actor."""
+    r, learner = cfg.rollout, cfg.learner
+    need = learner.num_ranks + (0 if r.colocate_with_learner else r.num_generators * r.tensor_parallel_size)
+    return need + (learner.reference_actors if learner.reference_placement == "separate" else 0)
+
+
+def use_gpus(cfg: ScoreConfig, poll_s: float = 2.0) -> bool:
+    """``run.device``, decided once per job: ``cpu`` builds the CPU stack whatever the cluster has; ``auto`` the GPU
+    stack when the cluster has GPUs now; ``gpu`` asks the autoscaler for the GPUs the run needs and waits for them
+    up to ``run.gpu_wait_s`` (a job submitted before its GPU workers joined would otherwise build the CPU stack on
+    the head and never ask for GPUs). A GPU run on a cluster with fewer GPUs than it places fails at once."""
+    device, need = cfg.run.device, required_gpus(cfg)
+    if device == "cpu":
+        return False
+    if device == "gpu":
+        from ray.autoscaler.sdk import request_resources
+
+        have = ray.cluster_resources().get("GPU", 0)
+        if have < need:
+            request_resources(bundles=[{"GPU": 1}] * need)
+            log.info(f"run.device=gpu: waiting up to {cfg.run.gpu_wait_s:.0f} s for {need} GPUs (the cluster has {have:g})")
+            deadline = time.monotonic() + cfg.run.gpu_wait_s
+            while have < need and time.monotonic() < deadline:
+                time.sleep(poll_s)
+                have = ray.cluster_resources().get("GPU", 0)
+        if have < need:
+            raise ConfigError(f"run.device=gpu: waited {cfg.run.gpu_wait_s:.0f} s for the {need} GPUs this run places "
+                              f"(learner ranks, generators x tensor_parallel_size, reference actors); the cluster has {have:g}")
+        return True
+    have = ray.cluster_resources().get("GPU", 0)
+    if 0 < have < need:
+        raise ConfigError(f"this run places {need} GPUs (learner ranks, generators x tensor_parallel_size, reference actors) but the "
+                          f"cluster has {have:g}; on an autoscaling cluster set run.device=gpu to wait for them")
+    return have > 0
+
+
 def build_reward_pool(cfg: ScoreConfig):
     """The reward actors, with the configured sandbox limits (training and ``eval`` alike)."""
     r = cfg.rewards
@@ -131,7 +169,7 @@ class ScoreTrainer:
     def build(self, task) -> None:
         cfg = self.cfg
         self.task = task
-        gpus = cluster_has_gpus()
+        gpus = use_gpus(cfg)
         self.gpus = gpus
         log.info(f"starting {cfg.rewards.num_actors} reward actor(s), {cfg.rollout.num_generators} generator(s), {cfg.learner.num_ranks} learner rank(s) ({'GPU' if gpus else 'CPU'})")
         self.pool = build_reward_pool(cfg)
@@ -151,6 +189,7 @@ class ScoreTrainer:
         self.reference = None
         if cfg.learner.reference_placement == "separate":
             self.reference = ReferenceGroup(self.model_path, cfg.learner.reference_actors, gpus=gpus, cpus=cfg.learner.cpus_per_rank,
+                                            timeout_s=600,
                                             dtype=dtype, temperature1=settings.temperature1, temperature2=settings.temperature2,
                                             threads=cfg.learner.threads_per_rank, chunk_positions=cfg.learner.logprob_chunk_positions)
         self.learner = LearnerGroup(settings, cfg.learner.num_ranks, gpus=gpus, cpus_per_rank=cfg.learner.cpus_per_rank,
@@ -398,7 +437,7 @@ class ScoreTrainer:
         cfg = self.cfg
         total = cfg.algorithm.stage1_iterations + cfg.algorithm.stage2_iterations
         if self.resume:  # before minutes of start-up: a checkpoint from a machine that computed in another dtype
-            gpus = cluster_has_gpus()
+            gpus = use_gpus(cfg)
             latest, _ = CheckpointStore(self.run_dir).latest()
             if latest is not None:
                 check_resume(latest.path.name, latest.manifest.get("dtype"), resolve_dtype(cfg.model.dtype, gpu=gpus),

@@ -51,7 +51,14 @@ class LearnerRank:
     def address(self) -> tuple[str, int]:
         return node_ip(), free_port()
 
-    def setup(self, settings: LearnerSettings, master_addr: str, master_port: int) -> bool:
+    def setup(self, settings: LearnerSettings, master_addr: str, master_port: int, expect_gpu: bool | None = None) -> bool:
+        """``expect_gpu``: the stack the driver chose; a rank that sees otherwise refuses in one line."""
+        if expect_gpu is not None and expect_gpu != torch.cuda.is_available():
+            raise RuntimeError(f"learner rank {self.rank}: the driver chose the {'GPU' if expect_gpu else 'CPU'} stack, but this actor "
+                               f"{'sees no CUDA device' if expect_gpu else 'sees a CUDA device'} (run.device)")
+        # a NCCL collective that times out (DeepSpeed's, the weight broadcast's) raises in the waiting thread
+        # instead of tearing the process down (torch's default, 3): the driver then reports or retries it
+        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "2")
         if not torch.cuda.is_available():
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
         self.core = LearnerCore(settings, self.rank, self.world_size, master_addr, master_port)
@@ -139,7 +146,7 @@ class LearnerGroup:
             for j, name in enumerate(self.names)
         ]
         host, port = self._get([self.ranks[0].address.remote()], "learner rank 0's address")[0]
-        self._get([r.setup.remote(settings, host, port) for r in self.ranks], "learner ranks starting DeepSpeed")
+        self._get([r.setup.remote(settings, host, port, gpus) for r in self.ranks], "learner ranks starting DeepSpeed")
 
     def _get(self, refs: list, what: str, timeout_s: float | None = None) -> list:
         try:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import pyarrow as pa
 import ray
 import torch
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from common.devices import on_gpu, torch_dtype
 from common.teardown import tear_down
@@ -67,8 +69,20 @@ class ReferenceGroup:
     """Owns the reference actors and shards a batch over them."""
 
     def __init__(self, model_path: str, num_actors: int = 1, gpus: bool = False, cpus: float = 1.0, timeout_s: float = 1800.0, **kwargs):
-        opts = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": cpus}
-        self.actors = [ReferenceWorker.options(name=f"reference-{i}", **opts).remote(model_path, **kwargs) for i in range(num_actors)]
+        """The actors go into a placement group of their own (one GPU each on a GPU cluster), which must be placed within
+        ``timeout_s``: the error then names what could not be had, instead of an actor waiting for ever for a GPU
+        that every other placement group holds."""
+        bundle = {"GPU": 1, "CPU": 1} if gpus else {"CPU": cpus}
+        self.pg = placement_group([dict(bundle) for _ in range(num_actors)], strategy="PACK")
+        try:
+            ray.get(self.pg.ready(), timeout=timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            remove_placement_group(self.pg)
+            raise RuntimeError(f"could not place {num_actors} reference actor(s) with {bundle} each within {timeout_s:.0f} s: "
+                               "not enough free resources beside the learner and the generators") from None
+        self.actors = [ReferenceWorker.options(name=f"reference-{i}", num_gpus=bundle.get("GPU", 0), num_cpus=bundle["CPU"],
+                                               scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
+                                               ).remote(model_path, **kwargs) for i in range(num_actors)]
         self.timeout_s = timeout_s
 
     def score(self, batch: pa.Table) -> pa.Table:
@@ -82,4 +96,4 @@ class ReferenceGroup:
         return pa.concat_tables(parts)
 
     def shutdown(self) -> None:
-        tear_down(self.actors)
+        tear_down(self.actors, self.pg)

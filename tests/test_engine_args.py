@@ -46,3 +46,32 @@ def test_cpu_engines_of_every_config(path):
     args = _args(cfg, gpu=False)
     assert args["enforce_eager"] is True and args["kv_cache_memory_bytes"] == int(cfg.rollout.cpu_kv_cache_gb * (1 << 30))
     assert "distributed_executor_backend" not in args and "gpu_memory_utilization" not in args and "tensor_parallel_size" not in args
+
+
+# --------------------------------------------------------------------------- run.device: which stack a job builds
+
+
+def test_the_gpus_a_run_places():
+    from cluster.trainer import required_gpus
+
+    assert required_gpus(load_config(Path(CONFIGS[0].parent / "math_7b_8gpu.yaml"))) == 8  # 4 learner ranks + 4 generators
+    assert required_gpus(load_config(Path(CONFIGS[0].parent / "math_7b_8gpu_colocated.yaml"))) == 8  # 8 shared GPUs
+    assert required_gpus(load_config(None, ["learner.num_ranks=2", "rollout.problems_per_iteration=8", "rollout.num_generators=2",
+                                            "rollout.tensor_parallel_size=2", "learner.reference_placement=separate",
+                                            "learner.reference_actors=3"])) == 2 + 4 + 3
+
+
+def test_run_device_decides_the_stack_on_a_cluster_without_gpus(ray_local):
+    """On this CPU-only local Ray: auto and cpu build the CPU stack; gpu asks for the GPUs, waits its deadline, and
+    says in one line what it waited for."""
+    import time
+
+    from cluster.config import ConfigError
+    from cluster.trainer import use_gpus
+
+    assert use_gpus(load_config(None, ["run.device=auto"])) is False
+    assert use_gpus(load_config(None, ["run.device=cpu"])) is False
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match=r"run.device=gpu: waited 1 s for the 2 GPUs this run places .* the cluster has 0"):
+        use_gpus(load_config(None, ["run.device=gpu", "run.gpu_wait_s=1"]), poll_s=0.2)
+    assert time.monotonic() - start < 30

@@ -488,3 +488,26 @@ def test_optimizer_states_offloaded_during_generation_come_back_intact(tiny_mode
     assert s0["loss"] != f0["loss"]  # the first update moved the policy
     assert (s1["loss"], s1["grad_norm"]) == (s0["loss"], s0["grad_norm"])
     assert all(torch.equal(w1[n], w0[n]) for n in w0)
+
+
+def test_the_separate_reference_group_is_placed_or_refused_at_once(ray_local, tiny_model_path, unequal_batch):
+    """``learner.reference_placement: separate``: the reference actors get a placement group of their own; they
+    score a batch as the in-process scorer does, and a group that cannot be placed fails within its deadline,
+    naming what it asked for, instead of waiting for ever. The tiny random model (placement mechanics)."""
+    import time
+
+    from learner.reference import ReferenceGroup, ReferenceScorer
+
+    group = ReferenceGroup(tiny_model_path, num_actors=2, cpus=1, timeout_s=60, dtype="float32")
+    try:
+        scored = group.score(unequal_batch)
+    finally:
+        group.shutdown()
+    want = ReferenceScorer(tiny_model_path, dtype="float32").score(unequal_batch)
+    for column in ("a1_ref_logprobs", "a2_ref_logprobs"):
+        for got, expected in zip(scored[column].to_pylist(), want[column].to_pylist()):
+            assert got == pytest.approx(expected, abs=1e-5)
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"could not place 1 reference actor\(s\) with \{'CPU': 64\} each within 2 s"):
+        ReferenceGroup(tiny_model_path, num_actors=1, cpus=64, timeout_s=2, dtype="float32")
+    assert time.monotonic() - start < 20
