@@ -10,11 +10,13 @@ Invariants:
 
 - The log-prob of target ``t`` at position ``i`` is ``log_softmax(g(head(h_i)) / T)[t]``, where ``h``
   is the backbone's last hidden state, ``head`` the model's own output embedding and ``g`` the
-  post-head transform its ``ForCausalLM.forward`` applies (:data:`POST_HEAD_TRANSFORMS`: Gemma-2's
+  post-head transform its ``ForCausalLM.forward`` applies (:func:`post_head_transform`: Gemma-2's
   ``final_logit_softcapping``, Cohere's ``logit_scale``, Granite's ``logits_scaling``, ...): the
   distribution vLLM samples from, at the sampling temperature ``T``.
 - The vocabulary projection runs only at the kept positions (the action tokens), never at the
-  prompt, the instruction or the padding; other positions are 0.
+  prompt, the instruction or the padding; other positions are 0. Past ``chunk_positions`` kept
+  positions it runs a chunk at a time (:class:`ChunkedHeadLogprobs`), inside one call of the head
+  module, so that every rank makes the same ZeRO-3 gathers whatever its number of tokens.
 - :func:`check_head` compares the result with ``model(...).logits`` on a few tokens; a model whose
   head does something this module does not reproduce is refused in one line (:class:`HeadError`)
   instead of being trained on another distribution than the one it samples.
