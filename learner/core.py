@@ -8,7 +8,7 @@ publishing and export, and saves and loads the whole training state.
 
 Invariants: every pass of the policy goes through the engine (:mod:`learner.policy`); the loss's
 denominators are the whole batch's over every rank (action tokens all-reduced), so any number of
-ranks and micro-batches gives the one-rank, one-micro-batch gradient; an update never re-runs.
+ranks and micro-batches gives the one-rank, one-micro-batch gradient.
 
 The core does not need Ray: build it with ``rank=0, world_size=1`` to measure a lone device.
 :mod:`learner.group` wraps one core per Ray actor.
