@@ -198,13 +198,14 @@ def test_vllm_logprobs_match_the_learner_at_the_sampling_temperature(fleet, task
 
     from learner.batch import attempt_inputs
     from learner.core import LearnerCore, LearnerSettings, token_logprobs
+    from learner.policy import PolicyLogprobs
 
     sampling = {"temperature": 0.7, "max_tokens": 32}
     first = fleet.first_attempts(_items(task, 4), 2, sampling)
     batch = fleet.second_attempts(first, task.instruction, sampling, num_problems=4, k=2)
     zeros = pa.array([0.0] * batch.num_rows, pa.float32())
     batch = batch.append_column("r1", zeros).append_column("r2", zeros)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    model = PolicyLogprobs(AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)).eval()
     diffs = {}
     for prefix in ("a1", "a2"):
         inputs = attempt_inputs(batch, prefix)
