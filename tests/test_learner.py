@@ -426,13 +426,16 @@ def test_a_batch_the_joint_pass_cannot_take_is_scored_in_two_passes_and_logged(t
     broken = pa.Table.from_pylist(rows, schema=unequal_batch.schema)
     core = LearnerCore(LearnerSettings(model_path=tiny_model_path, rows_per_micro_batch=2, rows_per_rank=4, k=2, dtype="float32"))
     try:
+        def ours():  # other libraries in this process (vLLM) log too
+            return [r.getMessage() for r in caplog.records if r.name == "learner.core"]
+
         with caplog.at_level(logging.WARNING, logger="learner.core"):
             joint, _ = core.device_micro_batches(unequal_batch)
-            assert not caplog.records and all(mb.joint is not None for mb in joint)
+            assert not ours() and all(mb.joint is not None for mb in joint)
             for _ in range(2):
                 split, _ = core.device_micro_batches(broken)
         assert all(mb.joint is None for mb in split)
-        assert [r.getMessage() for r in caplog.records if "two passes" in r.getMessage()] and len(caplog.records) == 1
+        assert len(ours()) == 1 and "two passes" in ours()[0]
     finally:
         core.close()
 

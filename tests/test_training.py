@@ -301,7 +301,7 @@ def test_a_push_that_keeps_failing_is_retried_without_redoing_the_update(ray_loc
 
     def build_with_faults(task_):
         build(task_)
-        trainer.weights.timeout_s = 15  # a send to a killed receiver waits out this deadline
+        trainer.weights.timeout_s = 10  # a send to a killed receiver waits out this deadline
         push, send = trainer.weights.push, trainer.learner.start_send
 
         def recorded_push(version):
