@@ -47,8 +47,7 @@ def _head_pass(positions: int, hidden: int, vocab: int, chunk: int | None, gpu: 
     """One forward+backward of the log-probs head on random ``[positions, hidden]`` states: (peak MiB above the
     start, seconds). CPU: the process's peak resident set (VmHWM, reset through /proc/self/clear_refs); GPU:
     torch's peak allocation."""
-    from learner.policy import PolicyLogprobs  # noqa: F401  (the module under test; its pieces below)
-    from learner.policy import ChunkedHeadLogprobs, _head_logprobs
+    from learner.policy import ChunkedHeadLogprobs, head_logprobs
 
     device = torch.device("cuda" if gpu else "cpu")
     gen = torch.Generator(device="cpu").manual_seed(0)
@@ -69,7 +68,7 @@ def _head_pass(positions: int, hidden: int, vocab: int, chunk: int | None, gpu: 
             f.write("5")  # reset the peak resident set to the current one
         start_mem = status("VmRSS")
     start = time.perf_counter()
-    logp = ChunkedHeadLogprobs.apply(h, w, None, t, chunk, None, 1.0) if chunk else _head_logprobs(torch.nn.functional.linear(h, w), t, None, 1.0)
+    logp = ChunkedHeadLogprobs.apply(h, w, None, t, chunk, None, 1.0) if chunk else head_logprobs(torch.nn.functional.linear(h, w), t, None, 1.0)
     logp.sum().backward()
     if gpu:
         torch.cuda.synchronize()

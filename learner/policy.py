@@ -103,11 +103,11 @@ class PolicyLogprobs(torch.nn.Module):
             transform = self._transform
             logp = _call_as(head, lambda h: ChunkedHeadLogprobs.apply(h, head.weight, head.bias, picked, chunk, transform, temperature), kept)
         else:
-            logp = _head_logprobs(head(kept), picked, self._transform, temperature)
+            logp = head_logprobs(head(kept), picked, self._transform, temperature)
         return torch.zeros(sel.shape, dtype=logp.dtype, device=logp.device).masked_scatter(sel, logp)
 
 
-def _head_logprobs(logits: torch.Tensor, targets: torch.Tensor, transform, temperature: float) -> torch.Tensor:
+def head_logprobs(logits: torch.Tensor, targets: torch.Tensor, transform, temperature: float) -> torch.Tensor:
     """``[m, V]`` head outputs -> ``[m]`` log-probs of ``targets``: the post-head transform and the temperature, in fp32."""
     logits = logits.float()
     if transform is not None:
@@ -136,7 +136,7 @@ class ChunkedHeadLogprobs(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, targets, chunk, transform, temperature):
         ctx.save_for_backward(hidden, weight, bias, targets)
         ctx.chunk, ctx.transform, ctx.temperature = chunk, transform, temperature
-        return torch.cat([_head_logprobs(torch.nn.functional.linear(hidden[i : i + chunk], weight, bias), targets[i : i + chunk],
+        return torch.cat([head_logprobs(torch.nn.functional.linear(hidden[i : i + chunk], weight, bias), targets[i : i + chunk],
                                          transform, temperature) for i in range(0, hidden.shape[0], chunk)])
 
     @staticmethod
@@ -152,7 +152,7 @@ class ChunkedHeadLogprobs(torch.autograd.Function):
             h = hidden[i : i + ctx.chunk].detach().requires_grad_(need_h)
             leaves = [x for x in (h, w, b) if x is not None and x.requires_grad]
             with torch.enable_grad():
-                out = _head_logprobs(torch.nn.functional.linear(h, w, b), targets[i : i + ctx.chunk], ctx.transform, ctx.temperature)
+                out = head_logprobs(torch.nn.functional.linear(h, w, b), targets[i : i + ctx.chunk], ctx.transform, ctx.temperature)
                 got = dict(zip(map(id, leaves), torch.autograd.grad(out, leaves, grad[i : i + ctx.chunk])))
             if need_h:
                 grad_hidden[i : i + ctx.chunk] = got[id(h)]
