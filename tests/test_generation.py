@@ -180,7 +180,7 @@ def test_two_generators_draw_different_samples_for_the_same_prompt(fleet, task):
     same batch seed gives the same batch again (resume reproduces it)."""
     problem = task.problems("eval")[0]
     items = [{"uid": f"copy{i}", "problem_index": i, "messages": task.first_turn(problem)} for i in range(4)]
-    sampling = {**SAMPLED, "seed": 1234}
+    sampling = {**SAMPLED, "max_tokens": 12, "seed": 1234}
     first = fleet.first_attempts(items, 1, sampling)
     assert first["generator"].to_pylist() == ["generator-0", "generator-0", "generator-1", "generator-1"]
     samples = first["a1_response_ids"].to_pylist()
