@@ -83,9 +83,9 @@ def ray_connect(cfg: ScoreConfig) -> str | None:
     return f"http://{url}" if url and not url.startswith("http") else url
 
 
-def cluster_has_gpus() -> bool:
-    """Whether the connected Ray cluster offers GPUs (its workers, not this driver, do the work)."""
-    return ray.cluster_resources().get("GPU", 0) > 0
+def cluster_gpus() -> float:
+    """The GPUs the connected Ray cluster offers now (its workers, not this driver, do the work)."""
+    return ray.cluster_resources().get("GPU", 0)
 
 
 def required_gpus(cfg: ScoreConfig) -> int:
@@ -107,19 +107,19 @@ def use_gpus(cfg: ScoreConfig, poll_s: float = 2.0) -> bool:
     if device == "gpu":
         from ray.autoscaler.sdk import request_resources
 
-        have = ray.cluster_resources().get("GPU", 0)
+        have = cluster_gpus()
         if have < need:
             request_resources(bundles=[{"GPU": 1}] * need)
             log.info(f"run.device=gpu: waiting up to {cfg.run.gpu_wait_s:.0f} s for {need} GPUs (the cluster has {have:g})")
             deadline = time.monotonic() + cfg.run.gpu_wait_s
             while have < need and time.monotonic() < deadline:
                 time.sleep(poll_s)
-                have = ray.cluster_resources().get("GPU", 0)
+                have = cluster_gpus()
         if have < need:
             raise ConfigError(f"run.device=gpu: waited {cfg.run.gpu_wait_s:.0f} s for the {need} GPUs this run places "
                               f"(learner ranks, generators x tensor_parallel_size, reference actors); the cluster has {have:g}")
         return True
-    have = ray.cluster_resources().get("GPU", 0)
+    have = cluster_gpus()
     if 0 < have < need:
         raise ConfigError(f"this run places {need} GPUs (learner ranks, generators x tensor_parallel_size, reference actors) but the "
                           f"cluster has {have:g}; on an autoscaling cluster set run.device=gpu to wait for them")
@@ -166,13 +166,12 @@ class ScoreTrainer:
         self.shared_pg = None
 
     # -- set-up -----------------------------------------------------------------------------
-    def build(self, task) -> None:
+    def build(self, task, gpus: bool | None = None) -> None:
+        """Start every part of the run; ``gpus``: the stack :func:`use_gpus` chose (decided here when not given)."""
         cfg = self.cfg
         self.task = task
-        gpus = use_gpus(cfg)
+        gpus = use_gpus(cfg) if gpus is None else gpus
         self.gpus = gpus
-        log.info(f"starting {cfg.rewards.num_actors} reward actor(s), {cfg.rollout.num_generators} generator(s), {cfg.learner.num_ranks} learner rank(s) ({'GPU' if gpus else 'CPU'})")
-        self.pool = build_reward_pool(cfg)
         # one dtype for generators, learner and reference, decided here once (driver and workers share a
         # node in local mode; on a GPU cluster the answer is bf16 whatever the driver's CPU)
         dtype = resolve_dtype(cfg.model.dtype, gpu=gpus)
@@ -182,6 +181,8 @@ class ScoreTrainer:
             from cluster.memory_plan import ModelShape, check_fits, memory_plan
 
             check_fits(memory_plan(cfg, ModelShape.of(self.model_path), dtype))
+        log.info(f"starting {cfg.rewards.num_actors} reward actor(s), {cfg.rollout.num_generators} generator(s), {cfg.learner.num_ranks} learner rank(s) ({'GPU' if gpus else 'CPU'})")
+        self.pool = build_reward_pool(cfg)
         colocated = cfg.rollout.colocate_with_learner
         self.shared_pg = self._colocated_placement(gpus) if colocated else None
         self.fleet = build_fleet(cfg, self.model_path, gpus, dtype, placement_group=self.shared_pg)
@@ -436,13 +437,13 @@ class ScoreTrainer:
     def run(self, task) -> RunResult:
         cfg = self.cfg
         total = cfg.algorithm.stage1_iterations + cfg.algorithm.stage2_iterations
+        gpus = use_gpus(cfg)  # once per job (run.device may wait for the autoscaler)
         if self.resume:  # before minutes of start-up: a checkpoint from a machine that computed in another dtype
-            gpus = use_gpus(cfg)
             latest, _ = CheckpointStore(self.run_dir).latest()
             if latest is not None:
                 check_resume(latest.path.name, latest.manifest.get("dtype"), resolve_dtype(cfg.model.dtype, gpu=gpus),
                              dtype_choice(cfg.model.dtype, gpu=gpus))
-        self.build(task)
+        self.build(task, gpus)
         (self.run_dir / "config.yaml").write_text(dump_config(cfg))
         self._install_signals()
         if self.resume:
@@ -484,30 +485,33 @@ class ScoreTrainer:
         print(f"\nrun directory: {self.run_dir}\nplot: {plot}\nHugging Face model: {exported}", flush=True)
         return RunResult(self.run_dir, self.iteration, self.version, evals)
 
-    def _with_generator_recovery(self, work, what: str):
-        """Run ``work``, which reads the generators but changes no weights (a rollout, an evaluation); if every
-        generator died, bring the restarted ones to the current weights and retry."""
+    @staticmethod
+    def _retrying(work, before_retry):
+        """Run ``work`` up to RECOVERY_ATTEMPTS times while it raises :class:`GenerationError`, calling
+        ``before_retry(err)`` between tries; the last failure propagates."""
         for attempt in range(RECOVERY_ATTEMPTS):
             try:
                 return work()
             except GenerationError as err:
                 if attempt == RECOVERY_ATTEMPTS - 1:
                     raise
-                log.info(f"{what}: {err}; re-syncing weight version {self.version} to restarted generators and retrying")
-                self._sync(self.version)
+                before_retry(err)
         raise AssertionError("unreachable")
+
+    def _with_generator_recovery(self, work, what: str):
+        """Run ``work``, which reads the generators but changes no weights (a rollout, an evaluation); if every
+        generator died, bring the restarted ones to the current weights and retry."""
+        def resync(err: GenerationError) -> None:
+            log.info(f"{what}: {err}; re-syncing weight version {self.version} to restarted generators and retrying")
+            self._sync(self.version)
+
+        return self._retrying(work, resync)
 
     def _publish(self, version: int) -> dict[str, Any]:
         """Push the weights of an update that has happened as ``version``: only this push is retried (each try is
         itself :meth:`WeightSync.push`'s rebuilds and retries), never the update."""
-        for attempt in range(RECOVERY_ATTEMPTS):
-            try:
-                return self._sync(version)
-            except GenerationError as err:
-                if attempt == RECOVERY_ATTEMPTS - 1:
-                    raise
-                log.warning(f"publishing weight version {version}: {err}; retrying the push (the update is kept)")
-        raise AssertionError("unreachable")
+        return self._retrying(lambda: self._sync(version), lambda err: log.warning(
+            f"publishing weight version {version}: {err}; retrying the push (the update is kept)"))
 
     def _sync(self, version: int) -> dict[str, Any]:
         """Publish the learner's weights as ``version`` (the manager rebuilds and retries when a generator dies)."""

@@ -299,8 +299,8 @@ def test_a_push_that_keeps_failing_is_retried_without_redoing_the_update(ray_loc
     attempted, kills, stepped = [], {"left": 0}, []
     build, step = trainer.build, trainer.step
 
-    def build_with_faults(task_):
-        build(task_)
+    def build_with_faults(task_, gpus=None):
+        build(task_, gpus)
         trainer.weights.timeout_s = 10  # a send to a killed receiver waits out this deadline
         push, send = trainer.weights.push, trainer.learner.start_send
 
