@@ -35,7 +35,8 @@ def _prompts(n: int):
     return task, [{"uid": p.uid, "problem_index": i, "messages": task.first_turn(p)} for i, p in enumerate(task.problems("eval"))]
 
 
-def run(tiny: bool = False) -> BenchResult:
+def run(tiny: bool = False, model_name: str = "embedded") -> BenchResult:
+    """``model_name``: the embedded model, or any Hugging Face folder."""
     import ray
     from transformers import AutoModelForCausalLM
 
@@ -48,7 +49,7 @@ def run(tiny: bool = False) -> BenchResult:
 
     n_prompts, max_tokens, repeats = (4, 8, 1) if tiny else (64, 64, 3)
     buckets_mb = [16, 64] if tiny else [4, 16, 64, 256]
-    model_path = prepare_model("embedded")
+    model_path = prepare_model(model_name)
     task, items = _prompts(n_prompts)
     result = BenchResult("generation", settings={"prompts": n_prompts, "max_tokens": max_tokens, "repeats": repeats, "buckets_mb": buckets_mb})
     started_ray = not ray.is_initialized()

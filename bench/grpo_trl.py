@@ -26,7 +26,8 @@ from typing import Any
 from bench.common import BenchResult, Measurement
 
 
-def trl_grpo(problems: int, k: int, max_tokens: int, steps: int, temperature: float, lr: float, beta: float, bf16: bool) -> dict[str, Any]:
+def trl_grpo(problems: int, k: int, max_tokens: int, steps: int, temperature: float, lr: float, beta: float, bf16: bool,
+             model_name: str = "embedded") -> dict[str, Any]:
     """Seconds per step and completion tokens per step of TRL's GRPOTrainer, warm-up excluded."""
     warnings.filterwarnings("ignore", message="TRL currently supports vLLM")
     import torch
@@ -43,7 +44,7 @@ def trl_grpo(problems: int, k: int, max_tokens: int, steps: int, temperature: fl
     task = build_task(cfg.task, seed=0)
     train = task.problems("train")[: problems * (steps + 1)]
     data = Dataset.from_list([{"prompt": task.first_turn(p), "gold": p.gold} for p in train])
-    model_path = prepare_model("embedded")
+    model_path = prepare_model(model_name)
 
     def correctness(completions, gold, **_):
         return [grade(c[0]["content"] if isinstance(c, list) else c, g) for c, g in zip(completions, gold)]
@@ -79,7 +80,8 @@ def trl_grpo(problems: int, k: int, max_tokens: int, steps: int, temperature: fl
             "episodes": problems * k, "steps_measured": len(seconds)}
 
 
-def run(tiny: bool = False) -> BenchResult:
+def run(tiny: bool = False, model_name: str = "embedded") -> BenchResult:
+    """``model_name``: the embedded model, or any Hugging Face folder (both systems train it)."""
     from bench.iteration import measure
     from cluster.config import DEFAULT_CONFIG, load_config
 
@@ -95,8 +97,8 @@ def run(tiny: bool = False) -> BenchResult:
     from common.devices import resolve_dtype
 
     dtype = resolve_dtype("auto")
-    ours = measure(problems, tiny=tiny, measured=steps)
-    peer = trl_grpo(problems, k, max_tokens, steps, temperature, lr, beta, bf16=dtype == "bfloat16")
+    ours = measure(problems, tiny=tiny, measured=steps, model_name=model_name)
+    peer = trl_grpo(problems, k, max_tokens, steps, temperature, lr, beta, bf16=dtype == "bfloat16", model_name=model_name)
 
     ours_eps = ours["samples"] / ours["iteration"]
     peer_eps = peer["episodes"] / peer["step_seconds"]

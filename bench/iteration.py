@@ -29,34 +29,34 @@ from bench.common import BenchResult, Measurement
 PHASES = ("generate", "grade", "learn", "sync")
 
 
-_MEASURED: dict[tuple[int, bool, int, str], dict[str, Any]] = {}  # `bench all` measures a size once
+_MEASURED: dict[tuple[int, bool, int, str, str], dict[str, Any]] = {}  # `bench all` measures a size once
 
 
-def measure(problems: int, *, tiny: bool, measured: int, dtype: str = "auto") -> dict[str, Any]:
+def measure(problems: int, *, tiny: bool, measured: int, dtype: str = "auto", model_name: str = "embedded") -> dict[str, Any]:
     """Mean phase seconds of ``measured`` iterations (after one warm-up) at ``problems`` per iteration."""
     import ray
 
-    key = (problems, tiny, measured, dtype)
+    key = (problems, tiny, measured, dtype, model_name)
     if key not in _MEASURED:
         started = not ray.is_initialized()
         if started:
             ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
         try:
-            _MEASURED[key] = _measure(problems, tiny=tiny, measured=measured, dtype=dtype)
+            _MEASURED[key] = _measure(problems, tiny=tiny, measured=measured, dtype=dtype, model_name=model_name)
         finally:
             if started:
                 ray.shutdown()
     return _MEASURED[key]
 
 
-def _measure(problems: int, *, tiny: bool, measured: int, dtype: str) -> dict[str, Any]:
+def _measure(problems: int, *, tiny: bool, measured: int, dtype: str, model_name: str) -> dict[str, Any]:
     from cluster.config import DEFAULT_CONFIG, load_config
     from cluster.model_prep import prepare_model
     from cluster.trainer import ScoreTrainer
     from rewards.tasks import build_task
 
     sets = [f"rollout.problems_per_iteration={problems}", "run.progress=false", "run.dashboard=false",
-            "algorithm.stage1_iterations=1", "algorithm.stage2_iterations=100", f"model.dtype={dtype}"]
+            "algorithm.stage1_iterations=1", "algorithm.stage2_iterations=100", f"model.dtype={dtype}", f"model.path={model_name}"]
     if tiny:
         sets += ["rollout.samples_per_problem=2", "rollout.attempt1.max_tokens=16", "rollout.attempt2.max_tokens=16",
                  "rollout.cpu_kv_cache_gb=0.25", "rollout.max_model_len=512", "task.train_size=20", "task.eval_size=4"]
@@ -95,14 +95,15 @@ def fit(sizes: list[int], seconds: list[float]) -> dict[str, float]:
     return {"fixed_s": float(fixed), "per_problem_s": float(per), "r2": 1.0 - float(((y - pred) ** 2).sum()) / ss if ss else 1.0}
 
 
-def run(tiny: bool = False) -> BenchResult:
+def run(tiny: bool = False, model_name: str = "embedded") -> BenchResult:
+    """``model_name``: the embedded model, or any Hugging Face folder."""
     sizes, measured = ([1, 2], 1) if tiny else ([2, 4, 8], 2)
-    points = {p: measure(p, tiny=tiny, measured=measured) for p in sizes}
+    points = {p: measure(p, tiny=tiny, measured=measured, model_name=model_name) for p in sizes}
     fits = {ph: fit(sizes, [points[p][ph] for p in sizes]) for ph in (*PHASES, "iteration")}
     small, large = sizes[0], sizes[-1]
     mid = sizes[len(sizes) // 2]
     result = BenchResult("iteration", settings={"problems_per_iteration": sizes, "measured_iterations": measured,
-                                                "config": "configs/local_cpu.yaml", "tiny": tiny})
+                                                "config": "configs/local_cpu.yaml", "tiny": tiny, "model": model_name})
     result.extra = {"points": {str(p): v for p, v in points.items()}, "fit": fits}
     outside = points[mid]["generate"] + points[mid]["grade"] + points[mid]["sync"]
     from common.devices import other_dtype, resolve_dtype
@@ -111,7 +112,7 @@ def run(tiny: bool = False) -> BenchResult:
     other = other_dtype(auto)
     # the other dtype at the middle size; the smoke setting takes the smallest (bf16 on a CPU without it is slow)
     at = small if tiny else mid
-    contrast = measure(at, tiny=tiny, measured=measured, dtype=other)
+    contrast = measure(at, tiny=tiny, measured=measured, dtype=other, model_name=model_name)
     result.extra["contrast"] = {"dtype": other, "problems": at, **contrast}
     result.settings["dtype"] = auto
     result.measurements += [

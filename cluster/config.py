@@ -51,6 +51,18 @@ class RunConfig(_Section):
     gpu_wait_s: float = Field(1800.0, gt=0.0)
     # operational messages, driver and workers; unset: $SCORE_LOG_LEVEL, else INFO
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] | None = None
+    # ``section.key=value`` assignments applied once the run's dtype is known to be float32 (a CPU without
+    # bf16 computes ~2x slower: the demo shrinks its batch there); a key also given with --set keeps the --set
+    float32_overrides: list[str] = Field(default_factory=list)
+
+    @field_validator("float32_overrides")
+    @classmethod
+    def _assignments(cls, value: list[str]) -> list[str]:
+        for item in value:
+            key = item.split("=", 1)[0].strip()
+            if "=" not in item or not key or key.startswith("run.float32_overrides"):
+                raise ValueError(f"entry {item!r} must look like section.key=value (and not name run.float32_overrides)")
+        return value
 
 
 class ModelConfig(_Section):
@@ -384,11 +396,34 @@ def load_config(
     data = read_yaml(path)
     for assignment in overrides:
         apply_override(data, assignment)
+    overridden = frozenset(a.split("=", 1)[0].strip() for a in overrides)
+    try:
+        cfg = ScoreConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, str(path), overridden)) from None
+    kept = [a for a in cfg.run.float32_overrides if a.split("=", 1)[0].strip() not in overridden]  # --set wins
+    if kept != cfg.run.float32_overrides:
+        cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"float32_overrides": kept})})
+    try:  # each entry must itself make a valid config, found now rather than after minutes of start-up
+        for_dtype(cfg, "float32")
+    except ConfigError as err:
+        raise ConfigError(f"{err} (in {path})") from None
+    return cfg
+
+
+def for_dtype(cfg: ScoreConfig, dtype: str) -> ScoreConfig:
+    """``cfg`` as it runs in ``dtype``: in float32, with ``run.float32_overrides`` applied (then emptied, so the
+    run's saved config.yaml is what ran)."""
+    if dtype != "float32" or not cfg.run.float32_overrides:
+        return cfg
+    data = cfg.model_dump(mode="json")
+    for assignment in cfg.run.float32_overrides:
+        apply_override(data, assignment)
+    data["run"]["float32_overrides"] = []
     try:
         return ScoreConfig.model_validate(data)
     except ValidationError as err:
-        overridden = frozenset(a.split("=", 1)[0].strip() for a in overrides)
-        raise ConfigError(_format_validation_error(err, str(path), overridden)) from None
+        raise ConfigError(_format_validation_error(err, "run.float32_overrides")) from None
 
 
 # What a resumed run may not change without --force-config-change: the shape of a batch and of the learner

@@ -16,7 +16,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from cluster.config import DEFAULT_CONFIG, ConfigError, ScoreConfig, load_config, resume_config
+from cluster.config import DEFAULT_CONFIG, ConfigError, ScoreConfig, for_dtype, load_config, resume_config
 from cluster.model_prep import ModelPrepError, prepare_model
 from common.files import replace_text
 from common.logs import setup_logging
@@ -183,8 +183,7 @@ def cmd_plan(args: argparse.Namespace, cfg: ScoreConfig) -> int:
 
 def cmd_eval(args: argparse.Namespace, cfg: ScoreConfig) -> int:
     task = build_task(cfg.task, seed=cfg.run.seed)
-    problems = task.problems(args.split)[: cfg.eval.num_problems]
-    if not problems:
+    if not task.problems(args.split):
         raise ConfigError("--split val needs a validation split: set task.val_size")
     model_path = _prepare(cfg, args.model)
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
@@ -200,6 +199,8 @@ def cmd_eval(args: argparse.Namespace, cfg: ScoreConfig) -> int:
     ray_connect(cfg)
     gpus = use_gpus(cfg)
     dtype = resolve_dtype(cfg.model.dtype, gpu=gpus)
+    cfg = for_dtype(cfg, dtype)
+    problems = task.problems(args.split)[: cfg.eval.num_problems]
     fleet = build_fleet(cfg, model_path, gpus, dtype)
     pool = build_reward_pool(cfg)
     try:

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from actors.fleet import FleetSettings, GenerationError, GeneratorFleet
 from cluster.checkpoints import CheckpointStore
-from cluster.config import ConfigError, ScoreConfig, dump_config
+from cluster.config import ConfigError, ScoreConfig, dump_config, for_dtype
 from cluster.evaluate import METRICS, collapse_metrics, evaluate, format_table
 from cluster.machines import check_resume, note_start
 from cluster.run_log import RunLog, plot_run
@@ -168,14 +168,14 @@ class ScoreTrainer:
     # -- set-up -----------------------------------------------------------------------------
     def build(self, task, gpus: bool | None = None) -> None:
         """Start every part of the run; ``gpus``: the stack :func:`use_gpus` chose (decided here when not given)."""
-        cfg = self.cfg
         self.task = task
-        gpus = use_gpus(cfg) if gpus is None else gpus
+        gpus = use_gpus(self.cfg) if gpus is None else gpus
         self.gpus = gpus
         # one dtype for generators, learner and reference, decided here once (driver and workers share a
         # node in local mode; on a GPU cluster the answer is bf16 whatever the driver's CPU)
-        dtype = resolve_dtype(cfg.model.dtype, gpu=gpus)
+        dtype = resolve_dtype(self.cfg.model.dtype, gpu=gpus)
         self.dtype = dtype
+        cfg = self.cfg = self._for_dtype(dtype)
         (log.warning if bf16_emulated(cfg.model.dtype, gpu=gpus) else log.info)(dtype_choice(cfg.model.dtype, gpu=gpus))
         if gpus:  # each GPU's bytes before anything is placed: one line for a config that does not fit
             from cluster.memory_plan import ModelShape, check_fits, memory_plan
@@ -198,6 +198,12 @@ class ScoreTrainer:
         self.weights = WeightSync(self.learner, self.fleet, cfg.rollout.sync_bucket_mb << 20, load=cfg.rollout.sync_load)
         self.log = RunLog(self.run_dir, cfg.run.name)
         self.store = CheckpointStore(self.run_dir, cfg.checkpoint.keep, cfg.checkpoint.keep_iterations)
+
+    def _for_dtype(self, dtype: str) -> ScoreConfig:
+        """The config as it runs in ``dtype`` (``run.float32_overrides``), saying what that changed."""
+        if dtype == "float32" and self.cfg.run.float32_overrides:
+            log.info(f"computing in float32: applying run.float32_overrides {', '.join(self.cfg.run.float32_overrides)}")
+        return for_dtype(self.cfg, dtype)
 
     def _colocated_placement(self, gpus: bool):
         """One bundle per learner rank, shared by that rank and its generator (one GPU, or both CPU shares)."""
@@ -435,9 +441,9 @@ class ScoreTrainer:
                 pass
 
     def run(self, task) -> RunResult:
-        cfg = self.cfg
+        gpus = use_gpus(self.cfg)  # once per job (run.device may wait for the autoscaler)
+        cfg = self.cfg = self._for_dtype(resolve_dtype(self.cfg.model.dtype, gpu=gpus))
         total = cfg.algorithm.stage1_iterations + cfg.algorithm.stage2_iterations
-        gpus = use_gpus(cfg)  # once per job (run.device may wait for the autoscaler)
         if self.resume:  # before minutes of start-up: a checkpoint from a machine that computed in another dtype
             latest, _ = CheckpointStore(self.run_dir).latest()
             if latest is not None:

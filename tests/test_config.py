@@ -1,3 +1,4 @@
+import re
 import os
 import subprocess
 from pathlib import Path
@@ -270,3 +271,38 @@ def test_offloading_optimizer_states_needs_zero_2():
     assert load_config(None, ["learner.offload_states_during_generation=true"]).learner.offload_states_during_generation
     with pytest.raises(ConfigError, match="offload_states_during_generation works with learner.zero_stage 2"):
         load_config(None, ["learner.offload_states_during_generation=true", "learner.zero_stage=3"])
+
+
+def test_float32_overrides_apply_only_in_float32_and_yield_to_set(tmp_path):
+    """run.float32_overrides (the demo's smaller batch where the CPU has no bf16): applied once the dtype is
+    float32, never in bf16; a key the user --set keeps the user's value; the applied config lists none."""
+    from cluster.config import for_dtype
+
+    cfg = load_config(overrides=["run.float32_overrides=[rollout.problems_per_iteration=2, eval.num_problems=7]"])
+    assert for_dtype(cfg, "bfloat16") == cfg
+    f32 = for_dtype(cfg, "float32")
+    assert (f32.rollout.problems_per_iteration, f32.eval.num_problems, f32.run.float32_overrides) == (2, 7, [])
+    assert for_dtype(f32, "float32") == f32  # applying twice (build after run) changes nothing more
+    mine = load_config(overrides=["run.float32_overrides=[rollout.problems_per_iteration=2, eval.num_problems=7]", "eval.num_problems=50"])
+    assert for_dtype(mine, "float32").eval.num_problems == 50 and for_dtype(mine, "float32").rollout.problems_per_iteration == 2
+
+
+@pytest.mark.parametrize("entries, expected", [
+    ("[rollout.problems_per_iteraton=2]", "unknown key 'rollout.problems_per_iteraton'"),
+    ("[rollout.problems_per_iteration=-1]", "rollout.problems_per_iteration"),
+    ("[rollout.problems_per_iteration]", "must look like section.key=value"),
+])
+def test_a_bad_float32_override_is_one_line_at_load(entries, expected):
+    with pytest.raises(ConfigError, match=re.escape(expected)) as err:
+        load_config(overrides=[f"run.float32_overrides={entries}"])
+    assert "\n" not in str(err.value)
+
+
+def test_the_demo_in_float32_keeps_both_stages_and_the_evaluations():
+    """What the demo shrinks on a CPU without bf16 (README, "Two commands"): never a stage or an evaluation."""
+    from cluster.config import for_dtype
+
+    cfg, f32 = load_config(), for_dtype(load_config(), "float32")
+    assert f32.algorithm.stage1_iterations >= 1 and f32.algorithm.stage2_iterations >= 1
+    assert f32.eval.before and f32.eval.num_problems == cfg.eval.num_problems
+    assert f32.rollout.problems_per_iteration * f32.rollout.samples_per_problem < cfg.rollout.problems_per_iteration * cfg.rollout.samples_per_problem

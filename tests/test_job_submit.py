@@ -86,6 +86,21 @@ def _agent_log(head) -> str:
     return f"{found[-1]}:\n{found[-1].read_text()[-2000:]}" if found else "(no dashboard agent log)"
 
 
+ACTORS = {"generator-0", "learner-rank-0", "reward-0", "driver"}
+# each expected metric, as a sample line of the Prometheus text format
+METRICS = {"score_iteration": r"^score_iteration\{[^}]*\} [12](\.0)?$", "score_weight_version": r"^score_weight_version\{[^}]*\} \S+$",
+           "score_phase_seconds": r"^score_phase_seconds\{[^}]*\} \S+$"}
+
+
+def _wait_terminal(client, job_id, deadline):
+    """The job's status once it has ended (or the last one seen at the deadline)."""
+    while True:
+        status = client.get_job_status(job_id)
+        if status.is_terminal() or time.monotonic() > deadline:
+            return status
+        time.sleep(3)
+
+
 def test_ray_job_submit_runs_training_and_exposes_actors_and_metrics(head, tmp_path, model_path):
     out = tmp_path / "runs"
     entry = ["python", "-m", "cluster.main", "train", "--overwrite", "--set", f"run.output_dir={out}"]
@@ -106,27 +121,35 @@ def test_ray_job_submit_runs_training_and_exposes_actors_and_metrics(head, tmp_p
 
     client = JobSubmissionClient(head["url"])
 
+    # Everything here fills in over time (actors start one by one, each metric appears after the
+    # phase that sets it): poll, keeping what each sample shows, until all of it was seen or the
+    # job ended, and only then assert.
     seen_actors: set[str] = set()
-    metrics_text = ""
+    seen_metrics: dict[str, str] = {}  # metric name -> its last sample line
     status = None
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
         status = client.get_job_status(job_id)
         if status.is_terminal():
             break
+        if ACTORS <= seen_actors and set(METRICS) <= set(seen_metrics):
+            break
         try:
             seen_actors |= {a.name for a in list_actors(address=head["url"], filters=[("state", "=", "ALIVE")], timeout=10) if a.name}
             body = urllib.request.urlopen(f"http://127.0.0.1:{head['ports']['metrics']}/metrics", timeout=5).read().decode()
-            if "score_iteration" in body:
-                metrics_text = body
+            for name, pattern in METRICS.items():
+                found_line = re.search(pattern, body, re.MULTILINE)
+                if found_line:
+                    seen_metrics[name] = found_line.group(0)
         except Exception:  # noqa: BLE001 - the head may be busy; poll again
             pass
         time.sleep(3)
+    if not status.is_terminal():
+        status = _wait_terminal(client, job_id, deadline)
     logs = _job(head, "logs", job_id, check=False)
     assert status == JobStatus.SUCCEEDED, f"job did not succeed: {status}\n{logs[-3000:]}"
     assert "eval [final]" in logs and "Accuracy@t1" in logs
-    assert {"generator-0", "learner-rank-0", "reward-0", "driver"} <= seen_actors, seen_actors
-    assert re.search(r"score_iteration\{[^}]*\} [12]", metrics_text), metrics_text[-1500:]
-    assert "score_weight_version" in metrics_text and "score_phase_seconds" in metrics_text
+    assert ACTORS <= seen_actors, seen_actors
+    assert set(METRICS) <= set(seen_metrics), seen_metrics
     evals = json.loads((out / "job" / "eval.json").read_text())
     assert [e["label"] for e in evals] == ["base", "final"]
