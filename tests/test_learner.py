@@ -1,5 +1,13 @@
-"""The learner: batch layout, and the DeepSpeed ZeRO group on Ray (CPU accelerator, gloo) with the
-real model: learning a rewarded completion, exact resume, and export."""
+"""The learner: batch layout, and the DeepSpeed ZeRO group on Ray (CPU accelerator, gloo): learning a
+rewarded completion, exact resume, export, gradient accumulation across micro-batches and ranks, other
+model families' heads.
+
+Models: the real embedded model where the test is about behaviour (a ZeRO group's update raises the rewarded
+completion; bf16 master weights keep the small updates a trained model takes). The tiny random Llama of the
+same architecture (tests/tiny_models.py) everywhere the test is about mechanics that hold on any weights:
+resume exactness, a killed rank, the separate reference's columns, the joint pass against two passes, the old
+policy's source, accumulation and ranks, chunked heads, offloading. Its batch is built the same way, with the
+tiny model's own log-probs."""
 
 from __future__ import annotations
 
@@ -55,6 +63,12 @@ def batch(model_path):
     return build_batch(model_path, ONE_REWARDED)
 
 
+@pytest.fixture(scope="module")
+def tiny_batch(tiny_model_path):
+    """ONE_REWARDED with the tiny model's own sampling log-probs."""
+    return build_batch(tiny_model_path, ONE_REWARDED)
+
+
 def _group(model_path, zero_stage, lr=2e-5, dtype="float32"):
     from learner.core import LearnerSettings
     from learner.group import LearnerGroup
@@ -94,7 +108,8 @@ def test_two_rank_zero_group_raises_the_rewarded_completion(ray_local, model_pat
         group.shutdown()
 
 
-def test_resume_matches_an_uninterrupted_run_exactly(ray_local, model_path, batch, tmp_path):
+def test_resume_matches_an_uninterrupted_run_exactly(ray_local, tiny_model_path, tiny_batch, tmp_path):
+    model_path, batch = tiny_model_path, tiny_batch
     group = _group(model_path, 2)
     try:
         group.update(batch, stage=2)
@@ -116,9 +131,10 @@ def test_resume_matches_an_uninterrupted_run_exactly(ray_local, model_path, batc
     assert all(torch.equal(got_weights[n], expected_weights[n]) for n in expected_weights)
 
 
-def test_separate_reference_scores_equal_the_in_rank_reference(model_path, batch):
+def test_separate_reference_scores_equal_the_in_rank_reference(tiny_model_path, tiny_batch):
     """The reference group's columns equal what a learner rank computes from its own copy, and
     a rank built without a reference uses them."""
+    model_path, batch = tiny_model_path, tiny_batch
     from learner.batch import joint_inputs
     from learner.core import LearnerCore, LearnerSettings
     from learner.reference import ReferenceScorer
@@ -154,9 +170,10 @@ def test_separate_reference_scores_equal_the_in_rank_reference(model_path, batch
         without.close()
 
 
-def test_a_killed_learner_rank_fails_the_update_with_a_clear_error(ray_local, model_path, batch):
+def test_a_killed_learner_rank_fails_the_update_with_a_clear_error(ray_local, tiny_model_path, tiny_batch):
     from learner.group import LearnerError
 
+    model_path, batch = tiny_model_path, tiny_batch
     group = _group(model_path, 2)
     try:
         group.kill_rank(1)
@@ -166,8 +183,9 @@ def test_a_killed_learner_rank_fails_the_update_with_a_clear_error(ray_local, mo
         group.shutdown()
 
 
-def test_one_joint_pass_gives_the_loss_and_gradients_of_two_passes(model_path, batch):
+def test_one_joint_pass_gives_the_loss_and_gradients_of_two_passes(tiny_model_path, tiny_batch):
     """Attempt 2's sequence holds attempt 1: the joint layout must score both attempts exactly as two passes do."""
+    model_path, batch = tiny_model_path, tiny_batch
     from transformers import AutoModelForCausalLM
 
     from learner.batch import attempt_inputs, joint_inputs
@@ -204,12 +222,13 @@ def test_one_joint_pass_gives_the_loss_and_gradients_of_two_passes(model_path, b
     assert worst < 1e-3  # float32 sums in another order: each parameter's gradient agrees to 0.1% in norm
 
 
-def test_update_uses_the_learners_own_old_policy_not_vllms(model_path, batch):
+def test_update_uses_the_learners_own_old_policy_not_vllms(tiny_model_path, tiny_batch):
     """The ratio's old policy is the learner's: an update on a batch whose vLLM log-probs are shifted by 0.3 is
     identical (truncated IS off), nothing is clipped although the shift is beyond the clip range, the mismatch
     metrics report the shift, and with the IS weight on the update differs."""
     from learner.core import LearnerCore, LearnerSettings
 
+    model_path, batch = tiny_model_path, tiny_batch
     shifted = batch
     for prefix in ("a1", "a2"):
         col = f"{prefix}_logprobs"
