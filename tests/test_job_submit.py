@@ -87,9 +87,9 @@ def _agent_log(head) -> str:
 
 
 ACTORS = {"generator-0", "learner-rank-0", "reward-0", "driver"}
-# each expected metric, as a sample line of the Prometheus text format
-METRICS = {"score_iteration": r"^score_iteration\{[^}]*\} [12](\.0)?$", "score_weight_version": r"^score_weight_version\{[^}]*\} \S+$",
-           "score_phase_seconds": r"^score_phase_seconds\{[^}]*\} \S+$"}
+# each expected metric, as a sample line of the Prometheus text format (Ray prefixes custom metrics with ray_)
+METRICS = {"score_iteration": r"^(ray_)?score_iteration\{[^}]*\} [12](\.0)?$", "score_weight_version": r"^(ray_)?score_weight_version\{[^}]*\} \S+$",
+           "score_phase_seconds": r"^(ray_)?score_phase_seconds\{[^}]*\} \S+$"}
 
 
 def _wait_terminal(client, job_id, deadline):
