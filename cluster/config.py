@@ -59,7 +59,7 @@ class RunConfig(_Section):
     @classmethod
     def _assignments(cls, value: list[str]) -> list[str]:
         for item in value:
-            key = item.split("=", 1)[0].strip()
+            key = assignment_key(item)
             if "=" not in item or not key or key.startswith("run.float32_overrides"):
                 raise ValueError(f"entry {item!r} must look like section.key=value (and not name run.float32_overrides)")
         return value
@@ -366,6 +366,11 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
+def assignment_key(assignment: str) -> str:
+    """The dotted key of a ``section.key=value`` assignment."""
+    return assignment.split("=", 1)[0].strip()
+
+
 def apply_override(data: dict[str, Any], assignment: str) -> None:
     """Apply one ``dotted.key=value`` override in place; the value is parsed as YAML."""
     if "=" not in assignment:
@@ -396,12 +401,12 @@ def load_config(
     data = read_yaml(path)
     for assignment in overrides:
         apply_override(data, assignment)
-    overridden = frozenset(a.split("=", 1)[0].strip() for a in overrides)
+    overridden = frozenset(assignment_key(a) for a in overrides)
     try:
         cfg = ScoreConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err, str(path), overridden)) from None
-    kept = [a for a in cfg.run.float32_overrides if a.split("=", 1)[0].strip() not in overridden]  # --set wins
+    kept = [a for a in cfg.run.float32_overrides if assignment_key(a) not in overridden]  # --set wins
     if kept != cfg.run.float32_overrides:
         cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"float32_overrides": kept})})
     try:  # each entry must itself make a valid config, found now rather than after minutes of start-up
