@@ -366,8 +366,6 @@ def test_killing_a_generator_mid_batch_still_gives_a_complete_batch(fleet, task)
     killer.start()
     first = fleet.first_attempts(items, 2, {"temperature": 1.0, "max_tokens": 768})  # the tiny model never stops early: seconds
     killer.join()
-    assert all(n < 768 for n, g in zip(first["a1_length"].to_pylist(), first["generator"].to_pylist()) if g == "generator-1") or \
-        set(first["generator"].to_pylist()) == {"generator-0"}
     batch = fleet.second_attempts(first, task.instruction, SAMPLED, num_problems=6, k=2)
     assert batch.num_rows == 12
     assert any("generator-1 died" in e for e in fleet.events)
