@@ -51,7 +51,8 @@ def run(tiny: bool = False, model_name: str = "embedded") -> BenchResult:
     buckets_mb = [16, 64] if tiny else [4, 16, 64, 256]
     model_path = prepare_model(model_name)
     task, items = _prompts(n_prompts)
-    result = BenchResult("generation", settings={"prompts": n_prompts, "max_tokens": max_tokens, "repeats": repeats, "buckets_mb": buckets_mb})
+    result = BenchResult("generation", settings={"prompts": n_prompts, "max_tokens": max_tokens, "repeats": repeats, "buckets_mb": buckets_mb,
+                                                 "model": model_name})
     started_ray = not ray.is_initialized()
     if started_ray:
         ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)

@@ -106,7 +106,8 @@ def run(tiny: bool = False, model_name: str = "embedded") -> BenchResult:
     peer_tok = peer["completion_tokens"] / peer["step_seconds"]
     result = BenchResult("grpo_trl", settings={"problems": problems, "samples_per_problem": k, "max_tokens": max_tokens,
                                                "measured_steps": steps, "temperature": temperature, "lr": lr, "kl_beta": beta,
-                                               "score_dtype": dtype, "trl_dtype": "bf16 autocast" if dtype == "bfloat16" else "float32"})
+                                               "score_dtype": dtype, "trl_dtype": "bf16 autocast" if dtype == "bfloat16" else "float32",
+                                               "model": model_name})
     result.extra = {"score": ours, "trl_grpo": peer}
     result.measurements += [
         Measurement("SCoRe episodes/s (2 attempts each)", ours_eps, "ep/s", "TRL GRPOTrainer episodes/s (1 attempt)", peer_eps),

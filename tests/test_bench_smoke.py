@@ -24,6 +24,8 @@ def test_bench_writes_json(name, tmp_path, ray_local, tiny_model_path):
     path = common.write(result, tmp_path)
     data = json.loads(path.read_text())
     assert data["bench"] == name and data["measurements"]
+    if name in MODEL_BENCHES:
+        assert data["settings"]["model"] == tiny_model_path  # the smoke test ran the model it passed
     for m in data["measurements"]:
         assert m["value"] > 0 and m["baseline"] > 0 and m["ratio"] == pytest.approx(m["value"] / m["baseline"])
     assert "torch" in data["machine"]["versions"]
