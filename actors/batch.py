@@ -6,6 +6,11 @@ sampling log-prob of each response token), ``finish_reason``, ``length``, ``text
 ``version`` (the weight version that produced it). Shared columns: ``uid``, ``problem_index``,
 ``sample_index`` and ``generator``. Rows of one problem are contiguous (problem-major), which is
 what the learner's leave-one-out baseline expects.
+
+The trainer adds the graded rewards ``r1``/``r2`` and ``a1_base`` (:data:`A1_BASE`): true where
+attempt 1 was written by the frozen base model (``algorithm.stage2_base_first_attempts``), whose
+tokens are then context for attempt 2, not the policy's actions; a batch without the column has
+none. A problem's k rows are all base rows or none.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from __future__ import annotations
 from typing import Any
 
 import pyarrow as pa
+
+A1_BASE = "a1_base"
 
 ATTEMPT_FIELDS = [
     ("prompt_ids", pa.list_(pa.int32())),

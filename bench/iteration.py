@@ -12,7 +12,11 @@ Ratios reported (all measured in this run; the breakdown is in the dtype ``auto`
 - one iteration at the middle size in that dtype against the other dtype;
 - seconds per problem at the largest batch against the smallest (below 1: the fixed costs of
   an iteration are amortised by larger batches);
-- the time outside the learner (generate + grade + sync) against the learner's own time.
+- the time outside the learner (generate + grade + sync) against the learner's own time;
+- a Stage II iteration with half of its problems on base-model first attempts
+  (``algorithm.stage2_base_first_attempts: 0.5``) against one without, and the cost of sampling
+  those first attempts up front (cluster/base_attempts.py) per Stage II iteration, against the
+  generation time of an iteration without them.
 """
 
 from __future__ import annotations
@@ -29,34 +33,38 @@ from bench.common import BenchResult, Measurement
 PHASES = ("generate", "grade", "learn", "sync")
 
 
-_MEASURED: dict[tuple[int, bool, int, str, str], dict[str, Any]] = {}  # `bench all` measures a size once
+_MEASURED: dict[tuple[int, bool, int, str, str, float], dict[str, Any]] = {}  # `bench all` measures a size once
 
 
-def measure(problems: int, *, tiny: bool, measured: int, dtype: str = "auto", model_name: str = "embedded") -> dict[str, Any]:
-    """Mean phase seconds of ``measured`` iterations (after one warm-up) at ``problems`` per iteration."""
+def measure(problems: int, *, tiny: bool, measured: int, dtype: str = "auto", model_name: str = "embedded",
+            base_share: float = 0.0) -> dict[str, Any]:
+    """Mean phase seconds of ``measured`` Stage II iterations (after one warm-up) at ``problems`` per iteration;
+    ``base_share``: algorithm.stage2_base_first_attempts (its up-front sampling is ``base_fill_seconds``)."""
     import ray
 
-    key = (problems, tiny, measured, dtype, model_name)
+    key = (problems, tiny, measured, dtype, model_name, base_share)
     if key not in _MEASURED:
         started = not ray.is_initialized()
         if started:
             ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
         try:
-            _MEASURED[key] = _measure(problems, tiny=tiny, measured=measured, dtype=dtype, model_name=model_name)
+            _MEASURED[key] = _measure(problems, tiny=tiny, measured=measured, dtype=dtype, model_name=model_name, base_share=base_share)
         finally:
             if started:
                 ray.shutdown()
     return _MEASURED[key]
 
 
-def _measure(problems: int, *, tiny: bool, measured: int, dtype: str, model_name: str) -> dict[str, Any]:
+def _measure(problems: int, *, tiny: bool, measured: int, dtype: str, model_name: str, base_share: float) -> dict[str, Any]:
     from cluster.config import DEFAULT_CONFIG, load_config
     from cluster.model_prep import prepare_model
     from cluster.trainer import ScoreTrainer
     from rewards.tasks import build_task
 
+    warmup = 0 if tiny else 1  # iteration 0 (Stage I) warms up; the measured ones are Stage II
     sets = [f"rollout.problems_per_iteration={problems}", "run.progress=false", "run.dashboard=false",
-            "algorithm.stage1_iterations=1", "algorithm.stage2_iterations=100", f"model.dtype={dtype}", f"model.path={model_name}"]
+            f"algorithm.stage1_iterations={warmup}", f"algorithm.stage2_iterations={measured}",
+            f"algorithm.stage2_base_first_attempts={base_share}", f"model.dtype={dtype}", f"model.path={model_name}"]
     if tiny:
         sets += ["rollout.samples_per_problem=2", "rollout.attempt1.max_tokens=16", "rollout.attempt2.max_tokens=16",
                  "rollout.cpu_kv_cache_gb=0.25", "rollout.max_model_len=512", "task.train_size=20", "task.eval_size=4"]
@@ -70,8 +78,11 @@ def _measure(problems: int, *, tiny: bool, measured: int, dtype: str, model_name
             t0 = time.monotonic()
             trainer.build(task)
             build_s = time.monotonic() - t0
+            fill_s = 0.0
+            if base_share:
+                trainer.base_attempts = trainer._base_first_attempts()
+                fill_s = trainer.base_attempts.seconds
             rows = []
-            warmup = 0 if tiny else 1  # iteration 0 (Stage I) warms up; the measured ones are Stage II
             for i in range(warmup + measured):
                 m = trainer.step(i)
                 if i >= warmup:
@@ -83,6 +94,7 @@ def _measure(problems: int, *, tiny: bool, measured: int, dtype: str, model_name
     out["generated_tokens"] = float(np.mean([r["generated_tokens"] for r in rows]))
     out["samples"] = problems * cfg.rollout.samples_per_problem
     out["build_seconds"] = build_s
+    out["base_fill_seconds"] = fill_s
     return out
 
 
@@ -115,12 +127,18 @@ def run(tiny: bool = False, model_name: str = "embedded") -> BenchResult:
     contrast = measure(at, tiny=tiny, measured=measured, dtype=other, model_name=model_name)
     result.extra["contrast"] = {"dtype": other, "problems": at, **contrast}
     result.settings["dtype"] = auto
+    based = measure(mid, tiny=tiny, measured=measured, model_name=model_name, base_share=0.5)
+    result.extra["base_first_attempts"] = {"share": 0.5, "problems": mid, **based}
     result.measurements += [
         Measurement(f"iteration s at P={at}, {auto} vs {other}", points[at]["iteration"], "s", f"{other}, same iteration",
                     contrast["iteration"], higher_is_better=False),
         Measurement(f"iteration s/problem at P={large}", points[large]["iteration"] / large, "s",
                     f"s/problem at P={small}", points[small]["iteration"] / small, higher_is_better=False),
         Measurement(f"generate+grade+sync s at P={mid}", outside, "s", f"learn s at P={mid}", points[mid]["learn"], higher_is_better=False),
+        Measurement(f"Stage II iteration s at P={mid}, base first attempts 0.5", based["iteration"], "s", "share 0, same iteration",
+                    points[mid]["iteration"], higher_is_better=False),
+        Measurement(f"base first attempts: up-front sampling s per Stage II iteration at P={mid}", based["base_fill_seconds"] / measured, "s",
+                    f"generate s per iteration at P={mid}, share 0", points[mid]["generate"], higher_is_better=False),
     ]
     lines = [f"{'P':>3} " + " ".join(f"{ph:>9}" for ph in (*PHASES, "iteration"))]
     lines += [f"{p:>3} " + " ".join(f"{points[p][ph]:9.2f}" for ph in (*PHASES, "iteration")) for p in sizes]

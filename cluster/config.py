@@ -192,6 +192,13 @@ class AlgorithmConfig(_Section):
     alpha: float = Field(10.0, ge=0.0)  # reward-shaping bonus on attempt 2 in Stage II
     beta1: float = Field(0.01, ge=0.0)  # KL weight, both attempts
     beta2: float = Field(0.1, ge=0.0)  # strong KL weight on attempt 1 in Stage I
+    # adaptive beta2 (the paper's Section 5.3; learner/kl_controller.py): after each Stage I iteration beta2 is
+    # multiplied by 1 + beta2_kl_gain * clip(kl_attempt1 / beta2_target_kl - 1, +-0.2), starting from beta2; null: fixed
+    beta2_target_kl: float | None = Field(None, gt=0.0)
+    beta2_kl_gain: float = Field(0.1, gt=0.0, lt=5.0)
+    # Stage II's offline prompts (the paper's Section 5.3; cluster/base_attempts.py): this share of each Stage II
+    # batch's problems gets first attempts sampled from the frozen base model (context for attempt 2, not trained)
+    stage2_base_first_attempts: float = Field(0.0, ge=0.0, le=1.0)
     # attempt 1's return in Stage II is r1 + gamma * r2_hat; the paper uses 0 (Appendix A.4),
     # its 0.8 ablation collapsed, and 1 gives attempt 1 the whole return to go
     gamma: float = Field(0.0, ge=0.0, le=1.0)
@@ -287,6 +294,17 @@ class ScoreConfig(_Section):
                     f"rollout.{name}.top_p={sampling.top_p}: the learner scores the full softmax and cannot reproduce "
                     "nucleus sampling, so the policy gradient would be biased; train with top_p=1.0"
                 )
+        if self.algorithm.beta2_target_kl is not None:
+            if self.algorithm.stage1_iterations == 0:
+                raise ValueError("algorithm.beta2_target_kl adapts Stage I's beta2, but algorithm.stage1_iterations is 0")
+            if self.algorithm.beta2 == 0:
+                raise ValueError("algorithm.beta2_target_kl scales beta2 up and down from its start: algorithm.beta2 must be above 0")
+        if (p := self.algorithm.stage2_base_first_attempts) > 0:
+            if self.algorithm.stage2_iterations == 0:
+                raise ValueError("algorithm.stage2_base_first_attempts applies to Stage II, but algorithm.stage2_iterations is 0")
+            if round(p * self.rollout.problems_per_iteration) == 0:
+                raise ValueError(f"algorithm.stage2_base_first_attempts={p} of rollout.problems_per_iteration="
+                                 f"{self.rollout.problems_per_iteration} rounds to no problem; raise one of them")
         if self.rollout.samples_per_problem < 2:
             raise ValueError("rollout.samples_per_problem must be at least 2 (the leave-one-out baseline needs siblings)")
         if self.rollout.problems_per_iteration % self.learner.num_ranks:

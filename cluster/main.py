@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="where to write eval.json / eval.csv (default: <output_dir>/<name>-eval)")
     p.add_argument("--split", choices=["eval", "val"], default="eval",
                    help="held-out problems (default) or the validation split (task.val_size of the training problems)")
+    p.add_argument("--first-attempts", metavar="FILE",
+                   help="fixed first attempts saved by an earlier evaluation (e.g. a run's samples/eval_000000.parquet, the base "
+                        "model's): the model under test writes only the later attempts, and fix_rate / break_rate compare "
+                        "models on the same mistakes (replaces --split; eval.num_problems caps how many)")
 
     p = sub.add_parser("plan", help="print each GPU's estimated memory for a config (cluster/memory_plan.py)")
     _add_config_args(p)
@@ -181,17 +185,29 @@ def cmd_plan(args: argparse.Namespace, cfg: ScoreConfig) -> int:
     return 0
 
 
+def _fixed_first_attempts(path: str, task, model_path: str):
+    """``eval --first-attempts``: the file's problems and first attempts, checked against the model's tokenizer."""
+    from transformers import AutoTokenizer
+
+    from actors.prompts import ChatFormatter
+    from cluster.evaluate import load_first_attempts
+
+    return load_first_attempts(path, task, ChatFormatter(AutoTokenizer.from_pretrained(model_path)))
+
+
 def cmd_eval(args: argparse.Namespace, cfg: ScoreConfig) -> int:
     task = build_task(cfg.task, seed=cfg.run.seed)
-    if not task.problems(args.split):
+    if not args.first_attempts and not task.problems(args.split):
         raise ConfigError("--split val needs a validation split: set task.val_size")
     model_path = _prepare(cfg, args.model)
+    # checked before anything starts: fixed first attempts replace the split's problems
+    problems, first = _fixed_first_attempts(args.first_attempts, task, model_path) if args.first_attempts else (task.problems(args.split), None)
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
     import pyarrow.parquet as pq  # heavy: see cmd_sample
     import ray
 
-    from cluster.evaluate import METRICS, evaluate, format_table
+    from cluster.evaluate import METRICS, correction_rates, evaluate, format_correction, format_table
     from cluster.trainer import build_fleet, build_reward_pool, ray_connect, use_gpus
     from common.devices import machine_record, resolve_dtype
 
@@ -200,12 +216,13 @@ def cmd_eval(args: argparse.Namespace, cfg: ScoreConfig) -> int:
     gpus = use_gpus(cfg)
     dtype = resolve_dtype(cfg.model.dtype, gpu=gpus)
     cfg = for_dtype(cfg, dtype)
-    problems = task.problems(args.split)[: cfg.eval.num_problems]
+    n = cfg.eval.num_problems
+    problems, first = problems[:n], (first.slice(0, n) if first is not None else None)
     fleet = build_fleet(cfg, model_path, gpus, dtype)
     pool = build_reward_pool(cfg)
     try:
         metrics, batch = evaluate(fleet, pool, task, problems, temperature=cfg.eval.temperature, max_tokens=cfg.eval.max_tokens,
-                                  attempts=cfg.eval.attempts)
+                                  attempts=cfg.eval.attempts, first=first)
     finally:
         fleet.shutdown()
         pool.shutdown()
@@ -213,14 +230,18 @@ def cmd_eval(args: argparse.Namespace, cfg: ScoreConfig) -> int:
             ray.shutdown()
     out = Path(args.out) if args.out else Path(cfg.run.output_dir) / f"{cfg.run.name}-eval"
     out.mkdir(parents=True, exist_ok=True)
-    record = {"model": model_path, "task": task.name, "split": args.split, **metrics, "machine": machine_record(dtype)}
+    record = {"model": model_path, "task": task.name, "split": None if first is not None else args.split,
+              "first_attempts": str(Path(args.first_attempts).resolve()) if first is not None else None, **metrics,
+              **correction_rates(batch["r1"].to_pylist(), batch["r2"].to_pylist()), "machine": machine_record(dtype)}
     replace_text(out / "eval.json", json.dumps(record, indent=1))  # its presence marks the evaluation done (experiment runner)
     with (out / "eval.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["model", "task", *METRICS, "answer_changed", "text_identical", "num_problems"], extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=["model", "task", *METRICS, "answer_changed", "text_identical", "fix_rate", "break_rate",
+                                          "num_problems"], extrasaction="ignore")
         w.writeheader()
         w.writerow(record)
     pq.write_table(batch, out / "samples.parquet")
     print(format_table([(Path(model_path).name, metrics)]))
+    print(format_correction(record))
     print(f"results: {out}")
     return 0
 

@@ -16,6 +16,12 @@ import ray
 from common.jsonl import read_jsonl, write_jsonl
 
 
+def final_attempt_reward(record: dict[str, Any]) -> float:
+    """A training record's mean attempt-2 reward on the policy's own first attempts (what ``checkpoint.select``
+    ranks), or on the base model's where every first attempt was the base model's."""
+    return record["reward_attempt2"] if "reward_attempt2" in record else record["base_reward_attempt2"]
+
+
 @ray.remote(num_cpus=0, max_restarts=-1)
 class RunMetrics:
     """The run's dashboard metrics (named ``driver``): gauges tagged by run, attempt and phase."""

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
@@ -30,17 +31,20 @@ import torch
 from ray.util.placement_group import placement_group
 from tqdm import tqdm
 
+from actors.batch import A1_BASE, check_complete
 from actors.fleet import FleetSettings, GenerationError, GeneratorFleet
+from cluster.base_attempts import BaseFirstAttempts, base_share
 from cluster.checkpoints import CheckpointStore
 from cluster.config import ConfigError, ScoreConfig, dump_config, for_dtype
 from cluster.evaluate import METRICS, collapse_metrics, evaluate, format_table
 from cluster.machines import check_resume, note_start
-from cluster.run_log import RunLog, plot_run
+from cluster.run_log import RunLog, final_attempt_reward, plot_run
 from common.devices import bf16_emulated, dtype_choice, resolve_dtype
 from common.files import replace_text
 from common.teardown import tear_down
 from learner.core import LearnerSettings
 from learner.group import LearnerGroup
+from learner.kl_controller import AdaptiveBeta2
 from learner.objectives import informative_groups
 from learner.reference import ReferenceGroup
 from rewards.pool import GradeRequest, RewardPool
@@ -151,6 +155,25 @@ def build_fleet(cfg: ScoreConfig, model_path: str, gpus: bool, dtype: str, place
     ))
 
 
+def rollout_metrics(grader: str, generated: pa.Table) -> dict[str, float]:
+    """Rewards, the shares of samples whose attempt 2 fixed a wrong attempt 1 or broke a right one, and the
+    collapse diagnostic: over the rows whose attempt 1 the policy wrote, and apart (``base_*``) over the
+    rows whose attempt 1 the base model wrote (``algorithm.stage2_base_first_attempts``)."""
+    base = generated[A1_BASE].to_pylist() if A1_BASE in generated.column_names else [False] * generated.num_rows
+    out: dict[str, float] = {}
+    for prefix, want in (("", False), ("base_", True)):
+        rows = [i for i, b in enumerate(base) if b == want]
+        if not rows:
+            continue
+        part = generated.take(pa.array(rows, pa.int64()))
+        rewards1, rewards2 = part["r1"].to_pylist(), part["r2"].to_pylist()
+        r1, r2 = np.asarray(rewards1) >= 0.5, np.asarray(rewards2) >= 0.5
+        out.update({f"{prefix}reward_attempt1": sum(rewards1) / len(rewards1), f"{prefix}reward_attempt2": sum(rewards2) / len(rewards2),
+                    f"{prefix}fixed": float((~r1 & r2).mean()), f"{prefix}broken": float((r1 & ~r2).mean()),
+                    **{prefix + k: v for k, v in collapse_metrics(grader, part["a1_text"].to_pylist(), part["a2_text"].to_pylist()).items()}})
+    return out
+
+
 class ScoreTrainer:
     """Owns one run: the generator fleet, the reward pool, the learner group, logs and checkpoints."""
 
@@ -164,6 +187,10 @@ class ScoreTrainer:
         self.fleet = self.pool = self.learner = self.reference = self.weights = None
         self.selected: int | None = None  # the iteration whose weights the final evaluation used
         self.shared_pg = None
+        alg = cfg.algorithm
+        # the adaptive beta2 (learner/kl_controller.py): moved after every Stage I update, checkpointed
+        self.beta2 = AdaptiveBeta2(alg.beta2, alg.beta2_target_kl, alg.beta2_kl_gain) if alg.beta2_target_kl is not None else None
+        self.base_attempts: BaseFirstAttempts | None = None  # algorithm.stage2_base_first_attempts > 0
 
     # -- set-up -----------------------------------------------------------------------------
     def build(self, task, gpus: bool | None = None) -> None:
@@ -255,27 +282,58 @@ class ScoreTrainer:
     def stage_of(self, iteration: int) -> int:
         return 1 if iteration < self.cfg.algorithm.stage1_iterations else 2
 
+    def _base_first_attempts(self) -> BaseFirstAttempts:
+        """Stage II's base-model first attempts (cluster/base_attempts.py): read on resume, else sampled now,
+        while the generators still hold the base weights."""
+        cfg, alg = self.cfg, self.cfg.algorithm
+        m = base_share(alg.stage2_base_first_attempts, cfg.rollout.problems_per_iteration)
+        total = alg.stage1_iterations + alg.stage2_iterations
+        cache = BaseFirstAttempts(self.run_dir, {it: [p.uid for p in self.draw(it)[:m]] for it in range(alg.stage1_iterations, total)})
+        if self.resume and cache.load():
+            return cache
+        train = {p.uid: p for p in self.task.problems("train")}
+        sampling = {**cfg.rollout.attempt1.model_dump(), "seed": cfg.run.seed * 1_000_003 - 1}
+        self._with_generator_recovery(lambda: cache.fill(self.fleet, self.task.first_turn, train, cfg.rollout.samples_per_problem, sampling),
+                                      "the base model's first attempts for Stage II")
+        log.info(f"sampled {cache.table.num_rows} base-model first attempts for {alg.stage2_iterations} Stage II iterations "
+                 f"in {cache.seconds:.1f} s ({m} of {cfg.rollout.problems_per_iteration} problems each)")
+        return cache
+
     # -- one iteration ------------------------------------------------------------------------
-    def _rollout(self, problems, seed: int) -> tuple[pa.Table, float, float]:
-        """Both attempts for ``problems`` (k samples each), graded: the table and seconds generating and grading."""
+    def _rollout(self, problems, seed: int, base: pa.Table | None = None) -> tuple[pa.Table, float, float]:
+        """Both attempts for ``problems`` (k samples each), graded: the table and seconds generating and grading.
+
+        ``base``: the base model's first attempts (k rows each) for the first ``base.num_rows / k`` problems;
+        the current policy writes attempt 1 for the rest and attempt 2 for all. Column ``a1_base`` marks them.
+        """
         cfg = self.cfg
         k, P = cfg.rollout.samples_per_problem, len(problems)
-        items = [{"uid": p.uid, "problem_index": i, "messages": self.task.first_turn(p)} for i, p in enumerate(problems)]
+        m = base.num_rows // k if base is not None else 0
+        if base is not None and base["uid"].to_pylist()[::k] != [p.uid for p in problems[:m]]:
+            raise RuntimeError("the cached base first attempts are not this iteration's first problems")
+        items = [{"uid": p.uid, "problem_index": i, "messages": self.task.first_turn(p)} for i, p in enumerate(problems) if i >= m]
         t0 = time.monotonic()
-        first = self.fleet.first_attempts(items, k, {**cfg.rollout.attempt1.model_dump(), "seed": seed})
+        parts = [self.fleet.first_attempts(items, k, {**cfg.rollout.attempt1.model_dump(), "seed": seed})] if items else []
+        if m:
+            parts.insert(0, base.set_column(base.schema.get_field_index("problem_index"), "problem_index",
+                                            pa.array([i // k for i in range(base.num_rows)], pa.int32())))
+        first = pa.concat_tables(parts)
         golds1 = [problems[i].gold for i in first["problem_index"].to_pylist()]
         with ThreadPoolExecutor(1) as ex:  # grade attempt 1 while attempt 2 is generated
             r1_future = ex.submit(self._grade, first["a1_text"].to_pylist(), golds1)
-            batch = self.fleet.second_attempts(first, self.task.instruction, {**cfg.rollout.attempt2.model_dump(), "seed": seed + 1}, num_problems=P, k=k)
+            batch = self.fleet.second_attempts(first, self.task.instruction, {**cfg.rollout.attempt2.model_dump(), "seed": seed + 1})
             t_gen = time.monotonic()
             r1 = r1_future.result()
         if batch["uid"].to_pylist() != first["uid"].to_pylist():
             raise RuntimeError("attempt-2 rows came back in another order than attempt 1")
+        # every attempt 2, and attempt 1 of the policy's rows, was generated with the newest weights; base rows
+        # keep the base model's version 0
+        check_complete(batch.drop_columns(["a1_version"]), P, k, self.fleet.version)
+        is_base = [i < m for i in batch["problem_index"].to_pylist()]
+        assert batch["a1_version"].to_pylist() == [0 if b else self.version for b in is_base]
         r2 = self._grade(batch["a2_text"].to_pylist(), golds1)
-        # the batch was generated with the newest weights (check_complete compared every row's version)
-        assert set(batch["a1_version"].to_pylist()) == {self.version}
         batch = batch.append_column("r1", pa.array(r1, pa.float32())).append_column("r2", pa.array(r2, pa.float32()))
-        return batch, t_gen - t0, time.monotonic() - t_gen
+        return batch.append_column(A1_BASE, pa.array(is_base, pa.bool_())), t_gen - t0, time.monotonic() - t_gen
 
     def collect(self, iteration: int, stage: int) -> tuple[pa.Table, pa.Table, dict[str, Any]]:
         """The learner's batch of P problem groups, everything generated for it, and what that took.
@@ -292,11 +350,13 @@ class ScoreTrainer:
         seconds = {"generate": 0.0, "grade": 0.0}
         uninformative = 0
         for rnd in range(rounds):
-            table, t_gen, t_grade = self._rollout(self.draw(iteration, rnd), seed + 10_000_019 * rnd)
+            base = self.base_attempts.rows(iteration) if self.base_attempts is not None and stage == 2 and rnd == 0 else None
+            table, t_gen, t_grade = self._rollout(self.draw(iteration, rnd), seed + 10_000_019 * rnd, base)
             seconds["generate"] += t_gen
             seconds["grade"] += t_grade
             tables.append(table.append_column("round", pa.array([rnd] * table.num_rows, pa.int32())))
-            flags = informative_groups(stage, torch.tensor(table["r1"].to_pylist()), torch.tensor(table["r2"].to_pylist()), alg.alpha, alg.gamma, k)
+            flags = informative_groups(stage, torch.tensor(table["r1"].to_pylist()), torch.tensor(table["r2"].to_pylist()), alg.alpha, alg.gamma, k,
+                                       attempt1_context=table[A1_BASE].to_pylist()[::k])
             uninformative += flags.count(False)
             for g, useful in enumerate(flags):
                 (chosen if useful or rounds == 1 else spare).append((rnd, g))
@@ -325,7 +385,10 @@ class ScoreTrainer:
         if self.reference is not None:
             batch = self.reference.score(batch)
         self.fleet.sleep()  # colocated on a GPU: hand the generators' memory to the learner (no-op otherwise)
-        learn = self.learner.update(batch, stage)
+        beta2 = self.beta2.value if self.beta2 is not None else None
+        learn = self.learner.update(batch, stage, beta2 if stage == 1 else None)
+        if self.beta2 is not None and stage == 1:
+            self.beta2.update(learn["kl_attempt1"])
         t_learn = time.monotonic()
         sync = self._publish(self.version + 1)
         self.version = sync["version"]
@@ -333,14 +396,13 @@ class ScoreTrainer:
             self.learner.offload_states()
         t_sync = time.monotonic()
         gen_tokens = sum(generated["a1_length"].to_pylist()) + sum(generated["a2_length"].to_pylist())
-        r1, r2 = generated["r1"].to_pylist(), generated["r2"].to_pylist()
         return {
             "iteration": iteration + 1, "stage": stage, "version": self.version,
             # the policy's rewards: over everything generated this iteration, set-aside groups included
-            "reward_attempt1": sum(r1) / len(r1), "reward_attempt2": sum(r2) / len(r2),
-            **collapse_metrics(self.task.grader, generated["a1_text"].to_pylist(), generated["a2_text"].to_pylist()),
+            **rollout_metrics(self.task.grader, generated),
             **{k_: v for k_, v in learn.items() if k_ not in ("reward_attempt1", "reward_attempt2", "seconds")},
             **stats,
+            **({"beta2": beta2} if beta2 is not None else {}),  # the weight this iteration's update used
             "generated_tokens": gen_tokens, "generation_tokens_per_second": gen_tokens / max(stats["seconds_generate"], 1e-9),
             "seconds_rollout": t_rollout - t0, "seconds_learn": t_learn - t_rollout,
             "seconds_sync": t_sync - t_learn, "seconds_iteration": t_sync - t0, "sync_bytes": sync["bytes"],
@@ -374,7 +436,7 @@ class ScoreTrainer:
         c = self.cfg.checkpoint
         if c.select != "best_train_reward" or self.iteration % c.select_window:
             return
-        window = [r["reward_attempt2"] for r in self.log.records() if r["kind"] == "train" and self.iteration - c.select_window < r["step"] <= self.iteration]
+        window = [final_attempt_reward(r) for r in self.log.records() if r["kind"] == "train" and self.iteration - c.select_window < r["step"] <= self.iteration]
         score = sum(window) / len(window)
         best = self.store.best()
         if best is not None and best.iteration < self.iteration and score <= best.manifest["train_reward"]:
@@ -406,6 +468,8 @@ class ScoreTrainer:
         tmp = self.store.begin(self.iteration)
         manifest = {"iteration": self.iteration, "stage": self.stage_of(max(0, self.iteration - 1)), "version": self.version,
                     "seed": self.cfg.run.seed, "dtype": self.dtype, "time": time.time()}
+        if self.beta2 is not None:
+            manifest["beta2_controller"] = self.beta2.state()
         self.learner.save(str(tmp), manifest)
         return self.store.commit(tmp, manifest)
 
@@ -417,6 +481,13 @@ class ScoreTrainer:
             raise ConfigError(f"--resume: no complete checkpoint under {self.store.root}")
         self.learner.load(str(ckpt.path))
         self.iteration = ckpt.iteration
+        if self.beta2 is not None:
+            state = ckpt.manifest.get("beta2_controller")
+            if state is None:
+                log.warning(f"{ckpt.path.name} holds no adaptive beta2 state (written without algorithm.beta2_target_kl): "
+                            f"beta2 restarts from {self.beta2.value}")
+            else:
+                self.beta2 = AdaptiveBeta2.from_state({**state, "target_kl": self.beta2.target_kl, "gain": self.beta2.gain})
         self.log.truncate_after(self.iteration)
         best = self.store.best()
         if best is not None and best.iteration > self.iteration:  # chosen among iterations that will be redone
@@ -457,6 +528,8 @@ class ScoreTrainer:
         elif cfg.eval.before:
             log.info(f"evaluating the base model prompted to self-correct on {min(cfg.eval.num_problems, len(task.problems('eval')))} held-out problems")
             self._report(self.run_eval("base"))
+        if cfg.algorithm.stage2_base_first_attempts > 0:
+            self.base_attempts = self._base_first_attempts()
         note_start(self.run_dir, self.iteration, self.dtype)
         bar = tqdm(total=total, initial=self.iteration, desc="SCoRe", unit="it", disable=not self.progress, dynamic_ncols=True)
         interrupted = False
@@ -468,7 +541,8 @@ class ScoreTrainer:
             metrics = self.step(self.iteration)
             self.iteration += 1
             self.log.write("train", self.iteration, metrics)
-            bar.set_postfix(r1=f"{metrics['reward_attempt1']:.2f}", r2=f"{metrics['reward_attempt2']:.2f}", v=self.version)
+            bar.set_postfix(r1=f"{metrics.get('reward_attempt1', metrics.get('base_reward_attempt1')):.2f}",
+                            r2=f"{final_attempt_reward(metrics):.2f}", v=self.version)
             bar.update(1)
             self.consider_best()
             if cfg.eval.every_iterations and self.iteration % cfg.eval.every_iterations == 0:

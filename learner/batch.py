@@ -3,7 +3,8 @@
 For each attempt a sequence is ``prompt_ids + response_ids``; the model predicts token ``i`` from
 positions ``< i``, so per-token tensors have one fewer column than the inputs. The action mask is
 1.0 exactly on response tokens: for attempt 2 the prompt already holds attempt 1 and the
-instruction, which are context and carry no loss.
+instruction, which are context and carry no loss. Attempt 1 of a row the base model wrote
+(``a1_base``, :data:`actors.batch.A1_BASE`) is context too: its mask is 0 at every position.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 import torch
+
+from actors.batch import A1_BASE
 
 
 @dataclass
@@ -35,7 +38,13 @@ class AttemptInputs:
         return int(self.attention_mask.sum())
 
 
+def base_rows(table: pa.Table) -> list[bool]:
+    """Per row: was attempt 1 written by the base model (context, not the policy's action)?"""
+    return table[A1_BASE].to_pylist() if A1_BASE in table.column_names else [False] * table.num_rows
+
+
 def attempt_inputs(table: pa.Table, prefix: str, pad_id: int = 0) -> AttemptInputs:
+    context = base_rows(table) if prefix == "a1" else [False] * table.num_rows
     prompts = table[f"{prefix}_prompt_ids"].to_pylist()
     responses = table[f"{prefix}_response_ids"].to_pylist()
     logprobs = table[f"{prefix}_logprobs"].to_pylist()
@@ -53,7 +62,7 @@ def attempt_inputs(table: pa.Table, prefix: str, pad_id: int = 0) -> AttemptInpu
         attention[i, : len(seq)] = 1
         # response token j sits at input position len(p)+j and is predicted at target column len(p)+j-1
         start = len(p) - 1
-        action[i, start : start + len(r)] = 1.0
+        action[i, start : start + len(r)] = 0.0 if context[i] else 1.0
         old[i, start : start + len(r)] = torch.tensor(lp, dtype=torch.float32)
         if ref is not None:
             ref[i, start : start + len(r)] = torch.tensor(refs[i], dtype=torch.float32)
@@ -117,9 +126,9 @@ def joint_inputs(table: pa.Table, pad_id: int = 0) -> JointInputs | None:
     old1 = torch.zeros_like(inputs.old_logp)
     refs1 = table["a1_ref_logprobs"].to_pylist() if "a1_ref_logprobs" in table.column_names else None
     ref1 = torch.zeros_like(inputs.old_logp) if refs1 is not None else None
-    for i, (x1, y1, lp) in enumerate(zip(x1s, y1s, lp1s)):
+    for i, (x1, y1, lp, context) in enumerate(zip(x1s, y1s, lp1s, base_rows(table))):
         start = len(x1) - 1
-        mask1[i, start : start + len(y1)] = 1.0
+        mask1[i, start : start + len(y1)] = 0.0 if context else 1.0
         old1[i, start : start + len(y1)] = torch.tensor(lp, dtype=torch.float32)
         if ref1 is not None:
             ref1[i, start : start + len(y1)] = torch.tensor(refs1[i], dtype=torch.float32)

@@ -24,7 +24,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -34,7 +34,7 @@ import torch
 
 from common.devices import on_gpu, torch_dtype
 from common.network import free_port
-from learner.batch import AttemptInputs, JointInputs, attempt_inputs, joint_inputs, length_sorted_micro_batches, num_micro_batches, rewards
+from learner.batch import AttemptInputs, JointInputs, attempt_inputs, base_rows, joint_inputs, length_sorted_micro_batches, num_micro_batches, rewards
 from learner.policy import PolicyLogprobs, check_head
 from learner.objectives import (REWARD_SIDE_KL, Aggregation, AttemptTensors, ObjectiveSettings, logprob_mismatch, score_advantages,
                                score_loss, sequence_kl_penalty)
@@ -319,19 +319,24 @@ class LearnerCore:
         computed = sum(mb.computed_positions for mb in micros)
         return micros, 1.0 - sum(mb.num_tokens for mb in micros) / max(computed, 1)
 
-    def global_action_tokens(self, micros: list[MicroBatch]) -> tuple[float, float]:
-        """Each attempt's action tokens in the whole batch: this rank's, summed over the ranks (one all-reduce)."""
-        counts = torch.tensor([sum(float(mb.masks[a].sum()) for mb in micros) for a in (0, 1)], dtype=torch.float64, device=self.device)
+    def global_counts(self, micros: list[MicroBatch], shard: pa.Table) -> tuple[tuple[float, float], tuple[float, float]]:
+        """Each attempt's action tokens and sequences in the whole batch: this rank's, summed over the ranks (one
+        all-reduce). Attempt 1 of a base-written row (``a1_base``) is context: it counts for neither."""
+        local = [sum(float(mb.masks[a].sum()) for mb in micros) for a in (0, 1)] + [shard.num_rows - sum(base_rows(shard)), shard.num_rows]
+        counts = torch.tensor(local, dtype=torch.float64, device=self.device)
         if self.world_size > 1:
             torch.distributed.all_reduce(counts)
-        return float(counts[0]), float(counts[1])
+        return (float(counts[0]), float(counts[1])), (float(counts[2]), float(counts[3]))
 
     def _no_grad_logprobs(self, model: torch.nn.Module, mb: MicroBatch) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
             return attempt_logprobs(model, mb, self.settings.temperature1, self.settings.temperature2)
 
-    def update(self, shard: pa.Table, stage: int) -> dict[str, float]:
+    def update(self, shard: pa.Table, stage: int, beta2: float | None = None) -> dict[str, float]:
         """One SCoRe update on this rank's rows (whole problems, problem-major). Returns metrics.
+
+        ``beta2``, where given, replaces the configured attempt-1 KL weight for this update (the
+        trainer's adaptive controller, :class:`learner.kl_controller.AdaptiveBeta2`).
 
         Advantages are computed over the whole shard first (leave-one-out within each problem's k
         rows), then the rows are cut into micro-batches of similar length. The ratio's old policy is
@@ -346,16 +351,16 @@ class LearnerCore:
             raise ValueError(f"learner rank {self.rank} got {shard.num_rows} rows, built for {s.rows_per_rank}")
         start = time.monotonic()
         self.reload_states()  # offloaded during generation (learner.offload_states_during_generation)
-        objective = self.objective
+        objective = self.objective if beta2 is None else replace(self.objective, beta2=float(beta2))
         r1_all, r2_all = rewards(shard, "r1"), rewards(shard, "r2")
         micros, padded = self.device_micro_batches(shard)
         n_micro = len(micros)
         # Denominators of the whole batch over all ranks (verl's agg_loss with a global token count): DeepSpeed
         # divides each micro-batch loss by n_micro and averages the gradients over the ranks, so per micro-batch
         # the denominator is the batch's count / (ranks x n_micro) and every token of every rank weighs the same.
-        action_tokens = self.global_action_tokens(micros)
+        action_tokens, sequences = self.global_counts(micros, shard)
         share = self.world_size * n_micro
-        aggs = tuple(Aggregation(s.loss_agg, tokens=max(action_tokens[a], 1.0) / share, sequences=shard.num_rows * self.world_size / share,
+        aggs = tuple(Aggregation(s.loss_agg, tokens=max(action_tokens[a], 1.0) / share, sequences=max(sequences[a], 1) / share,
                                  length=float((s.max_tokens1, s.max_tokens2)[a])) for a in (0, 1))
         self.engine.train()
         refs = [mb.given_ref or self._no_grad_logprobs(self._reference(), mb) for mb in micros]

@@ -64,8 +64,8 @@ class LearnerRank:
         self.core = LearnerCore(settings, self.rank, self.world_size, master_addr, master_port)
         return True
 
-    def update(self, shard: pa.Table, stage: int) -> dict[str, float]:
-        return self.core.update(shard, stage)
+    def update(self, shard: pa.Table, stage: int, beta2: float | None = None) -> dict[str, float]:
+        return self.core.update(shard, stage, beta2)
 
     def sequence_logprob(self, shard: pa.Table, prefix: str = "a1") -> list[float]:
         return self.core.sequence_logprob(shard, prefix)
@@ -162,9 +162,10 @@ class LearnerGroup:
             raise LearnerError(f"batch has {batch.num_rows} rows; the group was built for {per} per rank x {self.num_ranks}")
         return [batch.slice(j * per, per) for j in range(self.num_ranks)]
 
-    def update(self, batch: pa.Table, stage: int) -> dict[str, float]:
-        """One update on all ranks; returns metrics averaged over ranks (token counts summed)."""
-        results = self._get([r.update.remote(s, stage) for r, s in zip(self.ranks, self.shards(batch))], f"the stage {stage} update")
+    def update(self, batch: pa.Table, stage: int, beta2: float | None = None) -> dict[str, float]:
+        """One update on all ranks (``beta2``: this update's attempt-1 KL weight, where adapted);
+        returns metrics averaged over ranks (token counts summed)."""
+        results = self._get([r.update.remote(s, stage, beta2) for r, s in zip(self.ranks, self.shards(batch))], f"the stage {stage} update")
         merged = {k: sum(m[k] for m in results) / len(results) for k in results[0]}
         merged["tokens"] = sum(m["tokens"] for m in results)
         merged["tokens_per_second"] = merged["tokens"] / max(max(m["seconds"] for m in results), 1e-9)

@@ -267,17 +267,23 @@ def task_returns(stage: int, r1: torch.Tensor, r2: torch.Tensor, alpha: float, g
     return r1 + gamma * r2_hat, r2_hat
 
 
-def informative_groups(stage: int, r1: torch.Tensor, r2: torch.Tensor, alpha: float, gamma: float, k: int) -> list[bool]:
-    """Per problem group of k rows: does some attempt's task return vary within it?
+def informative_groups(stage: int, r1: torch.Tensor, r2: torch.Tensor, alpha: float, gamma: float, k: int,
+                       attempt1_context: list[bool] | None = None) -> list[bool]:
+    """Per problem group of k rows: does some trained attempt's task return vary within it?
 
     A group where neither varies has zero policy-gradient advantage at both attempts and teaches
     only the KL term; DAPO's dynamic sampling (Yu et al., 2025, Section 3.2) replaces such groups.
+    ``attempt1_context``: per group, whether attempt 1 was written by the base model (then it is not
+    trained, and only attempt 2's return counts; r1 still enters it through the shaping bonus).
     """
-    varies = torch.zeros(r2.numel() // k, dtype=torch.bool)
-    for u in task_returns(stage, r1, r2, alpha, gamma):
+    n_groups = r2.numel() // k
+    varies = torch.zeros(n_groups, dtype=torch.bool)
+    trained1 = ~torch.tensor(attempt1_context, dtype=torch.bool) if attempt1_context is not None else torch.ones(n_groups, dtype=torch.bool)
+    for a, u in enumerate(task_returns(stage, r1, r2, alpha, gamma)):
         if u is not None:
             groups = u.reshape(-1, k)
-            varies |= groups.max(dim=1).values != groups.min(dim=1).values
+            spread = groups.max(dim=1).values != groups.min(dim=1).values
+            varies |= spread & trained1 if a == 0 else spread
     return varies.tolist()
 
 

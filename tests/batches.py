@@ -52,6 +52,16 @@ ONE_REWARDED = [
 ]
 
 
+# Attempt 2 never repeats attempt 1's text, so a step on attempt 2 moves attempt 1's log-probs little: what
+# moves them is attempt 1's own policy gradient (or, for base-written first attempts, nothing).
+DISTINCT_ATTEMPTS = [
+    ("Tom has 3 apples and buys 4 more apples. How many apples does Tom have now?",
+     [("Tom has 7 apples.", 1.0, "Seven.", 1.0), ("Tom has 8 apples.", 0.0, "Nine.", 0.0)]),
+    ("Anna has 5 books and loses 2 books. How many books does Anna have now?",
+     [("Anna has 3 books.", 1.0, "Three.", 1.0), ("Anna has 6 books.", 0.0, "Six.", 0.0)]),
+]
+
+
 # Two problems whose responses differ about fourfold in length: on two ranks (one problem each) the ranks'
 # action-token counts are unequal, so a per-rank token mean would weigh their tokens differently.
 UNEQUAL = [

@@ -48,6 +48,9 @@ def test_dotted_overrides_are_typed():
         ("algorithm.loss_agg=mean", "algorithm.loss_agg"),
         ("algorithm.gamma=1.5", "algorithm.gamma"),
         ("algorithm.vllm_is=maybe", "algorithm.vllm_is"),
+        ("algorithm.beta2_target_kl=0", "algorithm.beta2_target_kl"),
+        ("algorithm.beta2_kl_gain=5", "algorithm.beta2_kl_gain"),
+        ("algorithm.stage2_base_first_attempts=1.5", "algorithm.stage2_base_first_attempts"),
         ("rewards.sandbox.tmpfs_mb=2048", "rewards.sandbox.tmpfs_mb (2048) must be below rewards.sandbox.memory_mb"),
     ],
 )
@@ -153,6 +156,15 @@ def test_cross_field_errors_are_one_line():
         load_config(None, ["rollout.colocate_with_learner=true", "rollout.num_generators=2"])
     with pytest.raises(ConfigError, match="tensor_parallel_size must be 1"):
         load_config(None, ["rollout.colocate_with_learner=true", "rollout.tensor_parallel_size=2"])
+    with pytest.raises(ConfigError, match="adapts Stage I's beta2, but algorithm.stage1_iterations is 0"):
+        load_config(None, ["algorithm.beta2_target_kl=0.01", "algorithm.stage1_iterations=0"])
+    with pytest.raises(ConfigError, match="algorithm.beta2 must be above 0"):
+        load_config(None, ["algorithm.beta2_target_kl=0.01", "algorithm.beta2=0"])
+    assert load_config(None, ["algorithm.beta2_target_kl=0.01"]).algorithm.beta2_target_kl == 0.01
+    with pytest.raises(ConfigError, match="applies to Stage II, but algorithm.stage2_iterations is 0"):
+        load_config(None, ["algorithm.stage2_base_first_attempts=0.5", "algorithm.stage2_iterations=0"])
+    with pytest.raises(ConfigError, match=r"stage2_base_first_attempts=0.05 of rollout.problems_per_iteration=8 rounds to no problem"):
+        load_config(None, ["algorithm.stage2_base_first_attempts=0.05", "rollout.problems_per_iteration=8"])
 
 
 def test_a_greedy_training_temperature_is_refused():

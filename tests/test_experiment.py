@@ -75,6 +75,25 @@ def test_run_skips_runs_with_a_result_file_and_resumes_checkpointed_ones(tmp_pat
     assert not [m for m in caplog.messages if "transfer set" in m]
 
 
+def test_every_finished_run_corrects_the_base_models_first_attempts_once(tmp_path, caplog):
+    """After a trained run finishes, the runner has it write attempt 2 on the base model's saved first attempts
+    (``eval --first-attempts``, the Figure 5 diagnostic); a run with that record, or the base arm, gets no such step."""
+    plan = _plan(tmp_path)
+    plan.results.mkdir()
+    for name in ("base", "score-seed0", "stage2_only-seed0"):
+        (plan.results / f"{name}.json").write_text("{}")
+    (plan.results / "fixed_first").mkdir()
+    (plan.results / "fixed_first" / "stage2_only-seed0.json").write_text("{}")
+    with caplog.at_level("INFO", logger="cluster.experiment"):
+        grid.run(plan, dry_run=True)
+    fixed = [m for m in caplog.messages if "base first attempts:" in m]
+    assert len(fixed) == 1 and fixed[0].split(",")[0].endswith("score-seed0")
+    cmd = fixed[0].split("base first attempts: ", 1)[1].split()
+    assert cmd[cmd.index("--first-attempts") + 1] == str(plan.out / "base" / "samples.parquet")
+    assert cmd[cmd.index("--model") + 1] == str(plan.out / "score-seed0" / "hf_model") and "eval" in cmd
+    assert "eval.attempts=2" in cmd and f"task.eval_size={plan.problems}" in cmd  # the base model's held-out problems
+
+
 def test_runs_are_not_added_in_another_dtype_than_the_finished_ones(tmp_path, monkeypatch, capsys):
     """model.dtype auto follows the machine, and a grid is continued on whichever machine a session gets: a run
     computed in float32 beside runs computed in bfloat16 is refused in one line unless asked for."""

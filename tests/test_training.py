@@ -14,6 +14,7 @@ from cluster.machines import machines
 from cluster.trainer import ScoreTrainer
 from common.devices import DTYPES, other_dtype, resolve_dtype
 from common.jsonl import read_jsonl
+from learner.kl_controller import AdaptiveBeta2
 from rewards.tasks import build_task
 
 # The tiny runs compute in the dtype `auto` picks on this CPU, the path the default run takes here; the
@@ -29,6 +30,8 @@ MISMATCH_MEAN = {"bfloat16": 0.1, "float32": 1e-3}
 IS_WEIGHT_BY_DEFAULT = {"bfloat16": True, "float32": False}
 SYNC_BYTES_PER_PARAM = {"bfloat16": 2, "float32": 4}
 
+BETA2_TARGET_KL = 1e-3
+
 TINY = [
     "algorithm.stage1_iterations=2", "algorithm.stage2_iterations=2",
     "rollout.problems_per_iteration=2", "rollout.samples_per_problem=2",
@@ -40,11 +43,12 @@ TINY = [
 
 
 # what the experiment (cluster/experiment/) uses: a validation split watched every 2 iterations, three
-# attempts at the end, dynamic sampling, and the final weights chosen by training reward
+# attempts at the end, dynamic sampling, the final weights chosen by training reward, an adaptive beta2, and
+# base-model first attempts for one of each Stage II batch's two problems
 EXPERIMENT = [
     "task.val_size=8", "eval.every_iterations=2", "eval.periodic_problems=3", "eval.attempts=3",
     "rollout.skip_zero_variance_groups=true", "rollout.max_sampling_rounds=3", "checkpoint.select=best_train_reward",
-    "checkpoint.select_window=2",
+    "checkpoint.select_window=2", f"algorithm.beta2_target_kl={BETA2_TARGET_KL}", "algorithm.stage2_base_first_attempts=0.5",
 ]
 
 
@@ -127,16 +131,33 @@ def test_tiny_score_run_end_to_end(full_run, model_path):
     assert [r["version"] for r in records] == [1, 2, 3, 4]
     task = build_task(load_config(None, [*TINY, *EXPERIMENT]).task, seed=0)
     golds = {p.uid: p.gold for p in task.problems("train")}
+    import pyarrow.compute as pc
+
+    cache = pq.read_table(run / "base_first_attempts.parquet")  # sampled before the first update: the base model's
+    assert sorted(set(cache["iteration"].to_pylist())) == [2, 3] and cache.num_rows == 2 * 2 and set(cache["a1_version"].to_pylist()) == {0}
     for r in records:
         assert r["tokens"] > 0 and r["seconds_learn"] > 0 and r["sync_bytes"] > 0
         # the logged rewards are the grader's verdicts on the saved rollout of that iteration
         batch = pq.read_table(run / "samples" / f"train_iter{r['iteration']:06d}.parquet")
-        assert set(batch["a1_version"].to_pylist()) == {r["version"] - 1}
+        base = batch["a1_base"].to_pylist()
+        # Stage II: the first problem of the first sampling round has the base model's first attempts (version 0,
+        # the cached ones of this iteration); every other attempt 1, and every attempt 2, the newest weights'
+        expect_base = [r["stage"] == 2 and i < 2 for i in range(batch.num_rows)]
+        assert base == expect_base
+        assert batch["a1_version"].to_pylist() == [0 if b else r["version"] - 1 for b in base]
+        assert set(batch["a2_version"].to_pylist()) == {r["version"] - 1}
+        if r["stage"] == 2:
+            cached = cache.filter(pc.equal(cache["iteration"], r["iteration"] - 1))
+            assert batch["a1_response_ids"].to_pylist()[:2] == cached["a1_response_ids"].to_pylist()
+            assert r["base_reward_attempt1"] == pytest.approx(sum(batch["r1"].to_pylist()[:2]) / 2)
+        else:
+            assert "base_reward_attempt1" not in r
         for prefix, column in (("a1", "r1"), ("a2", "r2")):
             regraded = [grade_math(text, golds[uid]) for text, uid in zip(batch[f"{prefix}_text"].to_pylist(), batch["uid"].to_pylist())]
             assert batch[column].to_pylist() == regraded
-        assert r["reward_attempt1"] == pytest.approx(sum(batch["r1"].to_pylist()) / batch.num_rows)
-        assert r["reward_attempt2"] == pytest.approx(sum(batch["r2"].to_pylist()) / batch.num_rows)
+        policy = [i for i, b in enumerate(base) if not b]
+        assert r["reward_attempt1"] == pytest.approx(sum(batch["r1"].to_pylist()[i] for i in policy) / len(policy))
+        assert r["reward_attempt2"] == pytest.approx(sum(batch["r2"].to_pylist()[i] for i in policy) / len(policy))
         # dynamic sampling: rounds of P problems until P groups teach something (or 3 rounds); the
         # learner always gets P x k rows, and in Stage I (attempt 2's reward only) exactly the
         # informative groups first
@@ -145,9 +166,24 @@ def test_tiny_score_run_end_to_end(full_run, model_path):
         assert informative >= 2 or r["sampling_rounds"] == 3
         if r["stage"] == 1:
             assert r["zero_variance_groups_attempt2"] == pytest.approx(max(0, 2 - informative) / 2)
-        assert r["answer_changed"] == pytest.approx(collapse_metrics("math", batch["a1_text"].to_pylist(), batch["a2_text"].to_pylist())["answer_changed"])
+        for prefix, rows in (("", policy), ("base_", [i for i, b in enumerate(base) if b])):
+            if rows:  # the collapse diagnostic, and fixed / broken shares, on each kind of row apart
+                a1, a2 = [batch["a1_text"].to_pylist()[i] for i in rows], [batch["a2_text"].to_pylist()[i] for i in rows]
+                assert r[f"{prefix}answer_changed"] == pytest.approx(collapse_metrics("math", a1, a2)["answer_changed"])
+                r1s, r2s = [batch["r1"].to_pylist()[i] for i in rows], [batch["r2"].to_pylist()[i] for i in rows]
+                assert r[f"{prefix}fixed"] == pytest.approx(sum(a < 0.5 <= b for a, b in zip(r1s, r2s)) / len(rows))
+                assert r[f"{prefix}broken"] == pytest.approx(sum(b < 0.5 <= a for a, b in zip(r1s, r2s)) / len(rows))
         assert ("shaped_reward" in r) == (r["stage"] == 2)
         assert 0 <= r["padded_fraction"] < 0.5
+    # the adaptive beta2: each Stage I update used the weight the controller reached on the attempt-1 KLs
+    # logged before it (starting at algorithm.beta2); Stage II does not use or move it
+    controller, expected_beta2 = AdaptiveBeta2(0.1, BETA2_TARGET_KL), []
+    for r in records:
+        expected_beta2.append(controller.value)
+        if r["stage"] == 1:
+            controller.update(r["kl_attempt1"])
+    assert [r["beta2"] for r in records] == expected_beta2
+    assert records[0]["beta2"] == 0.1 != records[1]["beta2"]  # the controller moved after the first Stage I update
     # the killed generator was restarted, re-synced, and the run completed, twice
     assert any("generator-0" in e and "attempts" in e for e in events)
     assert sum("generator-0" in e for e in events) >= 2, events
@@ -254,7 +290,7 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(full_run, ra
     assert [r["iteration"] for r in got] == [1, 2, 3, 4]
     # one line per start in machines.jsonl: fresh at 0, resumed at 1, both in the dtype it computed in
     assert [(m["iteration"], m["dtype"]) for m in machines(run_dir)] == [(0, DTYPE), (1, DTYPE)]
-    for key in ("reward_attempt1", "reward_attempt2", "loss", "pg_loss", "kl_attempt1", "kl_attempt2", "generated_tokens", "sampling_rounds"):
+    for key in ("reward_attempt1", "reward_attempt2", "loss", "pg_loss", "kl_attempt1", "kl_attempt2", "beta2", "generated_tokens", "sampling_rounds"):
         assert got[1][key] == expected[1][key], key  # the next iteration after the interruption
         assert got[3][key] == expected[3][key], key
 

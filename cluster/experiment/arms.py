@@ -72,6 +72,16 @@ class Plan:
         return [sys.executable, "-m", "cluster.main", "eval", "--config", self.config, "--model", model,
                 "--out", str(where / "transfer"), *as_sets(sets)]
 
+    def base_first_attempts(self) -> Path:
+        """The base model's first attempts on the held-out problems: what its evaluation (the ``base`` arm) saved."""
+        return self.out / "base" / "samples.parquet"
+
+    def fixed_first_command(self, name: str, where: Path) -> list[str]:
+        """A finished run's exported model writing attempt 2 on the base model's first attempts (``eval --first-attempts``)."""
+        sets = [*self.shared_sets(2), f"run.name={name}-fixed-first"]
+        return [sys.executable, "-m", "cluster.main", "eval", "--config", self.config, "--model", str(where / "hf_model"),
+                "--first-attempts", str(self.base_first_attempts()), "--out", str(where / "fixed_first"), *as_sets(sets)]
+
     def transfer_problems(self) -> list[Problem]:
         cfg = load_config(self.config, [*self.shared_sets(2), *self.transfer])
         return build_task(cfg.task, seed=cfg.run.seed).problems("eval")[: cfg.eval.num_problems]

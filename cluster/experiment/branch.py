@@ -31,9 +31,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cluster.base_attempts import FILE as BASE_ATTEMPTS
 from cluster.checkpoints import BEST, MANIFEST
 from cluster.config import load_config
 from cluster.machines import MACHINES, machines
+from cluster.run_log import final_attempt_reward
 from common.files import replace_text
 from common.jsonl import read_jsonl, write_jsonl
 
@@ -44,14 +46,15 @@ BRANCH_DIR = "stage1_branch"
 BRANCHED_FROM = "branched_from.json"
 
 
-def _link_tree(src: Path, dst: Path) -> None:
-    def link(a: str, b: str) -> None:
-        try:
-            os.link(a, b)
-        except OSError:
-            shutil.copy2(a, b)
+def _link_file(a: str | Path, b: str | Path) -> None:
+    try:
+        os.link(a, b)
+    except OSError:
+        shutil.copy2(a, b)
 
-    shutil.copytree(src, dst, copy_function=link)
+
+def _link_tree(src: Path, dst: Path) -> None:
+    shutil.copytree(src, dst, copy_function=_link_file)
 
 
 def checkpoint_name(iteration: int) -> str:
@@ -78,6 +81,8 @@ def save_point(plan: Any, name: str, where: Path) -> Path | None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     _link_tree(ckpt, tmp / ckpt.name)
+    if (where / BASE_ATTEMPTS).exists():  # Stage II's base first attempts (algorithm.stage2_base_first_attempts), shared too
+        _link_file(where / BASE_ATTEMPTS, tmp / BASE_ATTEMPTS)
     write_jsonl(tmp / "metrics.jsonl", [r for r in read_jsonl(where / "metrics.jsonl") if r["step"] <= plan.stage1])
     write_jsonl(tmp / MACHINES, [m for m in machines(where) if m["iteration"] < plan.stage1])  # those that computed Stage I
     (tmp / "branch.json").write_text(json.dumps({"run": name, "iteration": plan.stage1, **_identity(plan, int(seed))}, indent=1))
@@ -97,7 +102,7 @@ def _best_window(rows: list[dict[str, Any]], upto: int, window: int) -> tuple[in
     train = [r for r in rows if r["kind"] == "train"]
     best = None
     for end in range(window, upto + 1, window):
-        vals = [r["reward_attempt2"] for r in train if end - window < r["step"] <= end]
+        vals = [final_attempt_reward(r) for r in train if end - window < r["step"] <= end]
         if not vals:
             return None
         score = sum(vals) / len(vals)
@@ -142,6 +147,9 @@ def start_from_point(plan: Any, name: str, where: Path) -> bool:
     _link_tree(ckpt_src, ckpts / (ckpt_src.name + ".partial"))  # complete only once everything else is in place
     write_jsonl(where / "metrics.jsonl", rows)
     write_jsonl(where / MACHINES, read_jsonl(src / MACHINES))
+    if (src / BASE_ATTEMPTS).exists():
+        (where / BASE_ATTEMPTS).unlink(missing_ok=True)
+        _link_file(src / BASE_ATTEMPTS, where / BASE_ATTEMPTS)
     (where / BRANCHED_FROM).write_text(json.dumps({"run": point["run"], "iteration": point["iteration"]}))
     (ckpts / (ckpt_src.name + ".partial")).rename(ckpts / ckpt_src.name)
     log.info(f"    {name} continues from {point['run']}'s checkpoint at iteration {point['iteration']} (the same Stage I; "

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from cluster.config import ConfigError, load_config
+from cluster.evaluate import format_correction
 from cluster.experiment import branch
 from cluster.experiment.arms import Plan
 from cluster.experiment.record import dtypes_of, summarize_run
@@ -45,6 +46,10 @@ def run(plan: Plan, dry_run: bool = False, commit: bool = False) -> int:
             return rc
         if rc == 0 and plan.transfer and (plan.results / f"{name}.json").exists():  # finished (not just planned by a dry run)
             rc = _run_transfer(plan, step, name, where, dry_run, commit)
+            if rc in (130, 143):
+                return rc
+        if rc == 0 and name != "base" and "base" in plan.arms and (plan.results / f"{name}.json").exists():
+            rc = _run_fixed_first(plan, step, name, where, dry_run, commit)
             if rc in (130, 143):
                 return rc
         failed += rc != 0
@@ -117,6 +122,17 @@ def _run_one(plan: Plan, step: str, name: str, where: Path, cmd: list[str], dry_
     return 0
 
 
+def _evaluation_step(plan: Plan, step: str, log_name: str, cmd: list[str], dry_run: bool) -> tuple[int, float]:
+    """Run one evaluation of a finished run (logged as ``<out>/<log_name>.log``): its exit code and seconds."""
+    log.info(f"{step}: {' '.join(cmd)}")
+    if dry_run:
+        return 0, 0.0
+    rc, took = run_attempt(plan.out, log_name, cmd)
+    if rc != 0:
+        log.warning(f"    FAILED (exit {rc}) after {took / 60:.1f} min, see {plan.out / log_name}.log; `run` again repeats it")
+    return rc, took
+
+
 def _run_transfer(plan: Plan, step: str, name: str, where: Path, dry_run: bool, commit: bool) -> int:
     """Evaluate a finished run on the transfer set unless its transfer record exists."""
     record = plan.results / "transfer" / f"{name}.json"
@@ -125,13 +141,8 @@ def _run_transfer(plan: Plan, step: str, name: str, where: Path, dry_run: bool, 
     if name != "base" and not (where / "hf_model").is_dir():
         log.warning(f"{step}, transfer set: {where / 'hf_model'} is missing (the run finished on another machine?); skipped")
         return 0
-    cmd = plan.transfer_command(name, where)
-    log.info(f"{step}, transfer set: {' '.join(cmd)}")
-    if dry_run:
-        return 0
-    rc, took = run_attempt(plan.out, f"{name}.transfer", cmd)
-    if rc != 0:
-        log.warning(f"    FAILED (exit {rc}) after {took / 60:.1f} min, see {plan.out / name}.transfer.log; `run` again repeats it")
+    rc, took = _evaluation_step(plan, f"{step}, transfer set", f"{name}.transfer", plan.transfer_command(name, where), dry_run)
+    if dry_run or rc != 0:
         return rc
     summary = summarize_run(name, where / "transfer", took, eval_only=True, problems=plan.transfer_problems()) | {"overrides": list(plan.transfer)}
     _write_record(record, summary, commit, f"experiment: {name} on the transfer set")
@@ -141,13 +152,41 @@ def _run_transfer(plan: Plan, step: str, name: str, where: Path, dry_run: bool, 
     return 0
 
 
-def _write_record(path: Path, summary: dict[str, Any], commit: bool, message: str) -> None:
+FIXED_FIRST_KEYS = ("fix_rate", "fix_rate_ci", "wrong_first_attempts", "break_rate", "break_rate_ci", "right_first_attempts",
+                    "accuracy_t1", "accuracy_t2", "answer_changed", "text_identical", "num_problems")
+
+
+def _run_fixed_first(plan: Plan, step: str, name: str, where: Path, dry_run: bool, commit: bool) -> int:
+    """A finished run corrects the base model's first attempts (the paper's Figure 5 diagnostic) unless its
+    record exists: ``<results>/fixed_first/<name>.json`` with the fix and break rates."""
+    record = plan.results / "fixed_first" / f"{name}.json"
+    if record.exists():
+        return 0
+    for needed, what in ((plan.base_first_attempts(), "the base model's first attempts"), (where / "hf_model", "its exported model")):
+        if not dry_run and not needed.exists():
+            log.warning(f"{step}, base first attempts: {what} ({needed}) is missing (run on another machine?); skipped")
+            return 0
+    rc, took = _evaluation_step(plan, f"{step}, base first attempts", f"{name}.fixed_first", plan.fixed_first_command(name, where), dry_run)
+    if dry_run or rc != 0:
+        return rc
+    done = json.loads((where / "fixed_first" / "eval.json").read_text())
+    summary = {"run": name, "first_attempts": "base", "seconds": took, **{k: done[k] for k in FIXED_FIRST_KEYS}}
+    rates = format_correction(done).replace("\n", "; ")
+    _write_record(record, summary, commit, f"experiment: {name} on the base model's first attempts", detail=rates)
+    log.info(f"    on the base model's first attempts in {took / 60:.1f} min: {rates}")
+    return 0
+
+
+def _write_record(path: Path, summary: dict[str, Any], commit: bool, message: str, detail: str | None = None) -> None:
+    """``detail``: what the commit message says of the result (default: the final evaluation's Δ(t1,t2))."""
     path.parent.mkdir(parents=True, exist_ok=True)
     replace_text(path, json.dumps(summary, indent=1) + "\n")  # a crash leaves no half record for `run` to skip
     log.info(f"    wrote {path}")
     if commit:
-        f = summary["final"]
-        _commit(path, f"{message} (Δ(t1,t2) {100 * f['delta_t1_t2']:+.1f} points on {f['num_problems']} problems)")
+        if detail is None:
+            f = summary["final"]
+            detail = f"Δ(t1,t2) {100 * f['delta_t1_t2']:+.1f} points on {f['num_problems']} problems"
+        _commit(path, f"{message} ({detail})")
 
 
 def run_attempt(out: Path, name: str, cmd: list[str], beat_s: float = 30.0) -> tuple[int, float]:

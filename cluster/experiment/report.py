@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from cluster.evaluate import LABELS, METRICS, metric_array
+from cluster.evaluate import correction_rates as rates_with_intervals
 from cluster.experiment.arms import ARM_TITLES, ARMS, TRAINED
 from cluster.experiment.record import dtypes_of, load_results, outcomes
 
@@ -332,12 +333,9 @@ def correction_rates(runs: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any
     has few wrong first attempts left to fix. These rates divide by the first attempts that could
     change, so arms at different Accuracy@t1 compare as self-correctors.
     """
-    r1 = np.concatenate([a for a, _ in runs])
-    r2 = np.concatenate([b for _, b in runs])
-    wrong, right = int((~r1).sum()), int(r1.sum())
-    return {"wrong_t1": wrong, "right_t1": right,
-            "fixed": float((~r1 & r2).sum() / wrong) if wrong else None,
-            "broken": float((r1 & ~r2).sum() / right) if right else None}
+    rates = rates_with_intervals(np.concatenate([a for a, _ in runs]), np.concatenate([b for _, b in runs]))
+    return {"wrong_t1": rates["wrong_first_attempts"], "right_t1": rates["right_first_attempts"],
+            "fixed": rates["fix_rate"], "broken": rates["break_rate"]}
 
 
 def _rates_table(rates: dict[str, dict[str, Any]]) -> str:
