@@ -21,7 +21,7 @@ from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from actors.batch import check_complete, sort_problem_major
+from actors.batch import ATTEMPT1_SCHEMA, check_complete, sort_problem_major
 from actors.generator import Generator, StaleWeightsError
 from common.teardown import tear_down
 
@@ -168,15 +168,20 @@ class GeneratorFleet:
         tables = self._run_sharded(shards, lambda a, s, i: a.first_attempts.remote(s, k, shard_sampling(sampling, i), version), "first attempts")
         return sort_problem_major(pa.concat_tables(tables))
 
-    def second_attempts(self, first: pa.Table, instruction: str, sampling: dict[str, Any], num_problems: int | None = None, k: int | None = None) -> pa.Table:
-        shards = [first.slice(r.start, len(r)) for r in self._shards(first.num_rows)]
+    def later_attempts(self, previous: pa.Table, attempt: int, instruction: str, sampling: dict[str, Any],
+                       num_problems: int | None = None, k: int | None = None) -> pa.Table:
+        """Attempt ``attempt`` for every row of ``previous`` (:meth:`actors.generator.GeneratorCore.later_attempts`)."""
+        shards = [previous.slice(r.start, len(r)) for r in self._shards(previous.num_rows)]
         version = self.version
-        tables = self._run_sharded(shards, lambda a, s, i: a.second_attempts.remote(s, instruction, shard_sampling(sampling, i), version),
-                                   "second attempts")
+        tables = self._run_sharded(shards, lambda a, s, i: a.later_attempts.remote(s, attempt, instruction, shard_sampling(sampling, i), version),
+                                   "second attempts" if attempt == 2 else f"attempt-{attempt} samples")
         batch = sort_problem_major(pa.concat_tables(tables))
         if num_problems is not None and k is not None:
             check_complete(batch, num_problems, k, version)
         return batch
+
+    def second_attempts(self, first: pa.Table, instruction: str, sampling: dict[str, Any], num_problems: int | None = None, k: int | None = None) -> pa.Table:
+        return self.later_attempts(first.select(ATTEMPT1_SCHEMA.names).cast(ATTEMPT1_SCHEMA), 2, instruction, sampling, num_problems, k)
 
     # -- weight sync ------------------------------------------------------------------------
     def live(self) -> list[int]:

@@ -22,7 +22,7 @@ import pyarrow as pa
 import ray
 import torch
 
-from actors.batch import ATTEMPT1_SCHEMA, ROLLOUT_SCHEMA, from_rows
+from actors.batch import ATTEMPT1_SCHEMA, from_rows, with_attempt
 from actors.engine import make_llm
 from actors.prompts import ChatFormatter
 from actors.stops import stop_token_ids
@@ -230,19 +230,30 @@ class GeneratorCore:
                 )
         return from_rows(rows, ATTEMPT1_SCHEMA)
 
-    def second_attempts(self, first: pa.Table, instruction: str, sampling: dict[str, Any], expect_version: int | None = None) -> pa.Table:
-        """One attempt-2 sample per attempt-1 row, conditioned on exactly that attempt's tokens."""
+    def later_attempts(self, previous: pa.Table, attempt: int, instruction: str, sampling: dict[str, Any],
+                       expect_version: int | None = None) -> pa.Table:
+        """Attempt ``attempt`` (2 or later), one sample per row of ``previous`` (a batch of attempts 1..attempt-1),
+        conditioned on exactly the conversation so far: attempt t-1's prompt and sampled tokens, then the
+        self-correction instruction (:meth:`actors.prompts.ChatFormatter.second_prompt_ids`, for training and
+        evaluation alike). Returns ``previous`` with the ``a{attempt}_`` columns added."""
         self._check_version(expect_version)
-        rows = first.to_pylist()
+        if attempt < 2:
+            raise ValueError(f"later attempts are attempt 2 or later, got {attempt}")
+        rows = previous.to_pylist()
+        before = f"a{attempt - 1}"
         prompts = [
-            self.formatter.second_prompt_ids(r["a1_prompt_ids"], r["a1_response_ids"], json.loads(r["a1_messages"]), instruction)
+            self.formatter.second_prompt_ids(r[f"{before}_prompt_ids"], r[f"{before}_response_ids"], json.loads(r["a1_messages"]), instruction)
             for r in rows
         ]
         outputs = self._generate(prompts, sampling, 1)
         for r, prompt, out in zip(rows, prompts, outputs):
             r["generator"] = self.name
-            r.update(self._attempt_columns("a2", prompt, out.outputs[0]))
-        return from_rows(rows, ROLLOUT_SCHEMA)
+            r.update(self._attempt_columns(f"a{attempt}", prompt, out.outputs[0]))
+        return from_rows(rows, with_attempt(previous.schema, attempt))
+
+    def second_attempts(self, first: pa.Table, instruction: str, sampling: dict[str, Any], expect_version: int | None = None) -> pa.Table:
+        """One attempt-2 sample per attempt-1 row, conditioned on exactly that attempt's tokens."""
+        return self.later_attempts(first, 2, instruction, sampling, expect_version)
 
 
 @ray.remote(max_restarts=-1, max_task_retries=0)

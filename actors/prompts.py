@@ -3,7 +3,9 @@
 Attempt 2's prompt is built from token ids, not re-tokenised text: ``x1 + y1 + suffix``, where
 ``y1`` are the exact tokens sampled for attempt 1 (without a trailing end-of-turn token) and
 ``suffix`` is what the chat template puts after an assistant message and around the next user
-turn (end of turn, the self-correction instruction, the generation prompt). The learner can
+turn (end of turn, the self-correction instruction, the generation prompt). Every later attempt
+is built the same way from the one before it: ``x_t = x_{t-1} + y_{t-1} + suffix``, so the last
+attempt's sequence holds the whole conversation (training and evaluation share this). The learner can
 therefore rebuild every token and mask from the batch, and what the model was conditioned on is
 exactly what it produced.
 """

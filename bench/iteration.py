@@ -13,6 +13,7 @@ Ratios reported (all measured in this run; the breakdown is in the dtype ``auto`
 - seconds per problem at the largest batch against the smallest (below 1: the fixed costs of
   an iteration are amortised by larger batches);
 - the time outside the learner (generate + grade + sync) against the learner's own time;
+- a Stage II iteration with three attempts (``algorithm.attempts: 3``) against two, and its learner time;
 - a Stage II iteration with half of its problems on base-model first attempts
   (``algorithm.stage2_base_first_attempts: 0.5``) against one without, and the cost of sampling
   those first attempts up front (cluster/base_attempts.py) per Stage II iteration, against the
@@ -33,29 +34,31 @@ from bench.common import BenchResult, Measurement
 PHASES = ("generate", "grade", "learn", "sync")
 
 
-_MEASURED: dict[tuple[int, bool, int, str, str, float], dict[str, Any]] = {}  # `bench all` measures a size once
+_MEASURED: dict[tuple[int, bool, int, str, str, float, int], dict[str, Any]] = {}  # `bench all` measures a size once
 
 
 def measure(problems: int, *, tiny: bool, measured: int, dtype: str = "auto", model_name: str = "embedded",
-            base_share: float = 0.0) -> dict[str, Any]:
+            base_share: float = 0.0, attempts: int = 2) -> dict[str, Any]:
     """Mean phase seconds of ``measured`` Stage II iterations (after one warm-up) at ``problems`` per iteration;
-    ``base_share``: algorithm.stage2_base_first_attempts (its up-front sampling is ``base_fill_seconds``)."""
+    ``base_share``: algorithm.stage2_base_first_attempts (its up-front sampling is ``base_fill_seconds``);
+    ``attempts``: algorithm.attempts."""
     import ray
 
-    key = (problems, tiny, measured, dtype, model_name, base_share)
+    key = (problems, tiny, measured, dtype, model_name, base_share, attempts)
     if key not in _MEASURED:
         started = not ray.is_initialized()
         if started:
             ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
         try:
-            _MEASURED[key] = _measure(problems, tiny=tiny, measured=measured, dtype=dtype, model_name=model_name, base_share=base_share)
+            _MEASURED[key] = _measure(problems, tiny=tiny, measured=measured, dtype=dtype, model_name=model_name, base_share=base_share,
+                                     attempts=attempts)
         finally:
             if started:
                 ray.shutdown()
     return _MEASURED[key]
 
 
-def _measure(problems: int, *, tiny: bool, measured: int, dtype: str, model_name: str, base_share: float) -> dict[str, Any]:
+def _measure(problems: int, *, tiny: bool, measured: int, dtype: str, model_name: str, base_share: float, attempts: int) -> dict[str, Any]:
     from cluster.config import DEFAULT_CONFIG, load_config
     from cluster.model_prep import prepare_model
     from cluster.trainer import ScoreTrainer
@@ -64,7 +67,8 @@ def _measure(problems: int, *, tiny: bool, measured: int, dtype: str, model_name
     warmup = 0 if tiny else 1  # iteration 0 (Stage I) warms up; the measured ones are Stage II
     sets = [f"rollout.problems_per_iteration={problems}", "run.progress=false", "run.dashboard=false",
             f"algorithm.stage1_iterations={warmup}", f"algorithm.stage2_iterations={measured}",
-            f"algorithm.stage2_base_first_attempts={base_share}", f"model.dtype={dtype}", f"model.path={model_name}"]
+            f"algorithm.stage2_base_first_attempts={base_share}", f"algorithm.attempts={attempts}", f"model.dtype={dtype}",
+            f"model.path={model_name}"]
     if tiny:
         sets += ["rollout.samples_per_problem=2", "rollout.attempt1.max_tokens=16", "rollout.attempt2.max_tokens=16",
                  "rollout.cpu_kv_cache_gb=0.25", "rollout.max_model_len=512", "task.train_size=20", "task.eval_size=4"]
@@ -129,6 +133,8 @@ def run(tiny: bool = False, model_name: str = "embedded") -> BenchResult:
     result.settings["dtype"] = auto
     based = measure(mid, tiny=tiny, measured=measured, model_name=model_name, base_share=0.5)
     result.extra["base_first_attempts"] = {"share": 0.5, "problems": mid, **based}
+    three = measure(mid, tiny=tiny, measured=measured, model_name=model_name, attempts=3)
+    result.extra["three_attempts"] = {"attempts": 3, "problems": mid, **three}
     result.measurements += [
         Measurement(f"iteration s at P={at}, {auto} vs {other}", points[at]["iteration"], "s", f"{other}, same iteration",
                     contrast["iteration"], higher_is_better=False),
@@ -139,6 +145,9 @@ def run(tiny: bool = False, model_name: str = "embedded") -> BenchResult:
                     points[mid]["iteration"], higher_is_better=False),
         Measurement(f"base first attempts: up-front sampling s per Stage II iteration at P={mid}", based["base_fill_seconds"] / measured, "s",
                     f"generate s per iteration at P={mid}, share 0", points[mid]["generate"], higher_is_better=False),
+        Measurement(f"Stage II iteration s at P={mid}, 3 attempts", three["iteration"], "s", "2 attempts, same iteration",
+                    points[mid]["iteration"], higher_is_better=False),
+        Measurement(f"learn s at P={mid}, 3 attempts", three["learn"], "s", "2 attempts", points[mid]["learn"], higher_is_better=False),
     ]
     lines = [f"{'P':>3} " + " ".join(f"{ph:>9}" for ph in (*PHASES, "iteration"))]
     lines += [f"{p:>3} " + " ".join(f"{points[p][ph]:9.2f}" for ph in (*PHASES, "iteration")) for p in sizes]

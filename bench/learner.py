@@ -142,7 +142,7 @@ def run(tiny: bool = False, model_name: str = "embedded") -> BenchResult:
         for mb in micros:
             if reference:
                 with torch.no_grad():
-                    attempt_logprobs(core.reference, mb, 1.0, 1.0)
+                    attempt_logprobs(core.reference, mb, [1.0, 1.0])
             lp = logprobs(mb)
             mask = mb.masks[1]
             eng.backward(-(lp * mask).sum() / mask.sum())

@@ -199,6 +199,10 @@ class AlgorithmConfig(_Section):
     # Stage II's offline prompts (the paper's Section 5.3; cluster/base_attempts.py): this share of each Stage II
     # batch's problems gets first attempts sampled from the frozen base model (context for attempt 2, not trained)
     stage2_base_first_attempts: float = Field(0.0, ge=0.0, le=1.0)
+    # attempts per sample in training (learner/objectives.py): 2 is the paper's SCoRe; more is this project's extension
+    # (the paper trains two, evaluates up to ten in Appendix A.1). Attempt t >= 3 samples like attempt 2 (rollout.attempt2)
+    # after the self-correction instruction; Stage I trains each t >= 2 on r_t, Stage II on r_t + alpha * (r_t - r_{t-1})
+    attempts: int = Field(2, ge=2, le=10)
     # attempt 1's return in Stage II is r1 + gamma * r2_hat; the paper uses 0 (Appendix A.4),
     # its 0.8 ablation collapsed, and 1 gives attempt 1 the whole return to go
     gamma: float = Field(0.0, ge=0.0, le=1.0)

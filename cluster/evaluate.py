@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 import pyarrow as pa
 
-from actors.batch import ATTEMPT1_SCHEMA, ATTEMPT_FIELDS, check_complete
+from actors.batch import ATTEMPT1_SCHEMA, check_complete
 from rewards.extract import extract_program, final_answer
 
 METRICS = ("accuracy_t1", "accuracy_t2", "delta_t1_t2", "delta_i_to_c", "delta_c_to_i")
@@ -159,8 +159,8 @@ def evaluate(fleet, pool, task, problems, *, temperature: float, max_tokens: int
              first: pa.Table | None = None) -> tuple[dict[str, float], Any]:
     """``attempts`` attempts, one sample each, on ``problems``; returns the metrics and the graded batch.
 
-    The batch has the rollout columns of attempts 1 and 2 with rewards ``r1``/``r2``; attempts 3 and
-    later add ``a{t}_text`` and ``r{t}``. Attempt t+1 is conditioned on attempt t's exact tokens.
+    The batch has the rollout columns of every attempt with rewards ``r1`` ... ``r{attempts}``; attempt t+1 is
+    conditioned on attempt t's exact tokens, built as training builds it (:meth:`actors.fleet.GeneratorFleet.later_attempts`).
     ``first``: fixed first attempts (:func:`load_first_attempts`, row i for ``problems[i]``); the fleet
     then writes attempts 2 and later only, and attempt 1 keeps the version of the model that wrote it.
     """
@@ -169,29 +169,20 @@ def evaluate(fleet, pool, task, problems, *, temperature: float, max_tokens: int
     if attempts < 2:
         raise ValueError(f"attempts must be at least 2, got {attempts}")
     sampling = {"temperature": temperature, "max_tokens": max_tokens}
-    if first is None:
+    fixed = first is not None
+    if not fixed:
         items = [{"uid": p.uid, "problem_index": i, "messages": task.first_turn(p)} for i, p in enumerate(problems)]
         first = fleet.first_attempts(items, 1, sampling)
-        batch = fleet.second_attempts(first, task.instruction, sampling, num_problems=len(problems), k=1)
-    else:
-        if first.num_rows != len(problems):
-            raise ValueError(f"{first.num_rows} first attempts for {len(problems)} problems")
-        batch = fleet.second_attempts(first, task.instruction, sampling)
-        check_complete(batch.drop_columns(["a1_version"]), len(problems), 1, fleet.version)
+    elif first.num_rows != len(problems):
+        raise ValueError(f"{first.num_rows} first attempts for {len(problems)} problems")
+    batch = fleet.second_attempts(first, task.instruction, sampling)
+    for t in range(3, attempts + 1):  # the same prompt builder as training's later attempts
+        batch = fleet.later_attempts(batch, t, task.instruction, sampling)
+    check_complete(batch.drop_columns(["a1_version"]) if fixed else batch, len(problems), 1, fleet.version)
     golds = [problems[i].gold for i in batch["problem_index"].to_pylist()]
-    texts = [batch["a1_text"].to_pylist(), batch["a2_text"].to_pylist()]
-    previous = batch
-    for _ in range(2, attempts):
-        # the previous attempt stands in for attempt 1: its prompt already holds the conversation so far
-        chained = first.select(["uid", "problem_index", "sample_index", "generator", "a1_messages"])
-        for name, _ in ATTEMPT_FIELDS:
-            chained = chained.append_column(f"a1_{name}", previous[f"a2_{name}"])
-        previous = fleet.second_attempts(chained, task.instruction, sampling, num_problems=len(problems), k=1)
-        texts.append(previous["a2_text"].to_pylist())
+    texts = [batch[f"a{t}_text"].to_pylist() for t in range(1, attempts + 1)]
     rewards = [[g.reward for g in pool.grade([GradeRequest(task.grader, t, gold) for t, gold in zip(ts, golds)])] for ts in texts]
-    for t, (ts, rs) in enumerate(zip(texts, rewards), 1):
-        if t > 2:
-            batch = batch.append_column(f"a{t}_text", pa.array(ts, pa.string()))
+    for t, rs in enumerate(rewards, 1):
         batch = batch.append_column(f"r{t}", pa.array(rs, pa.float32()))
     metrics = self_correction_metrics(rewards[0], rewards[1])
     metrics.update(collapse_metrics(task.grader, texts[0], texts[1]))

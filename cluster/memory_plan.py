@@ -134,7 +134,7 @@ def learner_items(cfg: ScoreConfig, shape: ModelShape, dtype: str) -> dict[str, 
     per_layer = 34 * s * b * h
     items["activations, one micro-batch" + (" (checkpointed)" if l.gradient_checkpointing else "")] = (
         shape.layers * 2 * s * b * h + per_layer if l.gradient_checkpointing else shape.layers * per_layer)
-    positions = b * (r.attempt1.max_tokens + r.attempt2.max_tokens)
+    positions = b * (r.attempt1.max_tokens + (cfg.algorithm.attempts - 1) * r.attempt2.max_tokens)
     if l.logprob_chunk_positions:
         positions = min(positions, l.logprob_chunk_positions)
     items["log-probs head, fp32 logits"] = 3 * 4 * shape.vocab * positions

@@ -38,11 +38,11 @@ def check_run(cfg: ScoreConfig, model_path: str, task) -> dict[str, int]:
     longest = sorted(problems, key=lambda p: -len(p.question))[:32]  # the longest texts, tokenised (cheap)
     prompt = max(len(fmt.first_prompt_ids(task.first_turn(p))) for p in longest)
     turn = len(fmt.encode(fmt.second_turn_suffix(task.first_turn(longest[0]), task.instruction)))
-    r, e = cfg.rollout, cfg.eval
+    r, e, n = cfg.rollout, cfg.eval, cfg.algorithm.attempts
     lengths = {"prompt": prompt, "correction_turn": turn,
-               "train": prompt + r.attempt1.max_tokens + turn + r.attempt2.max_tokens,
+               "train": prompt + r.attempt1.max_tokens + (n - 1) * (turn + r.attempt2.max_tokens),
                "eval": prompt + e.attempts * e.max_tokens + (e.attempts - 1) * turn}
-    for what, need, how in (("training", lengths["train"], "rollout.attempt1.max_tokens + rollout.attempt2.max_tokens"),
+    for what, need, how in (("training", lengths["train"], "rollout.attempt1.max_tokens + (algorithm.attempts - 1) x rollout.attempt2.max_tokens"),
                             (f"the {e.attempts}-attempt evaluation", lengths["eval"], "eval.attempts x eval.max_tokens")):
         if need > r.max_model_len:
             raise ConfigError(f"{what} needs sequences of up to {need} tokens (longest prompt {prompt} + {how} + {turn} per "

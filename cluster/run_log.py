@@ -17,9 +17,11 @@ from common.jsonl import read_jsonl, write_jsonl
 
 
 def final_attempt_reward(record: dict[str, Any]) -> float:
-    """A training record's mean attempt-2 reward on the policy's own first attempts (what ``checkpoint.select``
-    ranks), or on the base model's where every first attempt was the base model's."""
-    return record["reward_attempt2"] if "reward_attempt2" in record else record["base_reward_attempt2"]
+    """A training record's mean reward at its last attempt (2, or ``algorithm.attempts``) on the policy's own first
+    attempts (what ``checkpoint.select`` ranks), or on the base model's where every first attempt was the base model's."""
+    prefix = "" if "reward_attempt2" in record else "base_"
+    last = max(int(k.removeprefix(f"{prefix}reward_attempt")) for k in record if k.startswith(f"{prefix}reward_attempt"))
+    return record[f"{prefix}reward_attempt{last}"]
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)

@@ -1,7 +1,7 @@
 """The SCoRe training loop: Stage I for N1 iterations, then Stage II for N2, on Ray.
 
-Every iteration: draw problems; generate first attempts; generate second attempts while the first
-ones are graded; grade the second ones; run the learner update; push the new weights to every
+Every iteration: draw problems; generate first attempts; generate each later attempt
+(``algorithm.attempts``, 2 by default) while the one before it is graded; grade the last; run the learner update; push the new weights to every
 generator. The next iteration's batch must carry the new weight version (checked on every batch).
 Evaluation runs before training, every ``eval.every_iterations`` and at the end; checkpoints every
 ``checkpoint.every_iterations``, at the end, and when the run is interrupted (Ctrl-C, SIGTERM from
@@ -31,7 +31,7 @@ import torch
 from ray.util.placement_group import placement_group
 from tqdm import tqdm
 
-from actors.batch import A1_BASE, check_complete
+from actors.batch import A1_BASE, check_complete, num_attempts
 from actors.fleet import FleetSettings, GenerationError, GeneratorFleet
 from cluster.base_attempts import BaseFirstAttempts, base_share
 from cluster.checkpoints import CheckpointStore
@@ -156,8 +156,8 @@ def build_fleet(cfg: ScoreConfig, model_path: str, gpus: bool, dtype: str, place
 
 
 def rollout_metrics(grader: str, generated: pa.Table) -> dict[str, float]:
-    """Rewards, the shares of samples whose attempt 2 fixed a wrong attempt 1 or broke a right one, and the
-    collapse diagnostic: over the rows whose attempt 1 the policy wrote, and apart (``base_*``) over the
+    """Each attempt's reward, the shares of samples whose attempt 2 fixed a wrong attempt 1 or broke a right one,
+    and the collapse diagnostic of attempts 1 and 2: over the rows whose attempt 1 the policy wrote, and apart (``base_*``) over the
     rows whose attempt 1 the base model wrote (``algorithm.stage2_base_first_attempts``)."""
     base = generated[A1_BASE].to_pylist() if A1_BASE in generated.column_names else [False] * generated.num_rows
     out: dict[str, float] = {}
@@ -166,10 +166,10 @@ def rollout_metrics(grader: str, generated: pa.Table) -> dict[str, float]:
         if not rows:
             continue
         part = generated.take(pa.array(rows, pa.int64()))
-        rewards1, rewards2 = part["r1"].to_pylist(), part["r2"].to_pylist()
-        r1, r2 = np.asarray(rewards1) >= 0.5, np.asarray(rewards2) >= 0.5
-        out.update({f"{prefix}reward_attempt1": sum(rewards1) / len(rewards1), f"{prefix}reward_attempt2": sum(rewards2) / len(rewards2),
-                    f"{prefix}fixed": float((~r1 & r2).mean()), f"{prefix}broken": float((r1 & ~r2).mean()),
+        for t in range(1, num_attempts(part) + 1):
+            out[f"{prefix}reward_attempt{t}"] = float(np.mean(part[f"r{t}"].to_pylist()))
+        r1, r2 = np.asarray(part["r1"].to_pylist()) >= 0.5, np.asarray(part["r2"].to_pylist()) >= 0.5
+        out.update({f"{prefix}fixed": float((~r1 & r2).mean()), f"{prefix}broken": float((r1 & ~r2).mean()),
                     **{prefix + k: v for k, v in collapse_metrics(grader, part["a1_text"].to_pylist(), part["a2_text"].to_pylist()).items()}})
     return out
 
@@ -301,13 +301,14 @@ class ScoreTrainer:
 
     # -- one iteration ------------------------------------------------------------------------
     def _rollout(self, problems, seed: int, base: pa.Table | None = None) -> tuple[pa.Table, float, float]:
-        """Both attempts for ``problems`` (k samples each), graded: the table and seconds generating and grading.
+        """Every attempt (``algorithm.attempts``) for ``problems`` (k samples each), graded: the table and seconds
+        generating and grading. Each attempt is graded while the next one is generated.
 
         ``base``: the base model's first attempts (k rows each) for the first ``base.num_rows / k`` problems;
         the current policy writes attempt 1 for the rest and attempt 2 for all. Column ``a1_base`` marks them.
         """
         cfg = self.cfg
-        k, P = cfg.rollout.samples_per_problem, len(problems)
+        k, P, n = cfg.rollout.samples_per_problem, len(problems), cfg.algorithm.attempts
         m = base.num_rows // k if base is not None else 0
         if base is not None and base["uid"].to_pylist()[::k] != [p.uid for p in problems[:m]]:
             raise RuntimeError("the cached base first attempts are not this iteration's first problems")
@@ -319,20 +320,24 @@ class ScoreTrainer:
                                             pa.array([i // k for i in range(base.num_rows)], pa.int32())))
         first = pa.concat_tables(parts)
         golds1 = [problems[i].gold for i in first["problem_index"].to_pylist()]
-        with ThreadPoolExecutor(1) as ex:  # grade attempt 1 while attempt 2 is generated
-            r1_future = ex.submit(self._grade, first["a1_text"].to_pylist(), golds1)
-            batch = self.fleet.second_attempts(first, self.task.instruction, {**cfg.rollout.attempt2.model_dump(), "seed": seed + 1})
+        batch, rewards = first, []
+        with ThreadPoolExecutor(1) as ex:  # grade attempt t-1 while attempt t is generated
+            for t in range(2, n + 1):
+                graded = ex.submit(self._grade, batch[f"a{t - 1}_text"].to_pylist(), golds1)
+                # attempt 2's seed is seed + 1 (as with two attempts); later ones follow at seed + t - 1
+                batch = self.fleet.later_attempts(batch, t, self.task.instruction, {**cfg.rollout.attempt2.model_dump(), "seed": seed + t - 1})
+                rewards.append(graded.result())
+                if batch["uid"].to_pylist() != first["uid"].to_pylist():
+                    raise RuntimeError(f"attempt-{t} rows came back in another order than attempt 1")
             t_gen = time.monotonic()
-            r1 = r1_future.result()
-        if batch["uid"].to_pylist() != first["uid"].to_pylist():
-            raise RuntimeError("attempt-2 rows came back in another order than attempt 1")
-        # every attempt 2, and attempt 1 of the policy's rows, was generated with the newest weights; base rows
+        # every later attempt, and attempt 1 of the policy's rows, was generated with the newest weights; base rows
         # keep the base model's version 0
         check_complete(batch.drop_columns(["a1_version"]), P, k, self.fleet.version)
         is_base = [i < m for i in batch["problem_index"].to_pylist()]
         assert batch["a1_version"].to_pylist() == [0 if b else self.version for b in is_base]
-        r2 = self._grade(batch["a2_text"].to_pylist(), golds1)
-        batch = batch.append_column("r1", pa.array(r1, pa.float32())).append_column("r2", pa.array(r2, pa.float32()))
+        rewards.append(self._grade(batch[f"a{n}_text"].to_pylist(), golds1))
+        for t, r in enumerate(rewards, 1):
+            batch = batch.append_column(f"r{t}", pa.array(r, pa.float32()))
         return batch.append_column(A1_BASE, pa.array(is_base, pa.bool_())), t_gen - t0, time.monotonic() - t_gen
 
     def collect(self, iteration: int, stage: int) -> tuple[pa.Table, pa.Table, dict[str, Any]]:
@@ -355,7 +360,7 @@ class ScoreTrainer:
             seconds["generate"] += t_gen
             seconds["grade"] += t_grade
             tables.append(table.append_column("round", pa.array([rnd] * table.num_rows, pa.int32())))
-            flags = informative_groups(stage, torch.tensor(table["r1"].to_pylist()), torch.tensor(table["r2"].to_pylist()), alg.alpha, alg.gamma, k,
+            flags = informative_groups(stage, [torch.tensor(table[f"r{t}"].to_pylist()) for t in range(1, alg.attempts + 1)], alg.alpha, alg.gamma, k,
                                        attempt1_context=table[A1_BASE].to_pylist()[::k])
             uninformative += flags.count(False)
             for g, useful in enumerate(flags):
@@ -395,12 +400,12 @@ class ScoreTrainer:
         if self.cfg.learner.offload_states_during_generation:  # until the next update reloads them
             self.learner.offload_states()
         t_sync = time.monotonic()
-        gen_tokens = sum(generated["a1_length"].to_pylist()) + sum(generated["a2_length"].to_pylist())
+        gen_tokens = sum(sum(generated[f"a{t}_length"].to_pylist()) for t in range(1, self.cfg.algorithm.attempts + 1))
         return {
             "iteration": iteration + 1, "stage": stage, "version": self.version,
             # the policy's rewards: over everything generated this iteration, set-aside groups included
             **rollout_metrics(self.task.grader, generated),
-            **{k_: v for k_, v in learn.items() if k_ not in ("reward_attempt1", "reward_attempt2", "seconds")},
+            **{k_: v for k_, v in learn.items() if not k_.startswith("reward_attempt") and k_ != "seconds"},
             **stats,
             **({"beta2": beta2} if beta2 is not None else {}),  # the weight this iteration's update used
             "generated_tokens": gen_tokens, "generation_tokens_per_second": gen_tokens / max(stats["seconds_generate"], 1e-9),

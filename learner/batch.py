@@ -2,8 +2,8 @@
 
 For each attempt a sequence is ``prompt_ids + response_ids``; the model predicts token ``i`` from
 positions ``< i``, so per-token tensors have one fewer column than the inputs. The action mask is
-1.0 exactly on response tokens: for attempt 2 the prompt already holds attempt 1 and the
-instruction, which are context and carry no loss. Attempt 1 of a row the base model wrote
+1.0 exactly on response tokens: for attempt t >= 2 the prompt already holds every earlier attempt
+and the instructions, which are context and carry no loss. Attempt 1 of a row the base model wrote
 (``a1_base``, :data:`actors.batch.A1_BASE`) is context too: its mask is 0 at every position.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import torch
 
-from actors.batch import A1_BASE
+from actors.batch import A1_BASE, num_attempts
 
 
 @dataclass
@@ -97,42 +97,61 @@ def padded_fraction(lengths: list[int], micros: list[list[int]]) -> float:
     return 1.0 - sum(lengths) / computed if computed else 0.0
 
 
+def attempt_prefixes(table: pa.Table) -> list[str]:
+    """``["a1", ..., "aN"]``: the attempts a rollout batch holds (``algorithm.attempts``)."""
+    return [f"a{t}" for t in range(1, num_attempts(table) + 1)]
+
+
 @dataclass
 class JointInputs:
-    """Both attempts in one sequence per row: ``x2 + y2`` already starts with ``x1 + y1``.
+    """Every attempt in one sequence per row: the last attempt's ``x_N + y_N`` starts with every earlier
+    attempt's ``x_t + y_t``.
 
-    One forward pass then gives the log-probs of attempt 1 (at the ``y1`` positions) and of
-    attempt 2 (at the ``y2`` positions); ``inputs.action_mask``/``old_logp`` hold attempt 2's,
-    ``mask1``/``old_logp1`` attempt 1's.
+    One forward pass then gives the log-probs of each attempt at its ``y_t`` positions; ``inputs`` is
+    the last attempt's layout, and ``masks``/``old_logps``/``ref_logps`` hold each attempt's, in order
+    (the last ones are ``inputs``' own).
     """
 
     inputs: AttemptInputs
-    mask1: torch.Tensor
-    old_logp1: torch.Tensor
-    ref_logp1: torch.Tensor | None = None
+    masks: list[torch.Tensor]
+    old_logps: list[torch.Tensor]
+    ref_logps: list[torch.Tensor] | None = None
 
 
 def joint_inputs(table: pa.Table, pad_id: int = 0) -> JointInputs | None:
-    """The shared-prefix layout, or None when some row's attempt-2 prompt does not extend ``x1 + y1``."""
-    x1s = table["a1_prompt_ids"].to_pylist()
-    y1s = table["a1_response_ids"].to_pylist()
-    x2s = table["a2_prompt_ids"].to_pylist()
-    lp1s = table["a1_logprobs"].to_pylist()
-    for x1, y1, x2 in zip(x1s, y1s, x2s):
-        if len(x2) < len(x1) + len(y1) or x2[: len(x1) + len(y1)] != x1 + y1:
-            return None
-    inputs = attempt_inputs(table, "a2", pad_id)
-    mask1 = torch.zeros_like(inputs.action_mask)
-    old1 = torch.zeros_like(inputs.old_logp)
-    refs1 = table["a1_ref_logprobs"].to_pylist() if "a1_ref_logprobs" in table.column_names else None
-    ref1 = torch.zeros_like(inputs.old_logp) if refs1 is not None else None
-    for i, (x1, y1, lp, context) in enumerate(zip(x1s, y1s, lp1s, base_rows(table))):
-        start = len(x1) - 1
-        mask1[i, start : start + len(y1)] = 0.0 if context else 1.0
-        old1[i, start : start + len(y1)] = torch.tensor(lp, dtype=torch.float32)
-        if ref1 is not None:
-            ref1[i, start : start + len(y1)] = torch.tensor(refs1[i], dtype=torch.float32)
-    return JointInputs(inputs, mask1, old1, ref1)
+    """The shared-prefix layout, or None when some row's last prompt does not extend an earlier attempt's ``x + y``."""
+    prefixes = attempt_prefixes(table)
+    last = prefixes[-1]
+    finals = table[f"{last}_prompt_ids"].to_pylist()
+    earlier = [(table[f"{a}_prompt_ids"].to_pylist(), table[f"{a}_response_ids"].to_pylist()) for a in prefixes[:-1]]
+    for xs, ys in earlier:
+        for x, y, xn in zip(xs, ys, finals):
+            if len(xn) < len(x) + len(y) or xn[: len(x) + len(y)] != x + y:
+                return None
+    inputs = attempt_inputs(table, last, pad_id)
+    has_ref = all(f"{a}_ref_logprobs" in table.column_names for a in prefixes)
+    masks, olds, refs = [], [], [] if has_ref else None
+    for t, (a, (xs, ys)) in enumerate(zip(prefixes, earlier)):
+        context = base_rows(table) if t == 0 else [False] * table.num_rows
+        mask, old = torch.zeros_like(inputs.action_mask), torch.zeros_like(inputs.old_logp)
+        ref = torch.zeros_like(inputs.old_logp) if has_ref else None
+        lps = table[f"{a}_logprobs"].to_pylist()
+        ref_rows = table[f"{a}_ref_logprobs"].to_pylist() if has_ref else None
+        for i, (x, y, lp) in enumerate(zip(xs, ys, lps)):
+            start = len(x) - 1
+            mask[i, start : start + len(y)] = 0.0 if context[i] else 1.0
+            old[i, start : start + len(y)] = torch.tensor(lp, dtype=torch.float32)
+            if ref is not None:
+                ref[i, start : start + len(y)] = torch.tensor(ref_rows[i], dtype=torch.float32)
+        masks.append(mask)
+        olds.append(old)
+        if refs is not None:
+            refs.append(ref)
+    masks.append(inputs.action_mask)
+    olds.append(inputs.old_logp)
+    if refs is not None:
+        refs.append(inputs.ref_logp)
+    return JointInputs(inputs, masks, olds, refs)
 
 
 def response_values(values: torch.Tensor, prompt_len: int, response_len: int) -> list[float]:

@@ -34,7 +34,8 @@ import torch
 
 from common.devices import on_gpu, torch_dtype
 from common.network import free_port
-from learner.batch import AttemptInputs, JointInputs, attempt_inputs, base_rows, joint_inputs, length_sorted_micro_batches, num_micro_batches, rewards
+from learner.batch import (AttemptInputs, JointInputs, attempt_inputs, attempt_prefixes, base_rows, joint_inputs, length_sorted_micro_batches,
+                           num_micro_batches, rewards)
 from learner.policy import PolicyLogprobs, check_head
 from learner.objectives import (REWARD_SIDE_KL, Aggregation, AttemptTensors, ObjectiveSettings, logprob_mismatch, score_advantages,
                                score_loss, sequence_kl_penalty)
@@ -76,11 +77,21 @@ class LearnerSettings:
     temperature2: float = 1.0
     max_tokens1: int = 256  # the constant length of loss_agg=seq_mean_token_sum_norm
     max_tokens2: int = 256
+    attempts: int = 2  # attempts per sample (algorithm.attempts); every one after the first samples like attempt 2
     seed: int = 0
     dtype: str = "auto"
     joint_forward: bool = True  # one pass for both attempts when attempt 2 extends attempt 1
     reference_placement: str = "learner"  # "separate": the batch carries a*_ref_logprobs from a ReferenceGroup
     logprob_chunk_positions: int | None = 2048  # the head scores this many positions at a time (learner.policy)
+
+    @property
+    def temperatures(self) -> list[float]:
+        """Each attempt's sampling temperature: attempt 1's, then attempt 2's for every later attempt."""
+        return [self.temperature1] + [self.temperature2] * (self.attempts - 1)
+
+    @property
+    def max_tokens(self) -> list[float]:
+        return [self.max_tokens1] + [self.max_tokens2] * (self.attempts - 1)
 
     @property
     def gradient_accumulation_steps(self) -> int:
@@ -99,7 +110,7 @@ class LearnerSettings:
                                                  "logprob_chunk_positions")},
             **{f: getattr(alg, f) for f in ("alpha", "beta1", "beta2", "gamma", "kl_estimator", "loss_agg", "normalize_advantages",
                                              "clip_ratio", "vllm_is", "vllm_is_cap")},
-            temperature1=rollout.attempt1.temperature, temperature2=rollout.attempt2.temperature,
+            attempts=alg.attempts, temperature1=rollout.attempt1.temperature, temperature2=rollout.attempt2.temperature,
             max_tokens1=rollout.attempt1.max_tokens, max_tokens2=rollout.attempt2.max_tokens,
         )
 
@@ -134,52 +145,49 @@ def _take(inputs: AttemptInputs, rows: torch.Tensor, device: torch.device) -> At
 @dataclass
 class MicroBatch:
     """One micro-batch on the device: the batch rows it holds (``rows``, an index tensor), the inputs of
-    one joint pass (``joint``) or of two passes (``a1``, ``a2``), and per attempt the action mask, the
+    one joint pass (``joint``) or of one pass per attempt (``passes``), and per attempt the action mask, the
     sampler's log-probs and, when a separate reference group scored the batch, the reference log-probs,
     all in the layout of its pass."""
 
     rows: torch.Tensor
     joint: AttemptInputs | None
-    a1: AttemptInputs | None
-    a2: AttemptInputs | None
-    masks: tuple[torch.Tensor, torch.Tensor]
-    rollout: tuple[torch.Tensor, torch.Tensor]
-    given_ref: tuple[torch.Tensor, torch.Tensor] | None
+    passes: list[AttemptInputs] | None
+    masks: tuple[torch.Tensor, ...]
+    rollout: tuple[torch.Tensor, ...]
+    given_ref: tuple[torch.Tensor, ...] | None
 
     @property
     def num_tokens(self) -> int:
-        return self.joint.num_tokens if self.joint is not None else self.a1.num_tokens + self.a2.num_tokens
+        return self.joint.num_tokens if self.joint is not None else sum(p.num_tokens for p in self.passes)
 
     @property
     def computed_positions(self) -> int:
         """Positions the forward pass computes, padding included."""
-        passes = (self.joint,) if self.joint is not None else (self.a1, self.a2)
+        passes = (self.joint,) if self.joint is not None else self.passes
         return sum(p.input_ids.numel() for p in passes)
 
 
-def micro_batch(rows, device: torch.device, joint: JointInputs | None = None,
-                a1_all: AttemptInputs | None = None, a2_all: AttemptInputs | None = None) -> MicroBatch:
-    """Cut ``rows`` (indices) out of the batch's joint layout, or out of its two per-attempt layouts."""
+def micro_batch(rows, device: torch.device, joint: JointInputs | None = None, per_attempt: list[AttemptInputs] | None = None) -> MicroBatch:
+    """Cut ``rows`` (indices) out of the batch's joint layout, or out of its per-attempt layouts."""
     rows = torch.as_tensor(list(rows), dtype=torch.long) if not torch.is_tensor(rows) else rows
     if joint is not None:
         seq = _take(joint.inputs, rows, device)
         width = seq.action_mask.shape[1]
-        mask1 = joint.mask1[rows, :width].to(device)
-        old1 = joint.old_logp1[rows, :width].to(device)
-        given = (joint.ref_logp1[rows, :width].to(device), seq.ref_logp) if seq.ref_logp is not None else None
-        return MicroBatch(rows, seq, None, None, (mask1, seq.action_mask), (old1, seq.old_logp), given)
-    a1, a2 = _take(a1_all, rows, device), _take(a2_all, rows, device)
-    given = (a1.ref_logp, a2.ref_logp) if a1.ref_logp is not None and a2.ref_logp is not None else None
-    return MicroBatch(rows, None, a1, a2, (a1.action_mask, a2.action_mask), (a1.old_logp, a2.old_logp), given)
+        cut = lambda ts: tuple(t[rows, :width].to(device) for t in ts)  # noqa: E731
+        given = cut(joint.ref_logps) if joint.ref_logps is not None else None
+        return MicroBatch(rows, seq, None, cut(joint.masks), cut(joint.old_logps), given)
+    passes = [_take(a, rows, device) for a in per_attempt]
+    given = tuple(p.ref_logp for p in passes) if all(p.ref_logp is not None for p in passes) else None
+    return MicroBatch(rows, None, passes, tuple(p.action_mask for p in passes), tuple(p.old_logp for p in passes), given)
 
 
-def attempt_logprobs(model: torch.nn.Module, mb: MicroBatch, temperature1: float, temperature2: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token log-probs of both attempts: one pass over ``x2 + y2`` (which holds ``y1``), or two."""
+def attempt_logprobs(model: torch.nn.Module, mb: MicroBatch, temperatures: list[float]) -> list[torch.Tensor]:
+    """Per-token log-probs of every attempt: one pass over the last attempt's sequence (which holds the others),
+    or one pass per attempt."""
     if mb.joint is not None:
-        lp = token_logprobs(model, mb.joint, temperature2, keep=(mb.masks[0] + mb.masks[1]) > 0)
-        return lp, lp
-    return (token_logprobs(model, mb.a1, temperature1, keep=mb.masks[0] > 0),
-            token_logprobs(model, mb.a2, temperature2, keep=mb.masks[1] > 0))
+        lp = token_logprobs(model, mb.joint, temperatures[-1], keep=sum(mb.masks) > 0)
+        return [lp] * len(mb.masks)
+    return [token_logprobs(model, p, t, keep=m > 0) for p, t, m in zip(mb.passes, temperatures, mb.masks)]
 
 
 class LearnerCore:
@@ -301,36 +309,38 @@ class LearnerCore:
         """The shard as device micro-batches of similar-length rows, in the joint layout when it applies,
         and the fraction of computed positions that are padding."""
         s = self.settings
-        # Attempt 2's sequence starts with attempt 1's: one forward pass serves both attempts
-        # when they were sampled at the same temperature (the default); otherwise two passes.
-        wanted = s.joint_forward and s.temperature1 == s.temperature2
+        # The last attempt's sequence starts with every earlier one's: one forward pass serves all attempts
+        # when they were sampled at the same temperature (the default); otherwise one pass per attempt.
+        wanted = s.joint_forward and len(set(s.temperatures)) == 1
         joint = joint_inputs(shard, self.pad_id) if wanted else None
         if wanted and joint is None and not self._warned_two_passes:
-            log.warning("some attempt-2 prompts do not start with attempt 1's tokens (the chat template rewrites earlier turns): "
-                        "the learner scores the attempts in two passes, not one")
+            log.warning("some later attempts' prompts do not start with the earlier attempts' tokens (the chat template rewrites "
+                        f"earlier turns): the learner scores the attempts in {'two passes' if s.attempts == 2 else 'a pass each'}, not one")
             self._warned_two_passes = True
         if joint is not None:
             layout, longest = {"joint": joint}, joint.inputs
         else:
-            layout = {"a1_all": attempt_inputs(shard, "a1", self.pad_id), "a2_all": attempt_inputs(shard, "a2", self.pad_id)}
-            longest = layout["a2_all"]
+            layout = {"per_attempt": [attempt_inputs(shard, a, self.pad_id) for a in attempt_prefixes(shard)]}
+            longest = layout["per_attempt"][-1]
         groups = length_sorted_micro_batches(longest.attention_mask.sum(dim=1).tolist(), s.rows_per_micro_batch)
         micros = [micro_batch(g, self.device, **layout) for g in groups]
         computed = sum(mb.computed_positions for mb in micros)
         return micros, 1.0 - sum(mb.num_tokens for mb in micros) / max(computed, 1)
 
-    def global_counts(self, micros: list[MicroBatch], shard: pa.Table) -> tuple[tuple[float, float], tuple[float, float]]:
+    def global_counts(self, micros: list[MicroBatch], shard: pa.Table) -> tuple[list[float], list[float]]:
         """Each attempt's action tokens and sequences in the whole batch: this rank's, summed over the ranks (one
         all-reduce). Attempt 1 of a base-written row (``a1_base``) is context: it counts for neither."""
-        local = [sum(float(mb.masks[a].sum()) for mb in micros) for a in (0, 1)] + [shard.num_rows - sum(base_rows(shard)), shard.num_rows]
+        n = len(micros[0].masks)
+        local = [sum(float(mb.masks[a].sum()) for mb in micros) for a in range(n)]
+        local += [shard.num_rows - sum(base_rows(shard))] + [shard.num_rows] * (n - 1)
         counts = torch.tensor(local, dtype=torch.float64, device=self.device)
         if self.world_size > 1:
             torch.distributed.all_reduce(counts)
-        return (float(counts[0]), float(counts[1])), (float(counts[2]), float(counts[3]))
+        return counts[:n].tolist(), counts[n:].tolist()
 
-    def _no_grad_logprobs(self, model: torch.nn.Module, mb: MicroBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    def _no_grad_logprobs(self, model: torch.nn.Module, mb: MicroBatch) -> list[torch.Tensor]:
         with torch.no_grad():
-            return attempt_logprobs(model, mb, self.settings.temperature1, self.settings.temperature2)
+            return attempt_logprobs(model, mb, self.settings.temperatures)
 
     def update(self, shard: pa.Table, stage: int, beta2: float | None = None) -> dict[str, float]:
         """One SCoRe update on this rank's rows (whole problems, problem-major). Returns metrics.
@@ -349,10 +359,14 @@ class LearnerCore:
             raise ValueError(f"stage must be 1 or 2, got {stage}")
         if shard.num_rows != s.rows_per_rank:
             raise ValueError(f"learner rank {self.rank} got {shard.num_rows} rows, built for {s.rows_per_rank}")
+        prefixes = attempt_prefixes(shard)
+        if len(prefixes) != s.attempts:
+            raise ValueError(f"learner rank {self.rank} got a batch of {len(prefixes)} attempts, built for {s.attempts} (algorithm.attempts)")
         start = time.monotonic()
         self.reload_states()  # offloaded during generation (learner.offload_states_during_generation)
         objective = self.objective if beta2 is None else replace(self.objective, beta2=float(beta2))
-        r1_all, r2_all = rewards(shard, "r1"), rewards(shard, "r2")
+        n = s.attempts
+        rewards_all = [rewards(shard, f"r{t}") for t in range(1, n + 1)]
         micros, padded = self.device_micro_batches(shard)
         n_micro = len(micros)
         # Denominators of the whole batch over all ranks (verl's agg_loss with a global token count): DeepSpeed
@@ -360,36 +374,36 @@ class LearnerCore:
         # the denominator is the batch's count / (ranks x n_micro) and every token of every rank weighs the same.
         action_tokens, sequences = self.global_counts(micros, shard)
         share = self.world_size * n_micro
-        aggs = tuple(Aggregation(s.loss_agg, tokens=max(action_tokens[a], 1.0) / share, sequences=max(sequences[a], 1) / share,
-                                 length=float((s.max_tokens1, s.max_tokens2)[a])) for a in (0, 1))
+        aggs = [Aggregation(s.loss_agg, tokens=max(action_tokens[a], 1.0) / share, sequences=max(sequences[a], 1) / share,
+                            length=float(s.max_tokens[a])) for a in range(n)]
         self.engine.train()
         refs = [mb.given_ref or self._no_grad_logprobs(self._reference(), mb) for mb in micros]
         reward_side = s.kl_estimator in REWARD_SIDE_KL
         olds = [self._no_grad_logprobs(self.engine, mb) for mb in micros] if s.updates_per_batch > 1 or reward_side else None
-        kl_seq = (None, None)
+        kl_seqs = None
         if reward_side:  # each row's sequence KL, in batch order, for the returns
-            kl_seq = tuple(torch.zeros(shard.num_rows, device=self.device) for _ in (0, 1))
+            kl_seqs = [torch.zeros(shard.num_rows, device=self.device) for _ in range(n)]
             for mb, old, ref in zip(micros, olds, refs):
-                for a in (0, 1):
-                    kl_seq[a][mb.rows.to(self.device)] = sequence_kl_penalty(old[a], ref[a], mb.masks[a])
-        adv = score_advantages(stage, r1_all.to(self.device), r2_all.to(self.device), objective, *kl_seq)
+                for a in range(n):
+                    kl_seqs[a][mb.rows.to(self.device)] = sequence_kl_penalty(old[a], ref[a], mb.masks[a])
+        adv = score_advantages(stage, [r.to(self.device) for r in rewards_all], objective, kl_seqs)
         sums: dict[str, float] = {}
-        firsts: list[tuple[torch.Tensor, torch.Tensor]] = []  # the policy's log-probs before any step, for the mismatch
+        firsts: list[list[torch.Tensor]] = []  # the policy's log-probs before any step, for the mismatch
         tokens = 0
         for update in range(s.updates_per_batch):
             for mi, mb in enumerate(micros):
-                lp1, lp2 = attempt_logprobs(self.engine, mb, s.temperature1, s.temperature2)
-                old1, old2 = olds[mi] if olds is not None else (lp1.detach(), lp2.detach())
+                lps = attempt_logprobs(self.engine, mb, s.temperatures)
+                old = olds[mi] if olds is not None else [lp.detach() for lp in lps]
                 if update == 0:
-                    firsts.append((old1, old2))
-                t1 = AttemptTensors(lp1, old1, refs[mi][0], mb.masks[0], mb.rollout[0], aggs[0])
-                t2 = AttemptTensors(lp2, old2, refs[mi][1], mb.masks[1], mb.rollout[1], aggs[1])
+                    firsts.append(old)
+                tensors = [AttemptTensors(lps[a], old[a], refs[mi][a], mb.masks[a], mb.rollout[a], aggs[a]) for a in range(n)]
                 rows = mb.rows.to(self.device)
-                out = score_loss(stage, t1, t2, adv.attempt1[rows] if adv.attempt1 is not None else None, adv.attempt2[rows], objective)
+                out = score_loss(stage, tensors, [u[rows] if u is not None else None for u in adv.per_attempt], objective)
                 self.engine.backward(out.loss)
                 self.engine.step()
                 tokens += mb.num_tokens
-                for key, value in (("loss", out.loss.detach()), ("pg_loss", out.pg_loss), ("kl_attempt1", out.kl1), ("kl_attempt2", out.kl2),
+                for key, value in (("loss", out.loss.detach()), ("pg_loss", out.pg_loss),
+                                   *((f"kl_attempt{t}", kl) for t, kl in enumerate(out.kl, 1)),
                                    ("clipped_fraction", out.clipped_frac), *out.metrics.items()):
                     sums[key] = sums.get(key, 0.0) + float(value)
             self.step_count += 1
@@ -397,14 +411,14 @@ class LearnerCore:
         # the mean over micro-batches of losses with batch denominators / n_micro is the batch aggregate
         metrics = {key: value / (n_micro * s.updates_per_batch) for key, value in sums.items()}
         metrics.update(adv.metrics)
-        for a, name in ((0, "attempt1"), (1, "attempt2")):
+        for a, name in enumerate(f"attempt{t}" for t in range(1, n + 1)):
             learner = torch.cat([f[a][mb.masks[a].bool()] for f, mb in zip(firsts, micros)])
             rollout = torch.cat([mb.rollout[a][mb.masks[a].bool()] for mb in micros])
             for key, value in logprob_mismatch(learner, rollout, torch.ones_like(learner)).items():
                 metrics[f"mismatch_{key}_{name}"] = value
         grad_norm = self.engine.get_global_grad_norm()
         metrics.update(
-            reward_attempt1=float(r1_all.mean()), reward_attempt2=float(r2_all.mean()),
+            **{f"reward_attempt{t}": float(r.mean()) for t, r in enumerate(rewards_all, 1)},
             grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
             tokens=tokens, padded_fraction=padded, seconds=seconds, tokens_per_second=tokens / max(seconds, 1e-9),
             lr=float(self.engine.lr_scheduler.get_last_lr()[0]), optimizer_steps=self.step_count,

@@ -21,6 +21,11 @@ Invariants:
   2 on ``r2_hat = r2 + alpha * (r2 - r1)``; the shaping bonus never reaches attempt 1 unless
   ``gamma > 0`` asks for it (``gamma = 1`` is the return-to-go that pays a wrong first attempt at
   ``alpha > 1``; the paper's gamma = 0.8 ablation collapsed).
+- More than two attempts (``algorithm.attempts``, this project's extension in the paper's spirit: the
+  paper trains two and leaves more to future work): Stage I trains each attempt t >= 2 on ``r_t``
+  with attempt 1 pinned by ``beta2``; Stage II trains attempt 1 on ``r1`` and each attempt t >= 2 on
+  ``r_hat_t = r_t + alpha * (r_t - r_{t-1})`` (gamma = 0; gamma > 0 adds gamma times the next
+  attempt's return). Every function takes its attempts as lists, in order.
 - Old policy: the ratio's denominator is the learner's own log-prob (detached, or from a no-grad
   pass before the first of several optimiser steps), so on the first step the ratio is exactly 1.
   The sampler's (vLLM's) log-probs enter only through the truncated importance weight
@@ -233,53 +238,89 @@ class ScoreLoss:
 
     loss: torch.Tensor
     pg_loss: torch.Tensor
-    kl1: torch.Tensor  # aggregated per-token KL estimate of attempt 1
-    kl2: torch.Tensor
+    kl: list[torch.Tensor]  # per attempt: its aggregated per-token KL estimate
     clipped_frac: torch.Tensor
     metrics: dict[str, float] = field(default_factory=dict)  # IS weights (and, whole-batch, the advantages' stats)
+
+    @property
+    def kl1(self) -> torch.Tensor:
+        return self.kl[0]
+
+    @property
+    def kl2(self) -> torch.Tensor:
+        return self.kl[1]
 
 
 @dataclass
 class Advantages:
-    """Per-row advantages of both attempts over a whole batch (grouped problem-major), computed before it
-    is cut into micro-batches. ``attempt1`` is None when attempt 1 has no policy-gradient term (Stage I
+    """Per-row advantages of every attempt over a whole batch (grouped problem-major), computed before it is
+    cut into micro-batches. ``per_attempt[0]`` is None when attempt 1 has no policy-gradient term (Stage I
     with a loss-side KL)."""
 
-    attempt1: torch.Tensor | None
-    attempt2: torch.Tensor
+    per_attempt: list[torch.Tensor | None]
     metrics: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def attempt1(self) -> torch.Tensor | None:
+        return self.per_attempt[0]
 
-def kl_weights(stage: int, s: ObjectiveSettings) -> tuple[float, float]:
-    """The KL weights of attempt 1 and attempt 2: ``(beta2, beta1)`` in Stage I, ``(beta1, beta1)`` in Stage II."""
+    @property
+    def attempt2(self) -> torch.Tensor:
+        return self.per_attempt[1]
+
+
+def kl_weights(stage: int, s: ObjectiveSettings, attempts: int = 2) -> list[float]:
+    """Each attempt's KL weight: attempt 1 ``beta2`` and every later one ``beta1`` in Stage I; ``beta1`` for all in Stage II."""
     if stage not in (1, 2):
         raise ValueError(f"stage must be 1 or 2, got {stage}")
-    return (s.beta2, s.beta1) if stage == 1 else (s.beta1, s.beta1)
+    return [s.beta2 if stage == 1 else s.beta1] + [s.beta1] * (attempts - 1)
 
 
-def task_returns(stage: int, r1: torch.Tensor, r2: torch.Tensor, alpha: float, gamma: float) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """Each attempt's return from the task rewards alone (no KL): Stage I ``(None, r2)``; Stage II
-    ``(r1 + gamma * r2_hat, r2_hat)`` with ``r2_hat = r2 + alpha * (r2 - r1)``."""
-    r1, r2 = r1.float(), r2.float()
+def shaped_rewards(rewards: list[torch.Tensor], alpha: float) -> list[torch.Tensor]:
+    """``[r1, r_hat_2, ..., r_hat_N]`` with ``r_hat_t = r_t + alpha * (r_t - r_{t-1})``: each later attempt's bonus
+    for improving on the attempt before it (Stage II)."""
+    rewards = [r.float() for r in rewards]
+    return [rewards[0]] + [shaped_reward(prev, r, alpha) for prev, r in zip(rewards, rewards[1:])]
+
+
+def _returns_to_go(immediate: list[torch.Tensor], gamma: float) -> list[torch.Tensor]:
+    """``u_t = x_t + gamma * u_{t+1}`` (``u_N = x_N``): with gamma = 0 each attempt keeps its own value."""
+    out = [immediate[-1]]
+    for x in reversed(immediate[:-1]):
+        out.insert(0, x + gamma * out[0])
+    return out
+
+
+def task_returns(stage: int, rewards: list[torch.Tensor], alpha: float, gamma: float) -> list[torch.Tensor | None]:
+    """Each attempt's return from the task rewards alone (no KL), for ``rewards = [r1, ..., rN]``.
+
+    Stage I: ``[None, r2, ..., rN]``: attempt 1 has no task reward (its KL pin holds it), every later attempt
+    is trained on its own reward. Stage II: ``r_hat_1 = r1`` and ``r_hat_t = r_t + alpha * (r_t - r_{t-1})``,
+    each attempt credited with its own shaped reward, plus ``gamma`` times the next attempt's return (gamma = 0,
+    the paper's setting: ``(r1, r2_hat)`` for two attempts). More than two attempts in training is this
+    project's extension in the paper's spirit: the paper trains two (Section 5), evaluates up to ten
+    (Appendix A.1) and leaves training more to future work (its limitations section).
+    """
+    if len(rewards) < 2:
+        raise ValueError(f"SCoRe trains at least 2 attempts, got {len(rewards)}")
     if stage == 1:
-        return None, r2
-    r2_hat = shaped_reward(r1, r2, alpha)
-    return r1 + gamma * r2_hat, r2_hat
+        return [None, *(r.float() for r in rewards[1:])]
+    return _returns_to_go(shaped_rewards(rewards, alpha), gamma)
 
 
-def informative_groups(stage: int, r1: torch.Tensor, r2: torch.Tensor, alpha: float, gamma: float, k: int,
+def informative_groups(stage: int, rewards: list[torch.Tensor], alpha: float, gamma: float, k: int,
                        attempt1_context: list[bool] | None = None) -> list[bool]:
     """Per problem group of k rows: does some trained attempt's task return vary within it?
 
-    A group where neither varies has zero policy-gradient advantage at both attempts and teaches
+    A group where none varies has zero policy-gradient advantage at every attempt and teaches
     only the KL term; DAPO's dynamic sampling (Yu et al., 2025, Section 3.2) replaces such groups.
     ``attempt1_context``: per group, whether attempt 1 was written by the base model (then it is not
-    trained, and only attempt 2's return counts; r1 still enters it through the shaping bonus).
+    trained, and only the later attempts' returns count; r1 still enters them through the shaping bonus).
     """
-    n_groups = r2.numel() // k
+    n_groups = rewards[0].numel() // k
     varies = torch.zeros(n_groups, dtype=torch.bool)
     trained1 = ~torch.tensor(attempt1_context, dtype=torch.bool) if attempt1_context is not None else torch.ones(n_groups, dtype=torch.bool)
-    for a, u in enumerate(task_returns(stage, r1, r2, alpha, gamma)):
+    for a, u in enumerate(task_returns(stage, rewards, alpha, gamma)):
         if u is not None:
             groups = u.reshape(-1, k)
             spread = groups.max(dim=1).values != groups.min(dim=1).values
@@ -287,67 +328,65 @@ def informative_groups(stage: int, r1: torch.Tensor, r2: torch.Tensor, alpha: fl
     return varies.tolist()
 
 
-def score_advantages(stage: int, r1: torch.Tensor, r2: torch.Tensor, s: ObjectiveSettings,
-                     kl_seq1: torch.Tensor | None = None, kl_seq2: torch.Tensor | None = None) -> Advantages:
+def score_advantages(stage: int, rewards: list[torch.Tensor], s: ObjectiveSettings,
+                     kl_seqs: list[torch.Tensor] | None = None) -> Advantages:
     """Each attempt's return and its leave-one-out advantage (Section 5, Appendix A.4, Figure 9).
 
-    Stage I: attempt 2's return is ``r2``; attempt 1 has none (its KL pin is a loss term). Stage II:
-    attempt 1's return is ``r1 + gamma * r2_hat``, attempt 2's is ``r2_hat = r2 + alpha * (r2 - r1)``.
-    With the reward-side ``k1`` estimator, ``kl_seq1``/``kl_seq2`` (:func:`sequence_kl_penalty` of each
-    row) enter each attempt's own return times its KL weight, so attempt 1 then has a return in Stage I
-    too: ``-beta2 * kl_seq1``.
+    Returns: :func:`task_returns`. With the reward-side ``k1`` estimator, ``kl_seqs`` (:func:`sequence_kl_penalty`
+    of each row, per attempt) enter each attempt's own reward times its KL weight before the returns are formed,
+    so attempt 1 then has a return in Stage I too: ``-beta2 * kl_seq1``.
     """
-    beta_a1, beta_a2 = kl_weights(stage, s)
-    u1, u2 = task_returns(stage, r1, r2, s.alpha, s.gamma)
-    metrics: dict[str, float] = {} if stage == 1 else {"shaped_reward": float(u2.mean())}
+    n = len(rewards)
+    betas = kl_weights(stage, s, n)
+    u = task_returns(stage, rewards, s.alpha, s.gamma)
+    metrics: dict[str, float] = {} if stage == 1 else {"shaped_reward": float(u[-1].mean())}  # the last attempt's r_hat
     if s.kl_estimator in REWARD_SIDE_KL:
-        if kl_seq1 is None or kl_seq2 is None:
-            raise ValueError(f"the reward-side KL estimator {s.kl_estimator!r} needs each sequence's KL (kl_seq1, kl_seq2)")
-        pen1, pen2 = -beta_a1 * kl_seq1.float(), -beta_a2 * kl_seq2.float()
-        u2 = u2 + pen2
-        u1 = pen1 if u1 is None else u1 + pen1 + s.gamma * pen2
-    out = []
-    for name, u in (("attempt1", u1), ("attempt2", u2)):
-        if u is None:
+        if kl_seqs is None or len(kl_seqs) != n:
+            raise ValueError(f"the reward-side KL estimator {s.kl_estimator!r} needs each attempt's sequence KL (kl_seqs)")
+        pens = [-b * kl.float() for b, kl in zip(betas, kl_seqs)]
+        if stage == 1:
+            u = [pens[0]] + [ut + p for ut, p in zip(u[1:], pens[1:])]
+        else:
+            u = _returns_to_go([x + p for x, p in zip(shaped_rewards(rewards, s.alpha), pens)], s.gamma)
+    out: list[torch.Tensor | None] = []
+    for t, ut in enumerate(u, 1):
+        if ut is None:
             out.append(None)
             continue
-        adv = leave_one_out_advantages(u, s.k, s.normalize_advantages)
-        metrics.update({f"advantage_mean_{name}": float(adv.mean()), f"advantage_abs_mean_{name}": float(adv.abs().mean()),
-                        f"zero_variance_groups_{name}": zero_variance_fraction(u, s.k)})
+        adv = leave_one_out_advantages(ut, s.k, s.normalize_advantages)
+        metrics.update({f"advantage_mean_attempt{t}": float(adv.mean()), f"advantage_abs_mean_attempt{t}": float(adv.abs().mean()),
+                        f"zero_variance_groups_attempt{t}": zero_variance_fraction(ut, s.k)})
         out.append(adv)
-    return Advantages(out[0], out[1], metrics)
+    return Advantages(out, metrics)
 
 
-def score_loss(stage: int, a1: AttemptTensors, a2: AttemptTensors, adv1: torch.Tensor | None, adv2: torch.Tensor,
-               s: ObjectiveSettings) -> ScoreLoss:
+def score_loss(stage: int, attempts: list[AttemptTensors], advantages: list[torch.Tensor | None], s: ObjectiveSettings) -> ScoreLoss:
     """The loss of one micro-batch: the policy-gradient term of each attempt that has advantages (rows of
-    :func:`score_advantages`' output, in the micro-batch's order), plus the KL loss terms (none for ``k1``,
-    which lives in the returns)."""
-    beta_a1, beta_a2 = kl_weights(stage, s)
-    kl1 = a1.agg(kl_penalty(a1.logp, a1.ref_logp, s.kl_estimator), a1.mask)
-    kl2 = a2.agg(kl_penalty(a2.logp, a2.ref_logp, s.kl_estimator), a2.mask)
-    pg = torch.zeros((), dtype=a2.logp.dtype, device=a2.logp.device)
+    :func:`score_advantages`' output, in the micro-batch's order), plus each attempt's KL loss term (none for
+    ``k1``, which lives in the returns)."""
+    betas = kl_weights(stage, s, len(attempts))
+    kls = [a.agg(kl_penalty(a.logp, a.ref_logp, s.kl_estimator), a.mask) for a in attempts]
+    pg = torch.zeros((), dtype=attempts[-1].logp.dtype, device=attempts[-1].logp.device)
     clipped, metrics = [], {}
-    for name, a, adv in (("attempt1", a1, adv1), ("attempt2", a2, adv2)):
+    for t, (a, adv) in enumerate(zip(attempts, advantages), 1):
         if adv is None:
             continue
         is_w = None
         if s.is_cap is not None and a.rollout_logp is not None:
             is_w = truncated_importance_weight(a.old_logp, a.rollout_logp, s.is_cap)
-            metrics[f"is_weight_mean_{name}"] = float((is_w * a.mask).sum() / a.mask.sum().clamp(min=1))
+            metrics[f"is_weight_mean_attempt{t}"] = float((is_w * a.mask).sum() / a.mask.sum().clamp(min=1))
         pg_a, clip_a = policy_gradient_loss(a.logp, a.old_logp, adv, a.mask, s.clip_ratio, a.agg, is_w)
         pg = pg + pg_a
         clipped.append(clip_a)
-    loss = pg if s.kl_estimator in REWARD_SIDE_KL else pg + beta_a1 * kl1 + beta_a2 * kl2
-    return ScoreLoss(loss, pg.detach(), kl1.detach(), kl2.detach(), torch.stack(clipped).mean(), metrics)
+    loss = pg if s.kl_estimator in REWARD_SIDE_KL else pg + sum(b * kl for b, kl in zip(betas, kls))
+    return ScoreLoss(loss, pg.detach(), [kl.detach() for kl in kls], torch.stack(clipped).mean(), metrics)
 
 
-def _whole_batch_loss(stage: int, a1: AttemptTensors, a2: AttemptTensors, r1: torch.Tensor, r2: torch.Tensor,
-                      s: ObjectiveSettings) -> ScoreLoss:
-    kl_seq = (sequence_kl_penalty(a1.logp, a1.ref_logp, a1.mask), sequence_kl_penalty(a2.logp, a2.ref_logp, a2.mask)) \
-        if s.kl_estimator in REWARD_SIDE_KL else (None, None)
-    adv = score_advantages(stage, r1, r2, s, *kl_seq)
-    out = score_loss(stage, a1, a2, adv.attempt1, adv.attempt2, s)
+def whole_batch_loss(stage: int, attempts: list[AttemptTensors], rewards: list[torch.Tensor], s: ObjectiveSettings) -> ScoreLoss:
+    """The loss of one whole batch of any number of attempts: :func:`score_advantages`, then :func:`score_loss`."""
+    kl_seqs = [sequence_kl_penalty(a.logp, a.ref_logp, a.mask) for a in attempts] if s.kl_estimator in REWARD_SIDE_KL else None
+    adv = score_advantages(stage, rewards, s, kl_seqs)
+    out = score_loss(stage, attempts, adv.per_attempt, s)
     out.metrics = {**adv.metrics, **out.metrics}
     return out
 
@@ -357,7 +396,7 @@ def stage1_loss(a1: AttemptTensors, a2: AttemptTensors, r1: torch.Tensor, r2: to
 
     Attempt 1 has no task reward: it is held at the base model by the strong KL weight ``beta2``.
     """
-    return _whole_batch_loss(1, a1, a2, r1, r2, s)
+    return whole_batch_loss(1, [a1, a2], [r1, r2], s)
 
 
 def stage2_loss(a1: AttemptTensors, a2: AttemptTensors, r1: torch.Tensor, r2: torch.Tensor, s: ObjectiveSettings) -> ScoreLoss:
@@ -366,7 +405,7 @@ def stage2_loss(a1: AttemptTensors, a2: AttemptTensors, r1: torch.Tensor, r2: to
     Attempt 1's return is ``r1 + gamma * r2_hat`` (gamma = 0: its own reward, Appendix A.4 and
     Figure 9); attempt 2's is ``r2_hat = r2 + alpha * (r2 - r1)``.
     """
-    return _whole_batch_loss(2, a1, a2, r1, r2, s)
+    return whole_batch_loss(2, [a1, a2], [r1, r2], s)
 
 
 # --------------------------------------------------------------------------- sampler mismatch

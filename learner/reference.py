@@ -1,7 +1,7 @@
 """The reference policy in its own actor group (``learner.reference_placement: separate``).
 
-A frozen copy of the initial weights that scores rollout batches: it adds ``a1_ref_logprobs`` and
-``a2_ref_logprobs`` (one value per response token, like the sampling log-probs) so the learner
+A frozen copy of the initial weights that scores rollout batches: it adds ``a1_ref_logprobs``,
+``a2_ref_logprobs`` ... (one per attempt; one value per response token, like the sampling log-probs) so the learner
 ranks need not hold a second model. With ``reference_placement: learner`` (the default) each
 learner rank keeps the copy itself and nothing here is used.
 """
@@ -16,7 +16,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from common.devices import on_gpu, torch_dtype
 from common.teardown import tear_down
-from learner.batch import attempt_inputs, joint_inputs, response_values
+from learner.batch import attempt_inputs, attempt_prefixes, joint_inputs, response_values
 from learner.core import _take, token_logprobs
 from learner.policy import PolicyLogprobs
 
@@ -37,27 +37,24 @@ class ReferenceScorer:
 
     @torch.no_grad()
     def score(self, table: pa.Table, rows_per_pass: int = 8) -> pa.Table:
-        joint = joint_inputs(table) if self.t1 == self.t2 else None
-        out1, out2 = [], []
+        prefixes = attempt_prefixes(table)
+        temperatures = [self.t1] + [self.t2] * (len(prefixes) - 1)
+        joint = joint_inputs(table) if len(set(temperatures)) == 1 else None
+        out: list[list[list[float]]] = [[] for _ in prefixes]
         for start in range(0, table.num_rows, rows_per_pass):
             rows = range(start, min(start + rows_per_pass, table.num_rows))
             sub = table.slice(rows.start, len(rows))
-            x1 = [len(x) for x in sub["a1_prompt_ids"].to_pylist()]
-            y1 = [len(y) for y in sub["a1_response_ids"].to_pylist()]
-            x2 = [len(x) for x in sub["a2_prompt_ids"].to_pylist()]
-            y2 = [len(y) for y in sub["a2_response_ids"].to_pylist()]
             if joint is not None:
-                lp = token_logprobs(self.model, _take(joint.inputs, rows, self.device), self.t2).float().cpu()
-                lp1 = lp2 = lp
+                lps = [token_logprobs(self.model, _take(joint.inputs, rows, self.device), temperatures[-1]).float().cpu()] * len(prefixes)
             else:
-                a1, a2 = attempt_inputs(sub, "a1"), attempt_inputs(sub, "a2")
-                lp1 = token_logprobs(self.model, _take(a1, range(0, len(rows)), self.device), self.t1).float().cpu()
-                lp2 = token_logprobs(self.model, _take(a2, range(0, len(rows)), self.device), self.t2).float().cpu()
-            for i in range(len(rows)):
-                out1.append(response_values(lp1[i], x1[i], y1[i]))
-                out2.append(response_values(lp2[i], x2[i], y2[i]))
-        return (table.append_column("a1_ref_logprobs", pa.array(out1, pa.list_(pa.float32())))
-                     .append_column("a2_ref_logprobs", pa.array(out2, pa.list_(pa.float32()))))
+                lps = [token_logprobs(self.model, _take(attempt_inputs(sub, a), range(0, len(rows)), self.device), t).float().cpu()
+                       for a, t in zip(prefixes, temperatures)]
+            for a, lp, col in zip(prefixes, lps, out):
+                xs, ys = sub[f"{a}_prompt_ids"].to_pylist(), sub[f"{a}_response_ids"].to_pylist()
+                col.extend(response_values(lp[i], len(xs[i]), len(ys[i])) for i in range(len(rows)))
+        for a, col in zip(prefixes, out):
+            table = table.append_column(f"{a}_ref_logprobs", pa.array(col, pa.list_(pa.float32())))
+        return table
 
 
 @ray.remote(max_restarts=-1, max_task_retries=2)

@@ -7,14 +7,15 @@ import json
 import pyarrow as pa
 import torch
 
-from actors.batch import ROLLOUT_SCHEMA
+from actors.batch import ROLLOUT_SCHEMA, with_attempt
 from actors.prompts import ChatFormatter
 from rewards.tasks.base import MATH_INSTRUCTION
 
 
-def build_batch(model_path: str, problems: list[tuple[str, list[tuple[str, float, str, float]]]], version: int = 0,
-                device: str = "cpu") -> pa.Table:
-    """``problems``: ``(question, [(attempt1_text, r1, attempt2_text, r2), ...])`` with k entries each.
+def build_batch(model_path: str, problems: list[tuple[str, list[tuple]]], version: int = 0, device: str = "cpu") -> pa.Table:
+    """``problems``: ``(question, [(attempt1_text, r1, attempt2_text, r2, ...), ...])`` with k entries each; every
+    entry has the same number of (text, reward) pairs, one per attempt (two, or ``algorithm.attempts``). Attempt t's
+    prompt is built from attempt t-1's tokens as the generators build it.
 
     Sampling log-probs are the base model's own (an on-policy batch at temperature 1), computed on ``device``.
     """
@@ -25,22 +26,27 @@ def build_batch(model_path: str, problems: list[tuple[str, list[tuple[str, float
     fmt = ChatFormatter(tok)
     eot = tok.convert_tokens_to_ids("<|im_end|>")
     rows = []
+    n = len(problems[0][1][0]) // 2
     for p, (question, samples) in enumerate(problems):
         messages = [{"role": "user", "content": question}]
-        x1 = fmt.first_prompt_ids(messages)
-        for j, (t1, r1, t2, r2) in enumerate(samples):
-            y1 = fmt.encode(t1) + [eot]
-            x2 = fmt.second_prompt_ids(x1, y1, messages, MATH_INSTRUCTION)
-            y2 = fmt.encode(t2) + [eot]
-            row = {"uid": f"p{p}", "problem_index": p, "sample_index": j, "generator": "hand", "a1_messages": json.dumps(messages), "r1": r1, "r2": r2}
-            for a, x, y, text in (("a1", x1, y1, t1), ("a2", x2, y2, t2)):
+        for j, sample in enumerate(samples):
+            row = {"uid": f"p{p}", "problem_index": p, "sample_index": j, "generator": "hand", "a1_messages": json.dumps(messages)}
+            x = fmt.first_prompt_ids(messages)
+            for t, (text, reward) in enumerate(zip(sample[::2], sample[1::2]), 1):
+                if t > 1:
+                    x = fmt.second_prompt_ids(x, y, messages, MATH_INSTRUCTION)
+                y = fmt.encode(text) + [eot]
                 with torch.no_grad():
                     logits = model(torch.tensor([x + y], device=device)).logits[0, len(x) - 1 : -1].float().cpu()
                 lp = torch.log_softmax(logits, -1).gather(-1, torch.tensor(y).unsqueeze(-1)).squeeze(-1).tolist()
-                row.update({f"{a}_prompt_ids": x, f"{a}_response_ids": y, f"{a}_logprobs": lp, f"{a}_finish_reason": "stop",
-                            f"{a}_length": len(y), f"{a}_text": text, f"{a}_version": version})
+                row.update({f"a{t}_prompt_ids": x, f"a{t}_response_ids": y, f"a{t}_logprobs": lp, f"a{t}_finish_reason": "stop",
+                            f"a{t}_length": len(y), f"a{t}_text": text, f"a{t}_version": version, f"r{t}": reward})
             rows.append(row)
-    schema = ROLLOUT_SCHEMA.append(pa.field("r1", pa.float32())).append(pa.field("r2", pa.float32()))
+    schema = ROLLOUT_SCHEMA
+    for t in range(3, n + 1):
+        schema = with_attempt(schema, t)
+    for t in range(1, n + 1):
+        schema = schema.append(pa.field(f"r{t}", pa.float32()))
     return pa.Table.from_pylist(rows, schema=schema)
 
 
@@ -72,4 +78,14 @@ UNEQUAL = [
        "Let me check again. Anna starts with 5 books and loses 2 books, so 5 - 2 = 3. Anna has 3 books now.", 1.0),
       ("Anna starts with 5 books. Losing 2 books leaves her with 5 + 2 = 7 books, so Anna has 7 books now.", 0.0,
        "Checking the work: 5 + 2 = 7 books. I believe the answer is right, so Anna has 7 books now in total.", 0.0)]),
+]
+
+
+# Three attempts (algorithm.attempts=3), every one a distinct text: attempt 2's reward favours the first sibling of
+# each problem, attempt 3's the second, so a step that trains each attempt on its own reward moves them apart.
+THREE_ATTEMPTS = [
+    ("Tom has 3 apples and buys 4 more apples. How many apples does Tom have now?",
+     [("Tom has 7 apples.", 0.0, "Seven.", 1.0, "It is 7.", 0.0), ("Tom has 8 apples.", 0.0, "Nine.", 0.0, "It is 8.", 1.0)]),
+    ("Anna has 5 books and loses 2 books. How many books does Anna have now?",
+     [("Anna has 3 books.", 0.0, "Three.", 1.0, "It is 3.", 0.0), ("Anna has 6 books.", 0.0, "Six.", 0.0, "It is 6.", 1.0)]),
 ]

@@ -51,6 +51,7 @@ def test_dotted_overrides_are_typed():
         ("algorithm.beta2_target_kl=0", "algorithm.beta2_target_kl"),
         ("algorithm.beta2_kl_gain=5", "algorithm.beta2_kl_gain"),
         ("algorithm.stage2_base_first_attempts=1.5", "algorithm.stage2_base_first_attempts"),
+        ("algorithm.attempts=1", "algorithm.attempts: Input should be greater than or equal to 2"),
         ("rewards.sandbox.tmpfs_mb=2048", "rewards.sandbox.tmpfs_mb (2048) must be below rewards.sandbox.memory_mb"),
     ],
 )

@@ -37,9 +37,9 @@ def test_masks_cover_exactly_the_response_tokens():
     joint = joint_inputs(table)
     assert joint is not None
     # attempt-1 tokens inside the attempt-2 sequence: actions for attempt 1, context for attempt 2
-    assert joint.mask1.tolist() == [[0, 1, 1, 0, 0], [1, 0, 0, 0, 0]]
-    assert (joint.mask1 * joint.inputs.action_mask).sum() == 0
-    assert joint.old_logp1[0, 1:3].tolist() == [-0.5, -0.5]
+    assert joint.masks[0].tolist() == [[0, 1, 1, 0, 0], [1, 0, 0, 0, 0]]
+    assert (joint.masks[0] * joint.inputs.action_mask).sum() == 0
+    assert joint.old_logps[0][0, 1:3].tolist() == [-0.5, -0.5]
     # a second prompt that does not extend x1 + y1 falls back to two passes
     assert joint_inputs(pa.Table.from_pylist([_row([1, 2], [3], [1, 2, 4], [5])])) is None
 
@@ -149,7 +149,7 @@ def test_separate_reference_scores_equal_the_in_rank_reference(tiny_model_path, 
         for got, want in zip(scored[f"{prefix}_ref_logprobs"].to_pylist(), batch[f"{prefix}_logprobs"].to_pylist()):
             assert got == pytest.approx(want, abs=1e-4)
     joint = joint_inputs(scored)
-    assert joint.ref_logp1 is not None and torch.equal(joint.ref_logp1 != 0, joint.mask1 != 0)
+    assert joint.ref_logps is not None and torch.equal(joint.ref_logps[0] != 0, joint.masks[0] != 0)
 
     # one optimiser step: a rank without its own reference, fed the columns, matches a rank with one
     common = dict(model_path=model_path, lr=1e-5, rows_per_micro_batch=4, rows_per_rank=4, k=2, dtype="float32")
@@ -200,15 +200,15 @@ def test_one_joint_pass_gives_the_loss_and_gradients_of_two_passes(tiny_model_pa
             p.add_(1e-3 * torch.randn_like(p))
     rows, cpu = range(0, batch.num_rows), torch.device("cpu")
     joint = micro_batch(rows, cpu, joint=joint_inputs(batch))
-    split = micro_batch(rows, cpu, a1_all=attempt_inputs(batch, "a1"), a2_all=attempt_inputs(batch, "a2"))
+    split = micro_batch(rows, cpu, per_attempt=[attempt_inputs(batch, "a1"), attempt_inputs(batch, "a2")])
     assert joint.joint is not None and split.joint is None
     r1, r2 = torch.tensor(batch["r1"].to_pylist()), torch.tensor(batch["r2"].to_pylist())
     results = []
     for mb in (joint, split):
         model.zero_grad()
-        lp1, lp2 = attempt_logprobs(model, mb, 1.0, 1.0)
+        lp1, lp2 = attempt_logprobs(model, mb, [1.0, 1.0])
         with torch.no_grad():
-            ref1, ref2 = attempt_logprobs(reference, mb, 1.0, 1.0)
+            ref1, ref2 = attempt_logprobs(reference, mb, [1.0, 1.0])
         t1 = AttemptTensors(lp1, lp1.detach(), ref1, mb.masks[0], mb.rollout[0])
         t2 = AttemptTensors(lp2, lp2.detach(), ref2, mb.masks[1], mb.rollout[1])
         out = stage2_loss(t1, t2, r1, r2, ObjectiveSettings(k=2))
@@ -303,6 +303,37 @@ def test_a_base_written_first_attempt_is_context_not_an_action(tiny_model_path):
     assert max(abs(g) for g in gains["base"]["a1"]) < min(gains["policy"]["a1"]) / 5  # base-written ones are not
     assert min(gains["base"]["a2"]) > 0.05 and min(gains["policy"]["a2"]) > 0.05  # attempt 2 learns on both
     assert metrics["policy"]["kl_attempt1"] > 0 == metrics["base"]["kl_attempt1"] < metrics["base"]["kl_attempt2"]
+
+
+def test_three_attempts_in_one_pass_each_trained_on_its_own_reward(tiny_model_path):
+    """``algorithm.attempts=3`` in Stage I (this project's extension of Section 5.1): one update raises, per problem,
+    attempt 2 where r2 rewards it and attempt 3 where r3 rewards it (the other sibling), while attempt 1, which has
+    no task reward, is not pulled apart. Attempt 3's sequence holds attempts 1 and 2: one forward pass covers all."""
+    from learner.batch import joint_inputs
+    from learner.core import LearnerCore, LearnerSettings
+    from tests.batches import DISTINCT_ATTEMPTS, THREE_ATTEMPTS
+
+    batch = build_batch(tiny_model_path, THREE_ATTEMPTS)
+    joint = joint_inputs(batch)
+    assert joint is not None and len(joint.masks) == 3 and float(sum(m.sum() for m in joint.masks)) == sum(
+        batch[f"a{t}_length"].to_pylist()[i] for t in (1, 2, 3) for i in range(batch.num_rows))
+    assert float((joint.masks[0] * joint.masks[1] + joint.masks[1] * joint.masks[2]).sum()) == 0  # disjoint
+    core = LearnerCore(LearnerSettings(model_path=tiny_model_path, lr=1e-3, rows_per_micro_batch=2, rows_per_rank=4, k=2, dtype="float32",
+                                       attempts=3))
+    try:
+        with pytest.raises(ValueError, match="2 attempts, built for 3"):
+            core.update(build_batch(tiny_model_path, DISTINCT_ATTEMPTS), stage=1)
+        before = {a: core.sequence_logprob(batch, a) for a in ("a1", "a2", "a3")}
+        metrics = core.update(batch, stage=1)
+        after = {a: core.sequence_logprob(batch, a) for a in ("a1", "a2", "a3")}
+    finally:
+        core.close()
+    gain = {a: [(after[a][2 * p] - before[a][2 * p]) - (after[a][2 * p + 1] - before[a][2 * p + 1]) for p in range(2)] for a in before}
+    assert min(gain["a2"]) > 0.05  # sibling 0 rewarded at attempt 2
+    assert max(gain["a3"]) < -0.05  # sibling 1 rewarded at attempt 3
+    assert max(abs(g) for g in gain["a1"]) < min(gain["a2"]) / 5
+    assert {"kl_attempt3", "reward_attempt3", "advantage_mean_attempt3", "mismatch_mean_abs_attempt3"} <= set(metrics)
+    assert metrics["reward_attempt3"] == 0.5 and metrics["mismatch_max_abs_attempt3"] < 1e-3
 
 
 # --------------------------------------------------------------------------- accumulation and ranks
@@ -424,7 +455,7 @@ def test_the_learner_scores_each_familys_own_distribution(model_path, unequal_ba
     model = AutoModelForCausalLM.from_pretrained(tiny_model(variant, model_path), dtype=torch.float32).eval()
     policy = PolicyLogprobs(model)
     joint = joint_inputs(unequal_batch)
-    inputs, keep = joint.inputs, (joint.mask1 + joint.inputs.action_mask) > 0
+    inputs, keep = joint.inputs, (joint.masks[0] + joint.inputs.action_mask) > 0
     with torch.no_grad():
         ours = policy(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, targets=inputs.targets, keep=keep, temperature=0.7)
     theirs = _own_logprobs(model, inputs, 0.7)
@@ -519,7 +550,7 @@ def test_chunked_log_probs_equal_the_whole_vocabulary_pass(model_path, unequal_b
     from tests.tiny_models import tiny_model
 
     joint = joint_inputs(unequal_batch)
-    inputs, keep = joint.inputs, (joint.mask1 + joint.inputs.action_mask) > 0
+    inputs, keep = joint.inputs, (joint.masks[0] + joint.inputs.action_mask) > 0
     assert int(keep.sum()) > 3 * 7  # several chunks of 7, the last one partial
     results = []
     for chunk in (None, 7):

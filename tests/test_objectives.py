@@ -21,6 +21,7 @@ from learner.objectives import (
     stage1_loss,
     stage2_loss,
     truncated_importance_weight,
+    whole_batch_loss,
     zero_variance_fraction,
 )
 
@@ -161,6 +162,79 @@ def _step_change(stage, r1, r2, settings, lr=0.5):
             if logits.grad is not None:
                 logits -= lr * logits.grad
     return (_logp(logits1, tok1).detach() - before1).squeeze(1).tolist(), (_logp(logits2, tok2).detach() - before2).squeeze(1).tolist(), loss
+
+
+def _step_change_n(stage, rewards, settings, lr=0.5, pinned_ref=None):
+    """:func:`_step_change` for any number of attempts (``algorithm.attempts``): one SGD step on
+    :func:`whole_batch_loss`; returns each attempt's per-row change of log-prob. ``pinned_ref``: attempt 1's
+    reference log-probs (default: the current policy's, so that its KL starts at zero)."""
+    k = len(rewards[0])
+    rows = [_independent_rows(k, seed=t + 1) for t in range(len(rewards))]
+    before = [_logp(lg, tok).detach() for lg, tok in rows]
+    tensors = []
+    for t, (lg, tok) in enumerate(rows):
+        lp = _logp(lg, tok)
+        ref = pinned_ref if t == 0 and pinned_ref is not None else lp.detach()
+        tensors.append(AttemptTensors(lp, lp.detach(), ref, torch.ones(k, 1)))
+    out = whole_batch_loss(stage, tensors, [torch.tensor(r) for r in rewards], settings)
+    out.loss.backward()
+    with torch.no_grad():
+        for lg, _ in rows:
+            if lg.grad is not None:
+                lg -= lr * lg.grad
+    return [(_logp(lg, tok).detach() - b).squeeze(1).tolist() for (lg, tok), b in zip(rows, before)], out
+
+
+def test_three_attempts_stage1_trains_attempts_2_and_3_and_pins_attempt_1():
+    """N = 3, Stage I (this project's extension of Section 5.1): attempts 2 and 3 each follow their own reward,
+    attempt 1 gets no task-reward gradient at all, only the pull of beta2 back to the base model."""
+    r1, r2, r3 = [1.0, 0.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0], [0.0, 1.0, 1.0, 0.0]
+    changes, out = _step_change_n(1, [r1, r2, r3], ObjectiveSettings(k=4))
+    assert changes[0] == pytest.approx([0.0] * 4, abs=1e-12)  # at the reference: no gradient from r1, r2 or r3
+    assert changes[1][0] > 0 and changes[1][1] > 0 and changes[1][2] < 0 and changes[1][3] < 0  # follows r2
+    assert changes[2][0] < 0 and changes[2][1] > 0 and changes[2][2] > 0 and changes[2][3] < 0  # follows r3, not r2
+    assert "advantage_mean_attempt1" not in out.metrics and len(out.kl) == 3
+    # attempt 1 moved away from its base model: the step pulls it back toward it (beta2), whatever the rewards say
+    k = 4
+    drifted = _logp(*_independent_rows(k, seed=1)).detach()
+    changes, _ = _step_change_n(1, [r1, r2, r3], ObjectiveSettings(k=4, beta2=1.0), pinned_ref=drifted + 0.5)
+    assert all(c > 0 for c in changes[0])  # toward the reference, which gives each token more probability
+
+
+def test_three_attempts_stage2_credits_attempt_3_with_its_own_shaped_reward():
+    """N = 3, Stage II: attempt 3's advantage is the leave-one-out of r3 + alpha (r3 - r2), not of r3 alone nor of
+    anything involving r1; attempt 1 keeps r1. A group where r3 is equal everywhere still teaches attempt 3
+    through the bonus: the row that fixed attempt 2 rises, the row that kept a right attempt 2 falls."""
+    r1 = [0.0, 1.0, 1.0, 0.0]
+    r2 = [0.0, 1.0, 0.0, 1.0]
+    r3 = [1.0, 1.0, 1.0, 1.0]  # same r3: only r3 + alpha (r3 - r2) = [11, 1, 11, 1] tells the rows apart
+    settings = ObjectiveSettings(k=4, alpha=10.0)
+    changes, out = _step_change_n(2, [r1, r2, r3], settings)
+    assert changes[2][0] > 0 and changes[2][2] > 0 and changes[2][1] < 0 and changes[2][3] < 0
+    # exactly: the gradient on attempt 3's log-prob is -advantage / tokens, with the advantage of r3_hat
+    adv = score_advantages(2, [torch.tensor(r) for r in (r1, r2, r3)], settings)
+    r3_hat = shaped_reward(torch.tensor(r2), torch.tensor(r3), 10.0)
+    assert adv.per_attempt[2].tolist() == pytest.approx(leave_one_out_advantages(r3_hat, 4).tolist(), abs=TOL)
+    assert adv.per_attempt[1].tolist() == pytest.approx(leave_one_out_advantages(shaped_reward(torch.tensor(r1), torch.tensor(r2), 10.0), 4).tolist(), abs=TOL)
+    assert adv.per_attempt[0].tolist() == pytest.approx(leave_one_out_advantages(torch.tensor(r1), 4).tolist(), abs=TOL)
+    assert changes[0][1] > 0 and changes[0][2] > 0 and changes[0][0] < 0  # attempt 1 follows r1
+    assert out.metrics["shaped_reward"] == pytest.approx(float(r3_hat.mean()))
+    # with two attempts the general loss is exactly the paper's Stage II
+    two = whole_batch_loss(2, [AttemptTensors(torch.zeros(4, 1), torch.zeros(4, 1), torch.zeros(4, 1), torch.ones(4, 1))] * 2,
+                           [torch.tensor(r1), torch.tensor(r2)], settings)
+    assert two.loss.item() == pytest.approx(stage2_loss(*[AttemptTensors(torch.zeros(4, 1), torch.zeros(4, 1), torch.zeros(4, 1),
+                                                                         torch.ones(4, 1))] * 2, torch.tensor(r1), torch.tensor(r2), settings).loss.item())
+
+
+def test_three_attempts_dynamic_sampling_counts_every_trained_attempt():
+    """A group whose only varying return is attempt 3's shaped reward is informative; one where nothing varies is not."""
+    t = torch.tensor
+    r1, r2 = t([1.0, 1.0, 0.0, 0.0]), t([1.0, 1.0, 0.0, 0.0])
+    r3 = t([1.0, 0.0, 0.0, 0.0])  # group 0 varies at attempt 3 only; group 1 nowhere
+    assert informative_groups(2, [r1, r2, r3], alpha=10, gamma=0, k=2) == [True, False]
+    assert informative_groups(1, [r1, r2, r3], alpha=10, gamma=0, k=2) == [True, False]
+    with pytest.raises(ValueError, match="at least 2 attempts"):
+        informative_groups(2, [r1], alpha=10, gamma=0, k=2)
 
 
 def test_stage2_credits_attempt1_with_its_own_reward():
@@ -311,12 +385,12 @@ def test_informative_groups_follow_each_stage_s_returns():
     r1 = t([1, 0, 0, 0, 1, 1, 0, 0.0])  # groups of k=2: (1,0) (0,0) (1,1) (0,0)
     r2 = t([1, 1, 0, 1, 1, 1, 0, 0.0])  #                 (1,1) (0,1) (1,1) (0,0)
     # Stage I: only attempt 2's reward counts; a varying attempt 1 alone teaches nothing (it is only pinned)
-    assert informative_groups(1, r1, r2, alpha=10, gamma=0, k=2) == [False, True, False, False]
+    assert informative_groups(1, [r1, r2], alpha=10, gamma=0, k=2) == [False, True, False, False]
     # Stage II: attempt 1's own reward, and the shaped r2_hat (group 0: r2 equal, but 1 vs 1 + 10 after the bonus)
-    assert informative_groups(2, r1, r2, alpha=10, gamma=0, k=2) == [True, True, False, False]
-    assert informative_groups(2, r1, r2, alpha=0, gamma=0, k=2) == [True, True, False, False]
+    assert informative_groups(2, [r1, r2], alpha=10, gamma=0, k=2) == [True, True, False, False]
+    assert informative_groups(2, [r1, r2], alpha=0, gamma=0, k=2) == [True, True, False, False]
     # the groups it calls uninformative are exactly those whose advantages (the learner's) are all zero
     for stage in (1, 2):
-        adv = score_advantages(stage, r1, r2, ObjectiveSettings(k=2, alpha=10.0))
+        adv = score_advantages(stage, [r1, r2], ObjectiveSettings(k=2, alpha=10.0))
         nonzero = sum(a.reshape(-1, 2).abs().sum(1) for a in (adv.attempt1, adv.attempt2) if a is not None) > 0
-        assert nonzero.tolist() == informative_groups(stage, r1, r2, 10.0, 0.0, 2)
+        assert nonzero.tolist() == informative_groups(stage, [r1, r2], 10.0, 0.0, 2)

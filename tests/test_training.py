@@ -368,3 +368,46 @@ def test_a_push_that_keeps_failing_is_retried_without_redoing_the_update(ray_loc
     assert [r["optimizer_steps"] for r in records] == [1, 2, 3]
     assert [r["version"] for r in records] == [1, 2, 3]
     assert attempted == [1, 2, 2, 3]  # the failed push of version 2, then version 2 again, never version 1
+
+
+def test_three_attempts_train_end_to_end_with_token_exact_prompts(ray_local, tiny_model_path, tmp_path):
+    """``algorithm.attempts=3`` on the real stack (vLLM generators, the reward pool, a DeepSpeed learner, a separate
+    reference actor), one Stage I and one Stage II iteration. Every batch carries three attempts whose prompts are
+    built from token ids: attempt t's prompt is attempt t-1's prompt and sampled tokens, then the instruction turn,
+    exactly; the learner and the reference score all three. The tiny random model: what is tested is the plumbing."""
+    import pyarrow.parquet as pq
+    from transformers import AutoTokenizer
+
+    from actors.prompts import ChatFormatter
+    from actors.stops import stop_token_ids
+
+    trainer, task = _trainer(tmp_path, "three", tiny_model_path, ["algorithm.attempts=3", "algorithm.stage1_iterations=1",
+                                                                 "algorithm.stage2_iterations=1", "eval.before=false",
+                                                                 "learner.reference_placement=separate", "rollout.attempt2.max_tokens=16"])
+    try:
+        result = trainer.run(task)
+    finally:
+        trainer.shutdown()
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    fmt = ChatFormatter(tok, stop_token_ids(tok, tiny_model_path))
+    records = _train_records(result.run_dir)
+    assert [r["optimizer_steps"] for r in records] == [1, 2] and [r["stage"] for r in records] == [1, 2]
+    for it, record in enumerate(records, 1):
+        table = pq.read_table(result.run_dir / "samples" / f"train_iter{it:06d}.parquet")
+        assert table.num_rows == 4
+        for row in table.to_pylist():
+            messages = json.loads(row["a1_messages"])
+            assert row["a1_prompt_ids"] == fmt.first_prompt_ids(messages)
+            for t in (2, 3):
+                assert row[f"a{t}_prompt_ids"] == fmt.second_prompt_ids(row[f"a{t - 1}_prompt_ids"], row[f"a{t - 1}_response_ids"],
+                                                                        messages, task.instruction)
+                assert row[f"a{t}_prompt_ids"][: len(row[f"a{t - 1}_prompt_ids"])] == row[f"a{t - 1}_prompt_ids"]
+                assert len(row[f"a{t}_logprobs"]) == len(row[f"a{t}_response_ids"]) == row[f"a{t}_length"] <= 16
+            assert {row["a1_version"], row["a2_version"], row["a3_version"]} == {it - 1}  # the weights of the iteration
+            assert {row["r1"], row["r2"], row["r3"]} <= {0.0, 1.0}
+        assert record["reward_attempt3"] == pytest.approx(sum(table["r3"].to_pylist()) / 4)
+        assert record["generated_tokens"] == sum(sum(table[f"a{t}_length"].to_pylist()) for t in (1, 2, 3))
+        # the learner scored attempt 3 as the sampler did (up to the dtype's rounding), against the separate reference
+        assert 0 <= record["mismatch_mean_abs_attempt3"] < MISMATCH_MEAN[DTYPE] and record["kl_attempt3"] >= 0
+    evals = json.loads((result.run_dir / "eval.json").read_text())
+    assert [e["label"] for e in evals] == ["final"]
