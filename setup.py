@@ -44,6 +44,9 @@ setup(
         "gpu": ["vllm==0.32.0", "torch==2.13.0", "transformers==5.19.0", "datasets>=3.0"],
         "test": ["pytest>=8", "pytest-timeout>=2.3", "jsonschema>=4.20"],
         "bench": ["trl==1.16.0", "datasets>=3.0"],
+        # run.loggers: [wandb] / [mlflow] (cluster/trackers.py); the same versions as requirements/cpu.lock
+        "wandb": ["wandb==0.31.0"],
+        "mlflow": ["mlflow-skinny==3.18.0", "SQLAlchemy==2.1.9", "alembic==1.20.1"],
     },
     entry_points={"console_scripts": ["score-ray=cluster.main:main"]},
 )

@@ -48,6 +48,7 @@ def _head_pass(positions: int, hidden: int, vocab: int, chunk: int | None, gpu: 
     start, seconds). CPU: the process's peak resident set (VmHWM, reset through /proc/self/clear_refs); GPU:
     torch's peak allocation."""
     from learner.policy import ChunkedHeadLogprobs, head_logprobs
+    from common.memory import reset_peak_rss, status_mib
 
     device = torch.device("cuda" if gpu else "cpu")
     gen = torch.Generator(device="cpu").manual_seed(0)
@@ -55,25 +56,20 @@ def _head_pass(positions: int, hidden: int, vocab: int, chunk: int | None, gpu: 
     w = (0.02 * torch.randn(vocab, hidden, generator=gen)).to(device).requires_grad_(True)
     t = torch.randint(0, vocab, (positions,), generator=gen).to(device)
 
-    def status(key: str) -> float:
-        line = next(x for x in open("/proc/self/status") if x.startswith(key))
-        return int(line.split()[1]) / 1024
-
     if gpu:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         start_mem = torch.cuda.memory_allocated() / 2**20
     else:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset the peak resident set to the current one
-        start_mem = status("VmRSS")
+        reset_peak_rss()
+        start_mem = status_mib("VmRSS")
     start = time.perf_counter()
     logp = ChunkedHeadLogprobs.apply(h, w, None, t, chunk, None, 1.0) if chunk else head_logprobs(torch.nn.functional.linear(h, w), t, None, 1.0)
     logp.sum().backward()
     if gpu:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() / 2**20 if gpu else status("VmHWM")
+    peak = torch.cuda.max_memory_allocated() / 2**20 if gpu else status_mib("VmHWM")
     return peak - start_mem, seconds
 
 

@@ -34,8 +34,33 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+LOGGERS = ("console", "jsonl", "tensorboard", "wandb", "mlflow")
+DEFAULT_LOGGERS = ["console", "jsonl", "tensorboard"]
+# a logger's Python package, and the setup.py extra that installs it
+LOGGER_PACKAGES = {"wandb": ("wandb", "wandb"), "mlflow": ("mlflow", "mlflow")}
+
+
+class WandbConfig(_Section):
+    """Where ``run.loggers: [wandb]`` logs: a W&B project. ``WANDB_MODE=offline`` works with no network
+    (then ``wandb sync <run_dir>/wandb`` uploads later); the API key and host come from W&B's own environment."""
+
+    project: str = "score"
+    entity: str | None = None
+    group: str | None = None
+    name: str | None = None  # None: run.name
+    tags: list[str] = Field(default_factory=list)
+
+
+class MlflowConfig(_Section):
+    """Where ``run.loggers: [mlflow]`` logs: an MLflow tracking store and experiment."""
+
+    tracking_uri: str | None = None  # None: sqlite:///<run_dir>/mlflow.db, a local store inside the run directory
+    experiment: str = "score"
+    run_name: str | None = None  # None: run.name
+
+
 class RunConfig(_Section):
-    """Where a run writes and how it is seeded."""
+    """Where a run writes and how it is seeded, and which trackers its numbers go to."""
 
     name: str = "score"
     output_dir: str = "runs"
@@ -54,6 +79,26 @@ class RunConfig(_Section):
     # ``section.key=value`` assignments applied once the run's dtype is known to be float32 (a CPU without
     # bf16 computes ~2x slower: the demo shrinks its batch there); a key also given with --set keeps the --set
     float32_overrides: list[str] = Field(default_factory=list)
+    # where the numbers go (cluster/trackers.py); jsonl is always on: resume and checkpoint selection read it
+    loggers: list[Literal["console", "jsonl", "tensorboard", "wandb", "mlflow"]] = Field(default_factory=lambda: list(DEFAULT_LOGGERS))
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+
+    @field_validator("loggers")
+    @classmethod
+    def _loggers(cls, value: list[str]) -> list[str]:
+        if "jsonl" not in value:
+            raise ValueError("must include jsonl: resume and checkpoint selection read metrics.jsonl")
+        if len(set(value)) != len(value):
+            raise ValueError(f"names a logger twice: {value}")
+        for name in value:
+            if name in LOGGER_PACKAGES:
+                package, extra = LOGGER_PACKAGES[name]
+                try:
+                    __import__(package)
+                except ImportError:
+                    raise ValueError(f"{name} needs the {package} package, which is not installed: pip install 'score-on-ray[{extra}]'") from None
+        return value
 
     @field_validator("float32_overrides")
     @classmethod

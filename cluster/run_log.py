@@ -1,4 +1,5 @@
-"""Where a run's numbers go: a JSONL file, TensorBoard events, the Ray dashboard, and a plot.
+"""Where a run's numbers go: the trackers of ``run.loggers`` (metrics.jsonl, TensorBoard, the console, W&B,
+MLflow: cluster/trackers.py), the Ray dashboard, and a plot.
 
 The Ray side is a small named actor, ``driver``, that owns the run's ``ray.util.metrics`` gauges
 (the dashboard and the metrics export endpoint show them as ``score_*``).
@@ -6,8 +7,6 @@ The Ray side is a small named actor, ``driver``, that owns the run's ``ray.util.
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +44,8 @@ class RunMetrics:
 
 
 class RunLog:
-    """Owns the run directory's logs: ``metrics.jsonl``, ``tensorboard/`` and the dashboard gauges."""
+    """Owns where the run's numbers go: the trackers ``run.loggers`` names (cluster/trackers.py; metrics.jsonl
+    always) and the dashboard gauges. The one place the trainer hands its records, config and final results to."""
 
     DASHBOARD_KEYS = {
         "iteration": "iteration", "stage": "stage", "version": "weight_version",
@@ -53,24 +53,25 @@ class RunLog:
         "tokens_per_second": "learner_tokens_per_second", "generation_tokens_per_second": "generation_tokens_per_second",
     }
 
-    def __init__(self, run_dir: Path, run_name: str, dashboard: bool = True):
-        from torch.utils.tensorboard import SummaryWriter
+    def __init__(self, run_dir: Path, run_name: str, dashboard: bool = True, loggers: list[str] | None = None, run_cfg: Any = None):
+        from cluster.config import DEFAULT_LOGGERS
+        from cluster.trackers import build_trackers
 
         self.run_dir = run_dir
         self.path = run_dir / "metrics.jsonl"
-        self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+        self.trackers = build_trackers(loggers or DEFAULT_LOGGERS, run_dir, run_cfg)
         self.sink = None
         if dashboard:
             self.sink = RunMetrics.options(name="driver", get_if_exists=True).remote(run_name)
 
+    def start(self, params: dict[str, Any], machine: dict[str, Any]) -> None:
+        """The resolved config (the run's parameters) and the machine record, once per (re)start."""
+        for tracker in self.trackers:
+            tracker.start(params, machine)
+
     def write(self, kind: str, step: int, values: dict[str, Any]) -> None:
-        record = {"kind": kind, "step": step, "time": time.time(), **values}
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        for key, value in values.items():
-            if isinstance(value, (int, float)):
-                self.tb.add_scalar(f"{kind}/{key}", value, step)
-        self.tb.flush()
+        for tracker in self.trackers:
+            tracker.log(kind, step, values)
         if self.sink is not None:
             dash = {self.DASHBOARD_KEYS[k]: v for k, v in values.items() if k in self.DASHBOARD_KEYS and isinstance(v, (int, float))}
             phases = {k.removeprefix("seconds_"): v for k, v in values.items() if k.startswith("seconds_")}
@@ -79,6 +80,12 @@ class RunLog:
             self.sink.record.remote(dash)
             for phase, seconds in phases.items():
                 self.sink.record.remote({"phase_seconds": seconds}, {"phase": phase})
+
+    def finish(self, table: str, lines: list[str], plot: Path, samples: list[Path]) -> None:
+        """The end of a finished run: the final table, the lines saying where its files are, the plot and the
+        evaluated samples (the console prints the first two; W&B and MLflow keep all of them)."""
+        for tracker in self.trackers:
+            tracker.finish(table, lines, plot, samples)
 
     def records(self) -> list[dict[str, Any]]:
         return read_jsonl(self.path)
@@ -89,7 +96,8 @@ class RunLog:
         write_jsonl(self.path, kept)
 
     def close(self) -> None:
-        self.tb.close()
+        for tracker in self.trackers:
+            tracker.close()
 
 
 def plot_run(records: list[dict[str, Any]], path: Path) -> Path:

@@ -185,6 +185,7 @@ class ScoreTrainer:
         self.iteration = 0  # completed iterations
         self.version = 0  # weight version the generators hold
         self.fleet = self.pool = self.learner = self.reference = self.weights = None
+        self.log: RunLog | None = None
         self.selected: int | None = None  # the iteration whose weights the final evaluation used
         self.shared_pg = None
         alg = cfg.algorithm
@@ -223,7 +224,7 @@ class ScoreTrainer:
         self.learner = LearnerGroup(settings, cfg.learner.num_ranks, gpus=gpus, cpus_per_rank=cfg.learner.cpus_per_rank,
                                     pg=self.shared_pg, gpu_share=COLOCATED_GPU_SHARE if colocated else 1.0)
         self.weights = WeightSync(self.learner, self.fleet, cfg.rollout.sync_bucket_mb << 20, load=cfg.rollout.sync_load)
-        self.log = RunLog(self.run_dir, cfg.run.name)
+        self.log = RunLog(self.run_dir, cfg.run.name, loggers=cfg.run.loggers, run_cfg=cfg.run)
         self.store = CheckpointStore(self.run_dir, cfg.checkpoint.keep, cfg.checkpoint.keep_iterations)
 
     def _for_dtype(self, dtype: str) -> ScoreConfig:
@@ -245,6 +246,8 @@ class ScoreTrainer:
         return pg
 
     def shutdown(self) -> None:
+        if self.log is not None:
+            self.log.close()
         for part in (self.weights, self.learner, self.reference, self.fleet, self.pool):
             if part is not None:
                 try:
@@ -535,7 +538,7 @@ class ScoreTrainer:
             self._report(self.run_eval("base"))
         if cfg.algorithm.stage2_base_first_attempts > 0:
             self.base_attempts = self._base_first_attempts()
-        note_start(self.run_dir, self.iteration, self.dtype)
+        self.log.start(json.loads(cfg.model_dump_json()), note_start(self.run_dir, self.iteration, self.dtype))
         bar = tqdm(total=total, initial=self.iteration, desc="SCoRe", unit="it", disable=not self.progress, dynamic_ncols=True)
         interrupted = False
         while self.iteration < total:
@@ -566,8 +569,9 @@ class ScoreTrainer:
         self._write_evals(evals)
         plot = plot_run(self.log.records(), self.run_dir / "plot.png")
         rows = [(e["label"], e) for e in evals if e["label"] in ("base", "final")]
-        print("\n" + format_table(rows), flush=True)
-        print(f"\nrun directory: {self.run_dir}\nplot: {plot}\nHugging Face model: {exported}", flush=True)
+        samples = [self.run_dir / "samples" / f"eval_iter{e['iteration']:06d}.parquet" for e in evals if e["label"] in ("base", "final")]
+        self.log.finish(format_table(rows), [f"run directory: {self.run_dir}", f"plot: {plot}", f"Hugging Face model: {exported}"],
+                        plot, [p for p in samples if p.exists()])
         return RunResult(self.run_dir, self.iteration, self.version, evals)
 
     @staticmethod

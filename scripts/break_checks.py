@@ -53,6 +53,11 @@ BREAKS = [
      "tests/test_objectives.py::test_three_attempts_dynamic_sampling_counts_every_trained_attempt"),
     ("later-prompt-from-attempt-1", "actors/generator.py", 'before = f"a{attempt - 1}"', 'before = "a1"',
      "tests/test_training.py::test_three_attempts_train_end_to_end_with_token_exact_prompts"),
+    # issue #36 (trackers)
+    ("tracker-resends-redone-steps", "cluster/trackers.py", 'if step <= self.state["steps"].get(space, -1):', "if False:",
+     "tests/test_trackers.py::test_a_resumed_run_continues_the_same_wandb_and_mlflow_runs_without_a_step_twice"),
+    ("trackers-clobber-each-others-state", "cluster/trackers.py", "json.dumps({**self._read(), self.key: self.state}", "json.dumps({self.key: self.state}",
+     "tests/test_trackers.py::test_a_resumed_run_continues_the_same_wandb_and_mlflow_runs_without_a_step_twice"),
 ]
 
 only = sys.argv[1:]

@@ -80,17 +80,14 @@ def _measure(model_path: str) -> tuple[float, float]:
 
     from learner.core import LearnerCore, LearnerSettings
     from tests.batches import ONE_REWARDED, build_batch
-
-    def status(key):
-        return int(next(x for x in open("/proc/self/status") if x.startswith(key)).split()[1]) * 1024
+    from common.memory import reset_peak_rss, status_mib
 
     batch = build_batch(model_path, ONE_REWARDED)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    base = status("VmRSS")
+    reset_peak_rss()
+    base = status_mib("VmRSS") * 2**20
     core = LearnerCore(LearnerSettings(model_path=model_path, lr=1e-5, rows_per_micro_batch=4, rows_per_rank=4, k=2, dtype="float32"))
     core.update(batch, 2)
-    peak = status("VmHWM") - base
+    peak = status_mib("VmHWM") * 2**20 - base
     length = max(len(a) + len(b) for a, b in zip(batch["a2_prompt_ids"].to_pylist(), batch["a2_response_ids"].to_pylist()))
     cfg = load_config(None, ["learner.micro_batch_size=4", f"rollout.max_model_len={max(64, length)}", "rollout.attempt1.max_tokens=16",
                              "rollout.attempt2.max_tokens=16"])

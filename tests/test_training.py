@@ -246,11 +246,17 @@ def test_a_finished_run_becomes_a_result_file_the_report_reads(full_run, tmp_pat
     assert report(tmp_path / "results", tmp_path / "docs") == 0
 
 
-def test_resume_after_interruption_reproduces_the_uninterrupted_run(full_run, ray_local, model_path, tmp_path):
+TRACKED = ["run.loggers=[console,jsonl,tensorboard,wandb,mlflow]"]
+
+
+def test_resume_after_interruption_reproduces_the_uninterrupted_run(full_run, ray_local, model_path, tmp_path, monkeypatch):
+    """Also: with every logger on (W&B offline, MLflow in the run directory), the resumed run continues the same
+    W&B and MLflow runs, and what they hold equals metrics.jsonl (tests/test_trackers.py has the redone steps)."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
     result, _, _ = full_run
     expected = _train_records(result.run_dir)
 
-    first, task = _trainer(tmp_path, "resumed", model_path, EXPERIMENT)
+    first, task = _trainer(tmp_path, "resumed", model_path, [*EXPERIMENT, *TRACKED])
     original_step = first.step
 
     def step_then_stop(iteration):
@@ -267,7 +273,7 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(full_run, ra
     run_dir = tmp_path / "resumed"
     assert json.loads((run_dir / "checkpoints" / "iter_000001" / "score_checkpoint.json").read_text())["dtype"] == DTYPE
     # continuing in another number format is refused in one line, before minutes of start-up
-    other, task = _trainer(tmp_path, "resumed", model_path, [*EXPERIMENT, f"model.dtype={OTHER_DTYPE}"], resume=True)
+    other, task = _trainer(tmp_path, "resumed", model_path, [*EXPERIMENT, *TRACKED, f"model.dtype={OTHER_DTYPE}"], resume=True)
     with pytest.raises(ConfigError, match=f"iter_000001 was trained in {DTYPE}, but here model.dtype {OTHER_DTYPE}"):
         other.run(task)
     assert other.fleet is None and other.learner is None
@@ -279,7 +285,7 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(full_run, ra
     from cluster.main import build_parser, train_config
 
     cfg = train_config(build_parser().parse_args(["train", "--resume", "--set", f"run.output_dir={tmp_path}", "--set", "run.name=resumed"]))
-    assert cfg == load_config(None, [*TINY, "run.name=resumed", f"run.output_dir={tmp_path}", *EXPERIMENT])
+    assert cfg == load_config(None, [*TINY, "run.name=resumed", f"run.output_dir={tmp_path}", *EXPERIMENT, *TRACKED])
     second, task = ScoreTrainer(cfg, model_path, run_dir, resume=True), build_task(cfg.task, seed=cfg.run.seed)
     try:
         finished = second.run(task)
@@ -293,6 +299,31 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(full_run, ra
     for key in ("reward_attempt1", "reward_attempt2", "loss", "pg_loss", "kl_attempt1", "kl_attempt2", "beta2", "generated_tokens", "sampling_rounds"):
         assert got[1][key] == expected[1][key], key  # the next iteration after the interruption
         assert got[3][key] == expected[3][key], key
+    _assert_trackers_hold(run_dir, got, cfg)
+
+
+def _assert_trackers_hold(run_dir, train, cfg):
+    """MLflow's and W&B's copy of a run that was stopped once and resumed: one run each, every train metric's
+    history equal to metrics.jsonl's, steps 1-4 once, the config as parameters, the final evaluation."""
+    from mlflow.tracking import MlflowClient
+
+    from tests.tracking import wandb_runs
+
+    state = json.loads((run_dir / "trackers.json").read_text())
+    client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
+    run = client.get_run(state["mlflow"]["id"])
+    assert len(client.search_runs([run.info.experiment_id])) == 1
+    for key in ("reward_attempt2", "loss", "kl_attempt1", "beta2", "seconds_learn"):
+        history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, f"train/{key}"))
+        assert history == [(r["step"], pytest.approx(r[key])) for r in train], key
+    final = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "eval" and r["label"] == "final"][0]
+    assert client.get_metric_history(run.info.run_id, "eval_final/accuracy_t2")[0].value == pytest.approx(final["accuracy_t2"])
+    assert json.loads(run.data.params["algorithm.beta2_target_kl"]) == cfg.algorithm.beta2_target_kl and run.info.status == "FINISHED"
+    segments = wandb_runs(run_dir / "wandb")
+    assert len(segments) == 2 and {s["id"] for s in segments} == {state["wandb"]["id"]}  # fresh start, then the resume
+    rows = [row for s in segments for row in s["history"]]
+    assert [row["_step"] for row in rows if "train/loss" in row] == [1, 2, 3, 4]
+    assert [row["train/loss"] for row in rows if "train/loss" in row] == pytest.approx([r["loss"] for r in train])
 
 
 def test_colocated_run_shares_bundles_and_syncs_through_shared_buffers(ray_local, model_path, tmp_path):
