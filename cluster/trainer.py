@@ -533,12 +533,13 @@ class ScoreTrainer:
         self._install_signals()
         if self.resume:
             self.restore()
-        elif cfg.eval.before:
+        # the trackers open (or continue) their runs before the first record, the base evaluation's
+        self.log.start(json.loads(cfg.model_dump_json()), note_start(self.run_dir, self.iteration, self.dtype))
+        if not self.resume and cfg.eval.before:
             log.info(f"evaluating the base model prompted to self-correct on {min(cfg.eval.num_problems, len(task.problems('eval')))} held-out problems")
             self._report(self.run_eval("base"))
         if cfg.algorithm.stage2_base_first_attempts > 0:
             self.base_attempts = self._base_first_attempts()
-        self.log.start(json.loads(cfg.model_dump_json()), note_start(self.run_dir, self.iteration, self.dtype))
         bar = tqdm(total=total, initial=self.iteration, desc="SCoRe", unit="it", disable=not self.progress, dynamic_ncols=True)
         interrupted = False
         while self.iteration < total:
