@@ -34,7 +34,6 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-LOGGERS = ("console", "jsonl", "tensorboard", "wandb", "mlflow")
 DEFAULT_LOGGERS = ["console", "jsonl", "tensorboard"]
 # a logger's Python package, and the setup.py extra that installs it
 LOGGER_PACKAGES = {"wandb": ("wandb", "wandb"), "mlflow": ("mlflow", "mlflow")}

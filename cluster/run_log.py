@@ -53,16 +53,16 @@ class RunLog:
         "tokens_per_second": "learner_tokens_per_second", "generation_tokens_per_second": "generation_tokens_per_second",
     }
 
-    def __init__(self, run_dir: Path, run_name: str, dashboard: bool = True, loggers: list[str] | None = None, run_cfg: Any = None):
-        from cluster.config import DEFAULT_LOGGERS
+    def __init__(self, run_dir: Path, run_cfg: Any, dashboard: bool = True):
+        """``run_cfg``: the config's ``run`` section (its name, ``loggers``, ``wandb`` and ``mlflow``)."""
         from cluster.trackers import build_trackers
 
         self.run_dir = run_dir
         self.path = run_dir / "metrics.jsonl"
-        self.trackers = build_trackers(loggers or DEFAULT_LOGGERS, run_dir, run_cfg)
+        self.trackers = build_trackers(run_cfg.loggers, run_dir, run_cfg)
         self.sink = None
         if dashboard:
-            self.sink = RunMetrics.options(name="driver", get_if_exists=True).remote(run_name)
+            self.sink = RunMetrics.options(name="driver", get_if_exists=True).remote(run_cfg.name)
 
     def start(self, params: dict[str, Any], machine: dict[str, Any]) -> None:
         """The resolved config (the run's parameters) and the machine record, once per (re)start."""

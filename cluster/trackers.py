@@ -24,6 +24,7 @@ import json
 import math
 import os
 import secrets
+import time
 from pathlib import Path
 from typing import Any
 
@@ -78,8 +79,6 @@ class JsonlTracker(Tracker):
         self.path = path
 
     def log(self, kind: str, step: int, values: dict[str, Any]) -> None:
-        import time
-
         with self.path.open("a") as f:
             f.write(json.dumps({"kind": kind, "step": step, "time": time.time(), **values}) + "\n")
 
@@ -118,7 +117,6 @@ class _RemoteTracker(Tracker):
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
         self.state = self._read().get(self.key, {"steps": {}})
-        self.last_step = max(self.state["steps"].values(), default=0)
 
     def _read(self) -> dict[str, Any]:
         path = self.run_dir / STATE
@@ -133,7 +131,6 @@ class _RemoteTracker(Tracker):
         if step <= self.state["steps"].get(space, -1):
             return  # already sent before the restart: resume redoes it exactly
         self._send(space, step, scalars(values))
-        self.last_step = max(self.last_step, step)
         self.state["steps"][space] = step
         self._save()
 
@@ -175,7 +172,7 @@ class WandbTracker(_RemoteTracker):
             frame = pq.read_table(path).to_pandas()
             keep = [c for c in frame.columns if not c.endswith(("_ids", "_logprobs"))]  # texts and rewards, not token arrays
             payload[f"samples/{path.stem}"] = self.wandb.Table(dataframe=frame[keep].astype(str))
-        self.run.log(payload, step=self.last_step)
+        self.run.log(payload, step=max(self.state["steps"].values(), default=0))  # the last row: the final evaluation's
         self.run.summary["final_table"] = table
 
     def close(self) -> None:
@@ -217,8 +214,6 @@ class MlflowTracker(_RemoteTracker):
         self.client.log_batch(self.run_id, tags=[RunTag(f"machine.{k}", str(v)) for k, v in flatten(machine).items()])
 
     def _send(self, space: str, step: int, values: dict[str, float]) -> None:
-        import time
-
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)

@@ -224,7 +224,7 @@ class ScoreTrainer:
         self.learner = LearnerGroup(settings, cfg.learner.num_ranks, gpus=gpus, cpus_per_rank=cfg.learner.cpus_per_rank,
                                     pg=self.shared_pg, gpu_share=COLOCATED_GPU_SHARE if colocated else 1.0)
         self.weights = WeightSync(self.learner, self.fleet, cfg.rollout.sync_bucket_mb << 20, load=cfg.rollout.sync_load)
-        self.log = RunLog(self.run_dir, cfg.run.name, loggers=cfg.run.loggers, run_cfg=cfg.run)
+        self.log = RunLog(self.run_dir, cfg.run)
         self.store = CheckpointStore(self.run_dir, cfg.checkpoint.keep, cfg.checkpoint.keep_iterations)
 
     def _for_dtype(self, dtype: str) -> ScoreConfig:
@@ -389,7 +389,7 @@ class ScoreTrainer:
         t0 = time.monotonic()
         batch, generated, stats = self._with_generator_recovery(lambda: self.collect(iteration, stage), f"iteration {iteration + 1}'s rollout")
         t_rollout = time.monotonic()
-        self._write_samples(generated, f"train_iter{iteration + 1:06d}")
+        self._write_samples(generated, "train", iteration + 1)
         if self.reference is not None:
             batch = self.reference.score(batch)
         self.fleet.sleep()  # colocated on a GPU: hand the generators' memory to the learner (no-op otherwise)
@@ -434,7 +434,7 @@ class ScoreTrainer:
         if self.selected is not None and not periodic:
             record["selected_iteration"] = self.selected
         self.log.write("eval", self.iteration, record)
-        self._write_samples(batch, f"{split}_iter{self.iteration:06d}")
+        self._write_samples(batch, split, self.iteration)
         return record
 
     # -- checkpoint selection ------------------------------------------------------------------
@@ -466,11 +466,15 @@ class ScoreTrainer:
         self.version = self._sync(self.version + 1)["version"]
         log.info(f"checkpoint.select: evaluating and exporting iteration {best.iteration} (mean training reward {best.manifest['train_reward']:.3f}), not {self.iteration}")
 
-    def _write_samples(self, batch: pa.Table, stem: str) -> None:
+    def _samples_path(self, split: str, iteration: int) -> Path:
+        """``samples/<split>_iter<iteration>.parquet``: a training iteration's rollout or an evaluation's batch."""
+        return self.run_dir / "samples" / f"{split}_iter{iteration:06d}.parquet"
+
+    def _write_samples(self, batch: pa.Table, split: str, iteration: int) -> None:
         """Keep a rollout (texts, token ids, log-probs, rewards) under ``samples/`` for inspection."""
-        samples = self.run_dir / "samples"
-        samples.mkdir(exist_ok=True)
-        pq.write_table(batch, samples / f"{stem}.parquet")
+        path = self._samples_path(split, iteration)
+        path.parent.mkdir(exist_ok=True)
+        pq.write_table(batch, path)
 
     def checkpoint(self) -> Path:
         tmp = self.store.begin(self.iteration)
@@ -570,7 +574,7 @@ class ScoreTrainer:
         self._write_evals(evals)
         plot = plot_run(self.log.records(), self.run_dir / "plot.png")
         rows = [(e["label"], e) for e in evals if e["label"] in ("base", "final")]
-        samples = [self.run_dir / "samples" / f"eval_iter{e['iteration']:06d}.parquet" for e in evals if e["label"] in ("base", "final")]
+        samples = [self._samples_path(e["split"], e["iteration"]) for e in evals if e["label"] in ("base", "final")]
         self.log.finish(format_table(rows), [f"run directory: {self.run_dir}", f"plot: {plot}", f"Hugging Face model: {exported}"],
                         plot, [p for p in samples if p.exists()])
         return RunResult(self.run_dir, self.iteration, self.version, evals)

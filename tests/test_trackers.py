@@ -33,7 +33,7 @@ def _train(i):
 
 
 def _log(run_dir, cfg, steps, truncate=None, finish=False):
-    log = RunLog(run_dir, "t", dashboard=False, loggers=cfg.run.loggers, run_cfg=cfg.run)
+    log = RunLog(run_dir, cfg.run, dashboard=False)
     if truncate is not None:
         log.truncate_after(truncate)
     log.start(json.loads(cfg.model_dump_json()), MACHINE)
