@@ -175,6 +175,9 @@ class RolloutConfig(_Section):
     # only the KL term) and draw more problems, up to max_sampling_rounds rounds, until the batch is full
     skip_zero_variance_groups: bool = False
     max_sampling_rounds: int = Field(4, ge=1)
+    # 1: the generators sample the next iteration's batch with the weights they hold while the learner trains on
+    # this one (one-step off-policy, corrected by the truncated importance weight); 0: one phase after another
+    off_policy_steps: Literal[0, 1] = 0
 
 
 class SandboxConfig(_Section):
@@ -257,7 +260,8 @@ class AlgorithmConfig(_Section):
     normalize_advantages: bool = False
     clip_ratio: float | None = Field(None, gt=0.0)  # PPO-style clipping when set
     # truncated importance weight min(pi_learner / pi_vllm, vllm_is_cap) on each policy-gradient token;
-    # auto: on when model.dtype resolves to bf16 or fp16 (generators and learner then round differently)
+    # auto: on when model.dtype resolves to bf16 or fp16 (generators and learner then round differently), and with
+    # rollout.off_policy_steps=1 (the batch lags the learner by one version)
     vllm_is: Literal["auto", "on", "off"] = "auto"
     vllm_is_cap: float = Field(2.0, ge=1.0)
 
@@ -329,6 +333,12 @@ class ScoreConfig(_Section):
                 )
             if self.rollout.tensor_parallel_size != 1:
                 raise ValueError("rollout.colocate_with_learner shares one GPU per learner rank: rollout.tensor_parallel_size must be 1")
+            if self.rollout.off_policy_steps:
+                raise ValueError("rollout.off_policy_steps=1 overlaps generation with learning, but colocated generators and learner ranks "
+                                 "share a device and take turns: use rollout.off_policy_steps=0 with rollout.colocate_with_learner")
+        if self.rollout.off_policy_steps and self.algorithm.vllm_is == "off":
+            raise ValueError("rollout.off_policy_steps=1 trains on batches sampled one weight version behind the learner, which the "
+                             "truncated importance weight corrects: algorithm.vllm_is cannot be off (use auto or on)")
         for name in ("attempt1", "attempt2"):
             sampling = getattr(self.rollout, name)
             if sampling.temperature == 0:

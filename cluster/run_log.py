@@ -51,6 +51,9 @@ class RunLog:
         "iteration": "iteration", "stage": "stage", "version": "weight_version",
         "reward_attempt1": "reward_attempt1", "reward_attempt2": "reward_attempt2", "shaped_reward": "shaped_reward",
         "tokens_per_second": "learner_tokens_per_second", "generation_tokens_per_second": "generation_tokens_per_second",
+        # rollout.off_policy_steps: how far the batch lagged the learner, each side's wait for the other, the time overlapped
+        "staleness": "staleness", "learner_wait_seconds": "learner_wait_seconds", "generator_wait_seconds": "generator_wait_seconds",
+        "overlap_saved_seconds": "overlap_saved_seconds",
     }
 
     def __init__(self, run_dir: Path, run_cfg: Any, dashboard: bool = True):

@@ -38,6 +38,7 @@ from cluster.checkpoints import CheckpointStore
 from cluster.config import ConfigError, ScoreConfig, dump_config, for_dtype
 from cluster.evaluate import METRICS, collapse_metrics, evaluate, format_table
 from cluster.machines import check_resume, note_start
+from cluster.rollout_ahead import RolloutAhead, sampled_version
 from cluster.run_log import RunLog, final_attempt_reward, plot_run
 from common.devices import bf16_emulated, dtype_choice, resolve_dtype
 from common.files import replace_text
@@ -192,6 +193,7 @@ class ScoreTrainer:
         # the adaptive beta2 (learner/kl_controller.py): moved after every Stage I update, checkpointed
         self.beta2 = AdaptiveBeta2(alg.beta2, alg.beta2_target_kl, alg.beta2_kl_gain) if alg.beta2_target_kl is not None else None
         self.base_attempts: BaseFirstAttempts | None = None  # algorithm.stage2_base_first_attempts > 0
+        self.ahead: RolloutAhead | None = None  # rollout.off_policy_steps=1: the next iteration's batch, generated during this update
 
     # -- set-up -----------------------------------------------------------------------------
     def build(self, task, gpus: bool | None = None) -> None:
@@ -384,26 +386,46 @@ class ScoreTrainer:
     def step(self, iteration: int) -> dict[str, Any]:
         """One iteration. Its phases fail apart: a rollout that loses every generator is redone (with the weights
         re-synced as the current version); once the update has returned, only the push of the new version is
-        retried, so no iteration updates twice and versions only grow."""
+        retried, so no iteration updates twice and versions only grow.
+
+        ``rollout.off_policy_steps: 1``: while the learner updates on this batch, the generators sample the next
+        iteration's with the weights they hold (cluster/rollout_ahead.py). The push of the new weights waits for
+        both, so a batch never mixes versions, and the next batch is one version behind the learner that trains it.
+        A rollout ahead that loses every generator is dropped and generated after the push (then 0 behind)."""
         stage = self.stage_of(iteration)
         t0 = time.monotonic()
-        batch, generated, stats = self._with_generator_recovery(lambda: self.collect(iteration, stage), f"iteration {iteration + 1}'s rollout")
+        ahead, self.ahead = self.ahead, None
+        if ahead is not None and ahead.iteration != iteration:
+            raise RuntimeError(f"the batch generated ahead is iteration {ahead.iteration + 1}'s, not iteration {iteration + 1}'s")
+        if ahead is None:
+            batch, generated, stats = self._with_generator_recovery(lambda: self.collect(iteration, stage), f"iteration {iteration + 1}'s rollout")
+        else:
+            batch, generated, stats = ahead.batch, ahead.generated, ahead.stats
         t_rollout = time.monotonic()
+        staleness = self._check_staleness(batch, iteration)
         self._write_samples(generated, "train", iteration + 1)
         if self.reference is not None:
             batch = self.reference.score(batch)
         self.fleet.sleep()  # colocated on a GPU: hand the generators' memory to the learner (no-op otherwise)
         beta2 = self.beta2.value if self.beta2 is not None else None
-        learn = self.learner.update(batch, stage, beta2 if stage == 1 else None)
+        alg = self.cfg.algorithm
+        overlap = self.cfg.rollout.off_policy_steps > 0 and iteration + 1 < alg.stage1_iterations + alg.stage2_iterations
+        with ThreadPoolExecutor(1) as ex:
+            t_learn0 = time.monotonic()
+            generating = ex.submit(self._generate_ahead, iteration + 1) if overlap else None
+            learn = self.learner.update(batch, stage, beta2 if stage == 1 else None)
+            t_learn = time.monotonic()
+            self.ahead, seconds_ahead = generating.result() if generating is not None else (None, 0.0)
+        t_waited = time.monotonic()
         if self.beta2 is not None and stage == 1:
             self.beta2.update(learn["kl_attempt1"])
-        t_learn = time.monotonic()
         sync = self._publish(self.version + 1)
         self.version = sync["version"]
         if self.cfg.learner.offload_states_during_generation:  # until the next update reloads them
             self.learner.offload_states()
         t_sync = time.monotonic()
         gen_tokens = sum(sum(generated[f"a{t}_length"].to_pylist()) for t in range(1, self.cfg.algorithm.attempts + 1))
+        seconds_learn = t_learn - t_learn0
         return {
             "iteration": iteration + 1, "stage": stage, "version": self.version,
             # the policy's rewards: over everything generated this iteration, set-aside groups included
@@ -412,10 +434,38 @@ class ScoreTrainer:
             **stats,
             **({"beta2": beta2} if beta2 is not None else {}),  # the weight this iteration's update used
             "generated_tokens": gen_tokens, "generation_tokens_per_second": gen_tokens / max(stats["seconds_generate"], 1e-9),
-            "seconds_rollout": t_rollout - t0, "seconds_learn": t_learn - t_rollout,
-            "seconds_sync": t_sync - t_learn, "seconds_iteration": t_sync - t0, "sync_bytes": sync["bytes"],
-            "fleet_events": len(self.fleet.events),
+            "seconds_rollout": t_rollout - t0, "seconds_learn": seconds_learn, "seconds_sync": t_sync - t_waited,
+            "seconds_iteration": t_sync - t0, "sync_bytes": sync["bytes"], "fleet_events": len(self.fleet.events),
+            # the overlap: the learner's version minus the batch's, the time each side sat waiting for the other (the
+            # generators during the update, the learner for the rollout), and the time both worked at once
+            "staleness": staleness, "seconds_rollout_ahead": seconds_ahead,
+            "learner_wait_seconds": (t_rollout - t0) + (t_waited - t_learn),
+            "generator_wait_seconds": max(0.0, seconds_learn - seconds_ahead),
+            "overlap_saved_seconds": min(seconds_learn, seconds_ahead),
         }
+
+    def _generate_ahead(self, iteration: int) -> tuple[RolloutAhead | None, float]:
+        """Iteration ``iteration``'s rollout with the generators' weights, during the update before it, and its
+        seconds. No re-sync here on losing every generator: the learner is mid-update, so its weights are not yet
+        a version; the caller generates the batch again after the push."""
+        t0 = time.monotonic()
+        try:
+            batch, generated, stats = self.collect(iteration, self.stage_of(iteration))
+        except GenerationError as err:
+            log.warning(f"iteration {iteration + 1}'s rollout, generated during iteration {iteration}'s update: {err}; "
+                        "it is generated again once the update is pushed")
+            return None, time.monotonic() - t0
+        return RolloutAhead(iteration, batch, generated, stats), time.monotonic() - t0
+
+    def _check_staleness(self, batch: pa.Table, iteration: int) -> int:
+        """The learner's weight version minus the oldest that sampled ``batch``; more than ``rollout.off_policy_steps``
+        (or a batch from the future) is a bug in the loop, never trained on."""
+        sampled, allowed = sampled_version(batch), self.cfg.rollout.off_policy_steps
+        lag = self.version - sampled
+        if not 0 <= lag <= allowed:
+            raise RuntimeError(f"iteration {iteration + 1}'s batch was sampled with weight version {sampled}, {lag} behind the learner's "
+                               f"version {self.version}; rollout.off_policy_steps={allowed} allows 0 to {allowed}")
+        return lag
 
     # -- evaluation and state -------------------------------------------------------------------
     def run_eval(self, label: str, periodic: bool = False) -> dict[str, Any]:
@@ -483,6 +533,8 @@ class ScoreTrainer:
         if self.beta2 is not None:
             manifest["beta2_controller"] = self.beta2.state()
         self.learner.save(str(tmp), manifest)
+        if self.ahead is not None:  # sampled with the version before the checkpoint's: kept, not regenerated on resume
+            self.ahead.save(tmp)
         return self.store.commit(tmp, manifest)
 
     def restore(self) -> None:
@@ -507,6 +559,11 @@ class ScoreTrainer:
         version = int(ckpt.manifest["version"])
         self._sync(version)
         self.version = version
+        self.ahead = RolloutAhead.load(ckpt.path)
+        if self.ahead is not None and (self.cfg.rollout.off_policy_steps == 0 or self.ahead.iteration != self.iteration):
+            log.info(f"{ckpt.path.name} holds iteration {self.ahead.iteration + 1}'s batch generated ahead; not used "
+                     f"(rollout.off_policy_steps={self.cfg.rollout.off_policy_steps}): the batch is generated again")
+            self.ahead = None
         log.info(f"resumed from {ckpt.path.name}: iteration {self.iteration}, stage {self.stage_of(self.iteration)}, weight version {version}")
 
     # -- the run ------------------------------------------------------------------------------

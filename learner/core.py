@@ -71,7 +71,8 @@ class LearnerSettings:
     loss_agg: str = "token_mean"
     normalize_advantages: bool = False
     clip_ratio: float | None = None
-    vllm_is: str = "auto"  # truncated importance weight against the sampler: on, off, auto (on when not float32)
+    vllm_is: str = "auto"  # truncated importance weight against the sampler: on, off, auto (on when not float32 or off-policy)
+    off_policy_steps: int = 0  # rollout.off_policy_steps: batches may be this many weight versions behind the learner
     vllm_is_cap: float = 2.0
     temperature1: float = 1.0
     temperature2: float = 1.0
@@ -110,7 +111,8 @@ class LearnerSettings:
                                                  "logprob_chunk_positions")},
             **{f: getattr(alg, f) for f in ("alpha", "beta1", "beta2", "gamma", "kl_estimator", "loss_agg", "normalize_advantages",
                                              "clip_ratio", "vllm_is", "vllm_is_cap")},
-            attempts=alg.attempts, temperature1=rollout.attempt1.temperature, temperature2=rollout.attempt2.temperature,
+            attempts=alg.attempts, off_policy_steps=rollout.off_policy_steps,
+            temperature1=rollout.attempt1.temperature, temperature2=rollout.attempt2.temperature,
             max_tokens1=rollout.attempt1.max_tokens, max_tokens2=rollout.attempt2.max_tokens,
         )
 
@@ -300,7 +302,8 @@ class LearnerCore:
     @property
     def objective(self) -> ObjectiveSettings:
         s = self.settings
-        is_on = s.vllm_is == "on" or (s.vllm_is == "auto" and self.dtype != torch.float32)
+        # auto: on where the sampler and the learner round differently, and where the batch lags the learner
+        is_on = s.vllm_is == "on" or (s.vllm_is == "auto" and (self.dtype != torch.float32 or s.off_policy_steps > 0))
         return ObjectiveSettings(k=s.k, alpha=s.alpha, beta1=s.beta1, beta2=s.beta2, gamma=s.gamma, kl_estimator=s.kl_estimator,
                                  clip_ratio=s.clip_ratio, normalize_advantages=s.normalize_advantages,
                                  is_cap=s.vllm_is_cap if is_on else None)

@@ -58,6 +58,18 @@ BREAKS = [
      "tests/test_trackers.py::test_a_resumed_run_continues_the_same_wandb_and_mlflow_runs_without_a_step_twice"),
     ("trackers-clobber-each-others-state", "cluster/trackers.py", "json.dumps({**self._read(), self.key: self.state}", "json.dumps({self.key: self.state}",
      "tests/test_trackers.py::test_a_resumed_run_continues_the_same_wandb_and_mlflow_runs_without_a_step_twice"),
+    # issue #35 (rollout.off_policy_steps)
+    ("no-overlap", "cluster/trainer.py", "overlap = self.cfg.rollout.off_policy_steps > 0 and", "overlap = False and",
+     "tests/test_overlap.py::test_each_batch_is_sampled_during_the_update_before_it_one_version_behind"),
+    ("ahead-not-checkpointed", "cluster/trainer.py", "        if self.ahead is not None:  # sampled with", "        if False:  # sampled with",
+     "tests/test_overlap.py::test_a_stopped_overlapped_run_resumes_to_the_uninterrupted_one"),
+    ("ahead-resynced-mid-update", "cluster/trainer.py", "            batch, generated, stats = self.collect(iteration, self.stage_of(iteration))\n",
+     "            batch, generated, stats = self._with_generator_recovery(lambda: self.collect(iteration, self.stage_of(iteration)), 'ahead')\n",
+     "tests/test_overlap.py::test_a_rollout_ahead_that_loses_its_generator_is_generated_after_the_push"),
+    ("staleness-unchecked", "cluster/trainer.py", "if not 0 <= lag <= allowed:", "if False:",
+     "tests/test_overlap.py::test_a_batch_further_behind_than_allowed_is_never_trained"),
+    ("no-is-weight-when-lagging", "learner/core.py", "(self.dtype != torch.float32 or s.off_policy_steps > 0)", "(self.dtype != torch.float32)",
+     "tests/test_overlap.py::test_each_batch_is_sampled_during_the_update_before_it_one_version_behind"),
 ]
 
 only = sys.argv[1:]

@@ -53,6 +53,7 @@ def test_dotted_overrides_are_typed():
         ("algorithm.stage2_base_first_attempts=1.5", "algorithm.stage2_base_first_attempts"),
         ("algorithm.attempts=1", "algorithm.attempts: Input should be greater than or equal to 2"),
         ("rewards.sandbox.tmpfs_mb=2048", "rewards.sandbox.tmpfs_mb (2048) must be below rewards.sandbox.memory_mb"),
+        ("rollout.off_policy_steps=2", "rollout.off_policy_steps: Input should be 0 or 1"),
     ],
 )
 def test_bad_values_name_the_key(override, expected):
@@ -157,6 +158,11 @@ def test_cross_field_errors_are_one_line():
         load_config(None, ["rollout.colocate_with_learner=true", "rollout.num_generators=2"])
     with pytest.raises(ConfigError, match="tensor_parallel_size must be 1"):
         load_config(None, ["rollout.colocate_with_learner=true", "rollout.tensor_parallel_size=2"])
+    with pytest.raises(ConfigError, match="colocated generators and learner ranks share a device and take turns"):
+        load_config(None, ["rollout.colocate_with_learner=true", "rollout.off_policy_steps=1"])
+    with pytest.raises(ConfigError, match="algorithm.vllm_is cannot be off"):
+        load_config(None, ["rollout.off_policy_steps=1", "algorithm.vllm_is=off"])
+    assert load_config(None, ["rollout.off_policy_steps=1", "algorithm.vllm_is=on"]).rollout.off_policy_steps == 1
     with pytest.raises(ConfigError, match="adapts Stage I's beta2, but algorithm.stage1_iterations is 0"):
         load_config(None, ["algorithm.beta2_target_kl=0.01", "algorithm.stage1_iterations=0"])
     with pytest.raises(ConfigError, match="algorithm.beta2 must be above 0"):
