@@ -49,6 +49,7 @@ class FleetSettings:
     tensor_parallel_size: int = 1
     gpus: bool = False
     cpus_per_generator: float = 1.0
+    cpu_threads: int | None = None  # CPU only: each engine's torch threads (None: every core of the node)
     seed: int = 0
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
     timeout_s: float = 1800.0  # deadline for one shard of a rollout
@@ -96,7 +97,7 @@ class GeneratorFleet:
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
                 **({"runtime_env": {"env_vars": dict(settings.env_vars)}} if settings.env_vars else {}),
             ).remote(model_path, name=name, seed=settings.seed + i, tensor_parallel_size=settings.tensor_parallel_size,
-                     colocated=settings.colocated, expect_gpu=settings.gpus, **settings.engine_kwargs)
+                     colocated=settings.colocated, expect_gpu=settings.gpus, cpu_threads=settings.cpu_threads, **settings.engine_kwargs)
             for i, name in enumerate(self.names)
         ]
         self.wait({name: a.ready.remote() for name, a in zip(self.names, self.actors)}, settings.start_timeout_s, "generator start-up")

@@ -169,6 +169,9 @@ class RolloutConfig(_Section):
     # kernel layouts ("inplace"; falls back to "reload" for quantized models), or vLLM's layerwise reload
     sync_load: Literal["inplace", "reload"] = "inplace"
     cpus_per_generator: float = Field(1.0, gt=0.0)  # CPU-only machines: Ray CPUs reserved per generator
+    # CPU-only machines: each engine's compute threads; null: every core of the node (the phases take turns). With
+    # off_policy_steps=1 generation and learning run at once: give each its own cores (with learner.threads_per_rank)
+    threads_per_generator: int | None = Field(None, ge=1)
     cpu_kv_cache_gb: float = Field(1.0, gt=0.0)  # CPU-only machines: vLLM KV cache per generator
     max_model_len: int = Field(2048, ge=64)
     # DAPO's dynamic sampling: drop problem groups where no attempt's task return varies (they teach

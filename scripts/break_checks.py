@@ -63,6 +63,8 @@ BREAKS = [
      "tests/test_overlap.py::test_each_batch_is_sampled_during_the_update_before_it_one_version_behind"),
     ("ahead-not-checkpointed", "cluster/trainer.py", "        if self.ahead is not None:  # sampled with", "        if False:  # sampled with",
      "tests/test_overlap.py::test_a_stopped_overlapped_run_resumes_to_the_uninterrupted_one"),
+    ("ahead-ignored-on-resume", "cluster/trainer.py", "        self.ahead = RolloutAhead.load(ckpt.path)\n", "        self.ahead = None\n",
+     "tests/test_overlap.py::test_a_stopped_overlapped_run_resumes_to_the_uninterrupted_one"),
     ("ahead-resynced-mid-update", "cluster/trainer.py", "            batch, generated, stats = self.collect(iteration, self.stage_of(iteration))\n",
      "            batch, generated, stats = self._with_generator_recovery(lambda: self.collect(iteration, self.stage_of(iteration)), 'ahead')\n",
      "tests/test_overlap.py::test_a_rollout_ahead_that_loses_its_generator_is_generated_after_the_push"),
