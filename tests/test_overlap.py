@@ -4,8 +4,10 @@ the truncated importance weight is on, a stopped run resumes to the uninterrupte
 that loses its generator is generated again after the push.
 
 The tiny random model of the embedded architecture (tests/tiny_models.py): what is tested is the loop's
-mechanics (versions, what a checkpoint holds, recovery), not what the model learns. Its rewards are 0, so its
-loss is the KL terms, which still depend on every sampled token: two runs whose batches differ disagree.
+mechanics (versions, what a checkpoint holds, recovery), not what the model learns. Its rewards are 0, and at the
+first update the policy equals the reference, so the gradient is 0: weight decay moves the weights at that step
+(AdamW's decoupled decay), the KL terms pull from then on, and a large learning rate makes each version sample
+other tokens than the one before, so that a batch sampled with the wrong version shows.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import pytest
 from tests.test_training import EXPERIMENT, _train_records, _trainer
 
 # float32: the truncated importance weight is on because of the lag alone (in bf16 it is on anyway)
-OVERLAP = ["rollout.off_policy_steps=1", "eval.before=false", "model.dtype=float32"]
+OVERLAP = ["rollout.off_policy_steps=1", "eval.before=false", "model.dtype=float32", "learner.lr=1e-2", "learner.weight_decay=0.5"]
 COMPARED = ("loss", "pg_loss", "kl_attempt1", "kl_attempt2", "beta2", "generated_tokens", "sampling_rounds", "mismatch_mean_abs_attempt2",
             "is_weight_mean_attempt2", "staleness")
 
@@ -55,6 +57,7 @@ def test_each_batch_is_sampled_during_the_update_before_it_one_version_behind(ov
     # the first batch waits for its rollout; each later one was generated with the version before the learner's
     assert [r["staleness"] for r in records] == [0, 1, 1, 1]
     assert [_versions(result.run_dir, it) for it in (1, 2, 3, 4)] == [{0}, {0}, {1}, {2}]
+    assert all(r["kl_attempt1"] > 0 for r in records[1:])  # the weights moved: each version is another policy
     for r in records:
         assert "is_weight_mean_attempt2" in r and 0 < r["is_weight_mean_attempt2"] <= 2.0  # on with the lag, even in float32
         assert r["learner_wait_seconds"] >= 0 and r["generator_wait_seconds"] >= 0
