@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from common.jsonl import read_jsonl  # noqa: E402
 
 COMMON = ["algorithm.stage1_iterations=10", "algorithm.stage2_iterations=20", "task.val_size=100", "eval.every_iterations=5",
-          "eval.periodic_problems=100", "run.seed=0"]
+          "eval.periodic_problems=50", "run.seed=0"]
 ARMS = {"synchronous": ["rollout.off_policy_steps=0"],
         "overlap": ["rollout.off_policy_steps=1", "rollout.threads_per_generator=1", "learner.threads_per_rank=1"]}
 TRAIN_KEYS = ("reward_attempt1", "reward_attempt2", "staleness", "mismatch_mean_abs_attempt1", "mismatch_mean_abs_attempt2",
@@ -68,7 +68,7 @@ def report(out: Path, dest: Path) -> None:
         it = [r["iteration"] for r in d["train"]]
         axes[1].plot(it, [r["mismatch_mean_abs_attempt2"] for r in d["train"]], label=f"{arm}: mean |log-prob mismatch|, attempt 2")
         axes[2].plot(it, [r.get("is_weight_mean_attempt2", float("nan")) for r in d["train"]], label=f"{arm}: importance weight, attempt 2")
-    axes[0].set(title="validation (100 problems, greedy)", xlabel="iteration", ylabel="accuracy")
+    axes[0].set(title="validation (50 problems, greedy)", xlabel="iteration", ylabel="accuracy")
     axes[1].set(title="learner vs sampler, per token", xlabel="iteration", ylabel="nats")
     axes[2].set(title="truncated importance weight (mean)", xlabel="iteration")
     for ax in axes:
