@@ -58,6 +58,15 @@ BREAKS = [
      "tests/test_trackers.py::test_a_resumed_run_continues_the_same_wandb_and_mlflow_runs_without_a_step_twice"),
     ("trackers-clobber-each-others-state", "cluster/trackers.py", "json.dumps({**self._read(), self.key: self.state}", "json.dumps({self.key: self.state}",
      "tests/test_trackers.py::test_a_resumed_run_continues_the_same_wandb_and_mlflow_runs_without_a_step_twice"),
+    # issue #37: the tests moved to the tiny random model this session (with MOVING)
+    ("resume-skips-learner-state", "cluster/trainer.py", "        self.learner.load(str(ckpt.path))\n        self.iteration = ckpt.iteration",
+     "        self.iteration = ckpt.iteration",
+     "tests/test_training.py::test_resume_after_interruption_reproduces_the_uninterrupted_run"),
+    ("colocated-buffer-not-filled", "weight_sync/transports.py", "flat = pack(bucket_view(self.buffers[i % 2], bucket), bucket, it)",
+     "flat = bucket_view(self.buffers[i % 2], bucket)",
+     "tests/test_training.py::test_colocated_run_shares_bundles_and_syncs_through_shared_buffers"),
+    ("no-weight-version-gauge", "cluster/run_log.py", '"version": "weight_version",', "",
+     "tests/test_job_submit.py::test_ray_job_submit_runs_training_and_exposes_actors_and_metrics"),
     # issue #35 (rollout.off_policy_steps)
     ("no-overlap", "cluster/trainer.py", "overlap = self.cfg.rollout.off_policy_steps > 0 and", "overlap = False and",
      "tests/test_overlap.py::test_each_batch_is_sampled_during_the_update_before_it_one_version_behind"),

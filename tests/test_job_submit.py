@@ -1,4 +1,4 @@
-"""The cluster path: `ray job submit` of a tiny training run against a real local head started by
+"""The cluster path: `ray job submit` of a tiny training run (the tiny random model) against a real local head started by
 this test on its own ports (never `ray stop`, which would stop every Ray on the machine). While the
 job runs, the named actors are read through Ray's state API and the run's custom metrics through
 the node's metrics export endpoint."""
@@ -101,9 +101,11 @@ def _wait_terminal(client, job_id, deadline):
         time.sleep(3)
 
 
-def test_ray_job_submit_runs_training_and_exposes_actors_and_metrics(head, tmp_path, model_path):
+def test_ray_job_submit_runs_training_and_exposes_actors_and_metrics(head, tmp_path, tiny_model_path):
     out = tmp_path / "runs"
-    entry = ["python", "-m", "cluster.main", "train", "--overwrite", "--set", f"run.output_dir={out}"]
+    # the tiny random model (a local Hugging Face folder, as a user's own model would be): what is tested is the
+    # submission, the actors and the metrics, not what the model knows
+    entry = ["python", "-m", "cluster.main", "train", "--overwrite", "--set", f"run.output_dir={out}", "--set", f"model.path={tiny_model_path}"]
     for o in TINY:
         entry += ["--set", o]
     # the head answers HTTP before its job agent is up; on a loaded machine that can take a while

