@@ -76,7 +76,7 @@ BREAKS = [
      "tests/test_overlap.py::test_a_stopped_overlapped_run_resumes_to_the_uninterrupted_one"),
     ("ahead-resynced-mid-update", "cluster/trainer.py", "            batch, generated, stats = self.collect(iteration, self.stage_of(iteration))\n",
      "            batch, generated, stats = self._with_generator_recovery(lambda: self.collect(iteration, self.stage_of(iteration)), 'ahead')\n",
-     "tests/test_overlap.py::test_a_rollout_ahead_that_loses_its_generator_is_generated_after_the_push"),
+     "tests/test_overlap.py::test_generator_deaths_during_a_rollout_ahead_and_during_a_push_are_recovered"),
     ("staleness-unchecked", "cluster/trainer.py", "if not 0 <= lag <= allowed:", "if False:",
      "tests/test_overlap.py::test_a_batch_further_behind_than_allowed_is_never_trained"),
     ("no-is-weight-when-lagging", "learner/core.py", "(self.dtype != torch.float32 or s.off_policy_steps > 0)", "(self.dtype != torch.float32)",

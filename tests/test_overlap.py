@@ -104,14 +104,17 @@ def test_a_stopped_overlapped_run_resumes_to_the_uninterrupted_one(overlapped, r
             assert got[it - 1][key] == expected[it - 1][key], (it, key)
 
 
-def test_a_rollout_ahead_that_loses_its_generator_is_generated_after_the_push(ray_local, tiny_model_path, tmp_path):
+def test_generator_deaths_during_a_rollout_ahead_and_during_a_push_are_recovered(ray_local, tiny_model_path, tmp_path):
     """The only generator is killed while it generates iteration 2's batch during iteration 1's update (Ray
     restarts it with the initial weights). That batch is dropped and generated once version 1 is pushed: it
-    trains 0 versions behind, on version 1's tokens, and the run finishes with one update per iteration."""
+    trains 0 versions behind, on version 1's tokens. Then iteration 2's push loses the generator on every attempt
+    WeightSync makes: the push of version 2 alone is retried, and iteration 3's batch, generated during
+    iteration 2's update, is still trained one version behind. One update per iteration throughout."""
     trainer, task = _trainer(tmp_path, "ahead-fault", tiny_model_path, [*OVERLAP, "algorithm.stage1_iterations=1",
                                                                         "algorithm.stage2_iterations=2"])
-    generate_ahead, build = trainer._generate_ahead, trainer.build
+    generate_ahead, build, step = trainer._generate_ahead, trainer.build, trainer.step
     ahead = {"iteration": None}
+    attempted, kills = [], {"left": 0}
 
     def generating_ahead(iteration):
         ahead["iteration"] = iteration
@@ -120,9 +123,10 @@ def test_a_rollout_ahead_that_loses_its_generator_is_generated_after_the_push(ra
         finally:
             ahead["iteration"] = None
 
-    def build_with_a_fault(task_, gpus=None):
+    def build_with_faults(task_, gpus=None):
         build(task_, gpus)
-        first_attempts = trainer.fleet.first_attempts
+        first_attempts, push, send = trainer.fleet.first_attempts, trainer.weights.push, trainer.learner.start_send
+        trainer.weights.timeout_s = 10  # a send to a killed receiver waits out this deadline
 
         def killed_first(*args, **kwargs):
             if ahead["iteration"] == 1 and not trainer.fleet.events:
@@ -130,12 +134,26 @@ def test_a_rollout_ahead_that_loses_its_generator_is_generated_after_the_push(ra
                 time.sleep(1.0)  # until Ray has stopped it
             return first_attempts(*args, **kwargs)
 
-        trainer.fleet.first_attempts = killed_first
+        def recorded_push(version):
+            attempted.append(version)
+            return push(version)
 
-    trainer._generate_ahead, trainer.build = generating_ahead, build_with_a_fault
+        def send_after_a_kill(wire_plan):
+            if kills["left"]:
+                kills["left"] -= 1
+                trainer.fleet.kill(0)
+            return send(wire_plan)
+
+        trainer.fleet.first_attempts, trainer.weights.push, trainer.learner.start_send = killed_first, recorded_push, send_after_a_kill
+
+    def step_with_push_faults(iteration):
+        kills["left"] = trainer.weights.attempts if iteration == 1 else 0
+        return step(iteration)
+
+    trainer._generate_ahead, trainer.build, trainer.step = generating_ahead, build_with_faults, step_with_push_faults
     try:
         result = trainer.run(task)
-        events = list(trainer.fleet.events)
+        events = list(trainer.fleet.events) + list(trainer.weights.events)
     finally:
         trainer.shutdown()
     records = _train_records(result.run_dir)
@@ -143,6 +161,8 @@ def test_a_rollout_ahead_that_loses_its_generator_is_generated_after_the_push(ra
     assert [r["staleness"] for r in records] == [0, 0, 1]
     assert [_versions(result.run_dir, it) for it in (1, 2, 3)] == [{0}, {1}, {1}]
     assert records[1]["seconds_rollout"] > 0  # generated before the update, after the push
+    assert any("version 2, attempt 3" in e for e in events), events
+    assert attempted == [1, 2, 2, 3]  # the failed push of version 2, then version 2 again, never the update
 
 
 @pytest.mark.parametrize("learner_version, off_policy_steps, ok", [(3, 1, True), (2, 1, True), (4, 1, False), (3, 0, False), (1, 1, False)])
