@@ -23,7 +23,8 @@ sys.path.insert(0, str(ROOT))
 from common.jsonl import read_jsonl  # noqa: E402
 
 COMMON = ["algorithm.stage1_iterations=10", "algorithm.stage2_iterations=20", "task.val_size=100", "eval.every_iterations=5",
-          "eval.periodic_problems=50", "run.seed=0"]
+          "eval.periodic_problems=50", "run.seed=0",
+          "checkpoint.every_iterations=5"]
 ARMS = {"synchronous": ["rollout.off_policy_steps=0"],
         "overlap": ["rollout.off_policy_steps=1", "rollout.threads_per_generator=1", "learner.threads_per_rank=1"]}
 TRAIN_KEYS = ("reward_attempt1", "reward_attempt2", "staleness", "mismatch_mean_abs_attempt1", "mismatch_mean_abs_attempt2",

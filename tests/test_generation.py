@@ -10,6 +10,7 @@ the real model's distributions and kernels, so that test has a one-generator fle
 from __future__ import annotations
 
 import json
+import os
 
 import pyarrow as pa
 import pytest
@@ -466,11 +467,26 @@ def test_the_seed_reaches_vllm_per_engine_on_cpu_and_per_request_on_gpu():
     assert len(samples) == 12
 
 
+def _shm_in_use() -> set[str]:
+    """Names under /dev/shm that some live process has mapped or open (read from /proc; unreadable ones count as in use)."""
+    used: set[str] = set()
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            with open(f"/proc/{pid}/maps") as maps:
+                used |= {line.rsplit("/dev/shm/", 1)[1].split()[0] for line in maps if "/dev/shm/" in line}
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("/dev/shm/"):
+                    used.add(target.removeprefix("/dev/shm/").split()[0])
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return used
+
+
 def test_a_generator_whose_engine_died_is_reported_and_replaced(ray_local, tiny_model_path, task):
     """vLLM's engine core as a process of its own (as on a GPU; forced here with VLLM_ENABLE_V1_MULTIPROCESSING=1) is
     killed while the actor lives: the next liveness check finds the engine dead, the actor exits, Ray restarts it,
     and the fleet reports the restart and gets a generator that generates again. The tiny random model (mechanics)."""
-    import os
     import signal
 
     import ray
@@ -500,6 +516,8 @@ def test_a_generator_whose_engine_died_is_reported_and_replaced(ray_local, tiny_
         assert fleet.first_attempts(_items(task, 2), 1, GREEDY).num_rows == 2
     finally:
         fleet.shutdown()
-        for name in set(os.listdir("/dev/shm")) - shm_before:  # what the killed engine core left behind
-            if name.startswith(("psm_", "sem.mp-")):
-                Path("/dev/shm", name).unlink(missing_ok=True)
+        # what the killed engine core left behind: new segments that no live process maps or holds open (another
+        # run on the machine may have made some meanwhile, and those stay)
+        new = {n for n in set(os.listdir("/dev/shm")) - shm_before if n.startswith(("psm_", "sem.mp-"))}
+        for name in new - _shm_in_use():
+            Path("/dev/shm", name).unlink(missing_ok=True)

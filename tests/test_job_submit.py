@@ -89,7 +89,10 @@ def _agent_log(head) -> str:
 ACTORS = {"generator-0", "learner-rank-0", "reward-0", "driver"}
 # each expected metric, as a sample line of the Prometheus text format (Ray prefixes custom metrics with ray_)
 METRICS = {"score_iteration": r"^(ray_)?score_iteration\{[^}]*\} [12](\.0)?$", "score_weight_version": r"^(ray_)?score_weight_version\{[^}]*\} \S+$",
-           "score_phase_seconds": r"^(ray_)?score_phase_seconds\{[^}]*\} \S+$"}
+           "score_phase_seconds": r"^(ray_)?score_phase_seconds\{[^}]*\} \S+$",
+           # the overlap's gauges (rollout.off_policy_steps), set by the synchronous loop too: 0 behind, its waits
+           "score_staleness": r"^(ray_)?score_staleness\{[^}]*\} 0(\.0)?$",
+           "score_generator_wait_seconds": r"^(ray_)?score_generator_wait_seconds\{[^}]*\} \S+$"}
 
 
 def _wait_terminal(client, job_id, deadline):
