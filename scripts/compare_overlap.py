@@ -4,7 +4,8 @@ configs/local_cpu.yaml with the same seed, ``rollout.off_policy_steps`` 0 and 1,
 
     .venv/bin/python scripts/compare_overlap.py [--out runs/overlap-comparison] [--report-only]
 
-A run that already finished is not redone; one that stopped is resumed (``train --resume``). The synchronous run
+A run that already finished is not redone (also when only its files under docs/results/overlap/<arm>/ are
+here, as in a fresh checkout); one that stopped is resumed (``train --resume``). The synchronous run
 keeps the default threads (each phase uses both cores in turn); the overlapped one gives the generator and the
 learner rank a core each. The report goes to docs/results/overlap/ (overlap.md, overlap.json, overlap.png).
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -32,8 +34,19 @@ TRAIN_KEYS = ("reward_attempt1", "reward_attempt2", "staleness", "mismatch_mean_
               "generator_wait_seconds", "overlap_saved_seconds")
 
 
+KEPT = ("metrics.jsonl", "eval.json", "eval.csv", "config.yaml", "machines.jsonl")  # what docs/results/overlap/<arm>/ keeps
+DEST = ROOT / "docs" / "results" / "overlap"
+
+
 def run_arm(out: Path, arm: str) -> None:
-    run_dir = out / arm
+    """Run one arm unless it finished before (here, or committed under docs/results/overlap/<arm>/), then keep its
+    small files (metrics, evaluations, config, machine) under docs/results/overlap/<arm>/ for the report."""
+    run_dir, kept = out / arm, DEST / arm
+    if not (run_dir / "eval.json").exists() and (kept / "eval.json").exists():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for name in KEPT:
+            if (kept / name).exists():
+                shutil.copy(kept / name, run_dir / name)
     if (run_dir / "eval.json").exists():
         print(f"{arm}: finished before, not redone", flush=True)
         return
@@ -42,6 +55,10 @@ def run_arm(out: Path, arm: str) -> None:
     cmd = [sys.executable, "-m", "cluster.main", "train", "--config", "configs/local_cpu.yaml", *resume, *(a for s in sets for a in ("--set", s))]
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, cwd=ROOT, check=True)
+    kept.mkdir(parents=True, exist_ok=True)
+    for name in KEPT:
+        if (run_dir / name).exists():
+            shutil.copy(run_dir / name, kept / name)
 
 
 def report(out: Path, dest: Path) -> None:
@@ -51,7 +68,11 @@ def report(out: Path, dest: Path) -> None:
     import matplotlib.pyplot as plt
 
     data = {}
-    for arm in ARMS:
+    arms = [arm for arm in ARMS if (out / arm / "eval.json").exists()]
+    if len(arms) < len(ARMS):
+        print(f"report: only {arms} finished; the report needs every arm ({list(ARMS)})")
+        return
+    for arm in arms:
         records = read_jsonl(out / arm / "metrics.jsonl")
         train = [r for r in records if r["kind"] == "train"]
         evals = [r for r in records if r["kind"] == "eval"]
@@ -101,7 +122,7 @@ def main() -> int:
     if not args.report_only:
         for arm in args.arms:
             run_arm(out, arm)
-    report(out, ROOT / "docs" / "results" / "overlap")
+    report(out, DEST)
     return 0
 
 
