@@ -411,12 +411,17 @@ class ScoreTrainer:
         beta2 = self.beta2.value if self.beta2 is not None else None
         alg = self.cfg.algorithm
         overlap = self.cfg.rollout.off_policy_steps > 0 and iteration + 1 < alg.stage1_iterations + alg.stage2_iterations
-        with ThreadPoolExecutor(1) as ex:
+        ex = ThreadPoolExecutor(1, thread_name_prefix="rollout-ahead")
+        try:
             t_learn0 = time.monotonic()
             generating = ex.submit(self._generate_ahead, iteration + 1) if overlap else None
             learn = self.learner.update(batch, stage, beta2 if stage == 1 else None)
             t_learn = time.monotonic()
             self.ahead, seconds_ahead = generating.result() if generating is not None else (None, 0.0)
+        finally:
+            # a failed update or a second Ctrl-C does not wait for the rollout ahead: the trainer's shutdown stops
+            # the generators, and the rollout ends with them
+            ex.shutdown(wait=False, cancel_futures=True)
         t_waited = time.monotonic()
         if self.beta2 is not None and stage == 1:
             self.beta2.update(learn["kl_attempt1"])
