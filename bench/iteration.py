@@ -224,18 +224,17 @@ def overlap_result(*, tiny: bool, model_name: str = "embedded", measured: int = 
     per second and each side's busy share with ``rollout.off_policy_steps: 1`` against 0, on the same iterations."""
     both = measure_overlap(problems, tiny=tiny, measured=measured, model_name=model_name)
     sync, over = both["synchronous"], both["overlap"]
-    at_overlap = problems
     result = BenchResult("iteration_overlap", settings={"problems_per_iteration": problems, "measured_iterations": measured,
                                                          "config": "configs/local_cpu.yaml", "tiny": tiny, "model": model_name,
                                                          "threads": "1 generator + 1 learner"})
     result.extra = {"problems": problems, "bound": overlap_bound(sync), **both}
     result.measurements = [
-        Measurement(f"episodes/s at P={at_overlap}, off_policy_steps 1 (1+1 cores)", over["episodes_per_second"], "ep/s",
+        Measurement(f"episodes/s at P={problems}, off_policy_steps 1 (1+1 cores)", over["episodes_per_second"], "ep/s",
                     "off_policy_steps 0, same iterations", sync["episodes_per_second"]),
         # busy = 1 - idle share (the idle shares are in the report; an idle share of 0 has no ratio)
-        Measurement(f"generator busy share at P={at_overlap}, off_policy_steps 1", 1 - over["generator_idle_share"], "",
+        Measurement(f"generator busy share at P={problems}, off_policy_steps 1", 1 - over["generator_idle_share"], "",
                     "off_policy_steps 0", 1 - sync["generator_idle_share"]),
-        Measurement(f"learner busy share at P={at_overlap}, off_policy_steps 1", 1 - over["learner_idle_share"], "",
+        Measurement(f"learner busy share at P={problems}, off_policy_steps 1", 1 - over["learner_idle_share"], "",
                     "off_policy_steps 0", 1 - sync["learner_idle_share"]),
     ]
     return result

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.test_training import EXPERIMENT, MOVING, _train_records, _trainer
+from tests.test_training import EXPERIMENT, MOVING, _train_records, _trainer, install_push_faults
 
 # float32: the truncated importance weight is on because of the lag alone (in bf16 it is on anyway)
 OVERLAP = ["rollout.off_policy_steps=1", "eval.before=false", "model.dtype=float32", *MOVING]
@@ -125,8 +125,8 @@ def test_generator_deaths_during_a_rollout_ahead_and_during_a_push_are_recovered
 
     def build_with_faults(task_, gpus=None):
         build(task_, gpus)
-        first_attempts, push, send = trainer.fleet.first_attempts, trainer.weights.push, trainer.learner.start_send
-        trainer.weights.timeout_s = 10  # a send to a killed receiver waits out this deadline
+        install_push_faults(trainer, attempted, kills)
+        first_attempts = trainer.fleet.first_attempts
 
         def killed_first(*args, **kwargs):
             if ahead["iteration"] == 1 and not trainer.fleet.events:
@@ -134,17 +134,7 @@ def test_generator_deaths_during_a_rollout_ahead_and_during_a_push_are_recovered
                 time.sleep(1.0)  # until Ray has stopped it
             return first_attempts(*args, **kwargs)
 
-        def recorded_push(version):
-            attempted.append(version)
-            return push(version)
-
-        def send_after_a_kill(wire_plan):
-            if kills["left"]:
-                kills["left"] -= 1
-                trainer.fleet.kill(0)
-            return send(wire_plan)
-
-        trainer.fleet.first_attempts, trainer.weights.push, trainer.learner.start_send = killed_first, recorded_push, send_after_a_kill
+        trainer.fleet.first_attempts = killed_first
 
     def step_with_push_faults(iteration):
         kills["left"] = trainer.weights.attempts if iteration == 1 else 0

@@ -388,6 +388,25 @@ def test_colocated_run_shares_bundles_and_syncs_through_shared_buffers(ray_local
         trainer.shutdown()
 
 
+def install_push_faults(trainer, attempted: list[int], kills: dict[str, int]) -> None:
+    """On a built trainer: record every version WeightSync.push is asked for in ``attempted``, and kill generator-0 as
+    the learner starts sending while ``kills["left"]`` is above 0 (one kill per send; Ray restarts it)."""
+    trainer.weights.timeout_s = 10  # a send to a killed receiver waits out this deadline
+    push, send = trainer.weights.push, trainer.learner.start_send
+
+    def recorded_push(version):
+        attempted.append(version)
+        return push(version)
+
+    def send_after_a_kill(wire_plan):
+        if kills["left"]:
+            kills["left"] -= 1
+            trainer.fleet.kill(0)
+        return send(wire_plan)
+
+    trainer.weights.push, trainer.learner.start_send = recorded_push, send_after_a_kill
+
+
 def test_a_push_that_keeps_failing_is_retried_without_redoing_the_update(ray_local, tiny_model_path, tmp_path):
     """Iteration 2's weight push loses its only generator on every attempt WeightSync makes (killed as the learner
     starts sending; Ray restarts it). The run retries the push of version 2 alone: exactly one update per
@@ -400,20 +419,7 @@ def test_a_push_that_keeps_failing_is_retried_without_redoing_the_update(ray_loc
 
     def build_with_faults(task_, gpus=None):
         build(task_, gpus)
-        trainer.weights.timeout_s = 10  # a send to a killed receiver waits out this deadline
-        push, send = trainer.weights.push, trainer.learner.start_send
-
-        def recorded_push(version):
-            attempted.append(version)
-            return push(version)
-
-        def send_after_a_kill(wire_plan):
-            if kills["left"]:
-                kills["left"] -= 1
-                trainer.fleet.kill(0)
-            return send(wire_plan)
-
-        trainer.weights.push, trainer.learner.start_send = recorded_push, send_after_a_kill
+        install_push_faults(trainer, attempted, kills)
 
     def step_with_faults(iteration):
         kills["left"] = trainer.weights.attempts if iteration == 1 and iteration not in stepped else 0
