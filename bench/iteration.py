@@ -102,7 +102,7 @@ def _measure(problems: int, *, tiny: bool, measured: int, dtype: str, model_name
                 m = trainer.step(i)
                 if warmup <= i < warmup + measured:
                     rows.append(m)
-                    timelines.append(dict(trainer.timeline))
+                    timelines.append(timeline(m))
         finally:
             trainer.shutdown()
     out = {p: float(np.mean([r[f"seconds_{p}"] for r in rows])) for p in PHASES}
@@ -118,6 +118,17 @@ def _measure(problems: int, *, tiny: bool, measured: int, dtype: str, model_name
     out["generator_idle_share"] = out["generator_wait_seconds"] / out["iteration"]
     out["timelines"] = timelines
     return out
+
+
+def timeline(record: dict[str, Any]) -> dict[str, tuple[float, float]]:
+    """One iteration's phases as (start, end) seconds from its start, from the times its record holds: the rollout
+    the learner waited for, then the update with the rollout ahead beside it, the wait for that rollout, the push."""
+    rollout, end = record["seconds_rollout"], record["seconds_iteration"]
+    sync_start = end - record["seconds_sync"]
+    learn_end = sync_start - (record["learner_wait_seconds"] - rollout)
+    learn_start = learn_end - record["seconds_learn"]
+    return {"rollout": (0.0, rollout), "learn": (learn_start, learn_end),
+            "rollout_ahead": (learn_start, learn_start + record["seconds_rollout_ahead"]), "sync": (sync_start, end)}
 
 
 def timeline_chart(timeline: dict[str, tuple[float, float]], seconds_per_char: float) -> list[str]:

@@ -194,7 +194,6 @@ class ScoreTrainer:
         self.beta2 = AdaptiveBeta2(alg.beta2, alg.beta2_target_kl, alg.beta2_kl_gain) if alg.beta2_target_kl is not None else None
         self.base_attempts: BaseFirstAttempts | None = None  # algorithm.stage2_base_first_attempts > 0
         self.ahead: RolloutAhead | None = None  # rollout.off_policy_steps=1: the next iteration's batch, generated during this update
-        self.timeline: dict[str, tuple[float, float]] = {}  # the last iteration's phases: (start, end) seconds from its start
 
     # -- set-up -----------------------------------------------------------------------------
     def build(self, task, gpus: bool | None = None) -> None:
@@ -432,8 +431,6 @@ class ScoreTrainer:
         t_sync = time.monotonic()
         gen_tokens = sum(sum(generated[f"a{t}_length"].to_pylist()) for t in range(1, self.cfg.algorithm.attempts + 1))
         seconds_learn = t_learn - t_learn0
-        self.timeline = {"rollout": (0.0, t_rollout - t0), "learn": (t_learn0 - t0, t_learn - t0),
-                         "rollout_ahead": (t_learn0 - t0, t_learn0 - t0 + seconds_ahead), "sync": (t_waited - t0, t_sync - t0)}
         return {
             "iteration": iteration + 1, "stage": stage, "version": self.version,
             # the policy's rewards: over everything generated this iteration, set-aside groups included
