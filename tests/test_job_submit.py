@@ -23,7 +23,7 @@ from common.network import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-TINY = ["algorithm.stage1_iterations=1", "algorithm.stage2_iterations=1", "rollout.problems_per_iteration=2",
+TINY = ["algorithm.stage1_iterations=1", "algorithm.stage2_iterations=3", "rollout.problems_per_iteration=2",
         "rollout.samples_per_problem=2", "rollout.attempt1.max_tokens=16", "rollout.attempt2.max_tokens=16",
         "rollout.cpu_kv_cache_gb=0.25", "rollout.max_model_len=512", "eval.num_problems=2", "eval.max_tokens=16",
         "task.train_size=20", "task.eval_size=4", "run.progress=false", "run.name=job"]
@@ -37,7 +37,9 @@ def head(tmp_path_factory):
     # every port of its own: the session's Ray (other tests) already holds the default agent port 52365,
     # and a head whose dashboard agent cannot bind refuses every job with "No available agent"
     ports = {name: free_port() for name in ("gcs", "dashboard", "metrics", "client", "agent_http", "agent_grpc", "runtime_env")}
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", PATH=f"{BIN}:{os.environ['PATH']}")
+    # metrics exported every second (Ray's default is 10 s, and a gauge leaves the export page two intervals after
+    # its actor ends): the tiny job lasts seconds, and a 10 s export could show none of its gauges before it ended
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_metrics_report_interval_ms="1000", PATH=f"{BIN}:{os.environ['PATH']}")
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={ports['gcs']}", "--num-cpus=4",
@@ -88,7 +90,7 @@ def _agent_log(head) -> str:
 
 ACTORS = {"generator-0", "learner-rank-0", "reward-0", "driver"}
 # each expected metric, as a sample line of the Prometheus text format (Ray prefixes custom metrics with ray_)
-METRICS = {"score_iteration": r"^(ray_)?score_iteration\{[^}]*\} [12](\.0)?$", "score_weight_version": r"^(ray_)?score_weight_version\{[^}]*\} \S+$",
+METRICS = {"score_iteration": r"^(ray_)?score_iteration\{[^}]*\} [1-4](\.0)?$", "score_weight_version": r"^(ray_)?score_weight_version\{[^}]*\} \S+$",
            "score_phase_seconds": r"^(ray_)?score_phase_seconds\{[^}]*\} \S+$",
            # the overlap's gauges (rollout.off_policy_steps), set by the synchronous loop too: 0 behind, its waits
            "score_staleness": r"^(ray_)?score_staleness\{[^}]*\} 0(\.0)?$",
@@ -148,7 +150,7 @@ def test_ray_job_submit_runs_training_and_exposes_actors_and_metrics(head, tmp_p
                     seen_metrics[name] = found_line.group(0)
         except Exception:  # noqa: BLE001 - the head may be busy; poll again
             pass
-        time.sleep(3)
+        time.sleep(1)
     if not status.is_terminal():
         status = _wait_terminal(client, job_id, deadline)
     logs = _job(head, "logs", job_id, check=False)
