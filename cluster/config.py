@@ -130,7 +130,9 @@ class TaskConfig(_Section):
     name: Literal["arithmetic", "gsm8k", "math", "humaneval", "mbpp"] = "arithmetic"
     train_path: str | None = None  # file (JSONL/Parquet) or hub dataset name; not for arithmetic/humaneval
     eval_path: str | None = None
-    difficulty: int = Field(2, ge=1, le=5)  # arithmetic only
+    # arithmetic only: a level 1-5, or a list of distinct levels to mix (each problem draws one, seeded)
+    difficulty: int | list[int] = 2
+    show_steps: bool = False  # arithmetic only: ask for each intermediate step as an equation before the answer
     # arithmetic only: largest operand, overriding the level's (e.g. difficulty 2 with max_operand 20 is
     # one step on numbers up to 20); unset keeps the level's numbers and its problems unchanged
     max_operand: int | None = Field(None, ge=2, le=10_000)
@@ -142,6 +144,14 @@ class TaskConfig(_Section):
     data_seed: int | None = Field(None, ge=0)  # arithmetic only: seed of the generated problems (default: run.seed)
     instruction: str | None = None  # overrides the task's self-correction instruction
     skip_malformed: bool = False  # count and report malformed rows instead of failing
+
+    @field_validator("difficulty")
+    @classmethod
+    def _levels(cls, value: int | list[int]) -> int | list[int]:
+        levels = [value] if isinstance(value, int) else value
+        if not levels or len(set(levels)) < len(levels) or not all(1 <= d <= 5 for d in levels):
+            raise ValueError("must be a level 1-5 or a list of distinct levels 1-5" + (f", got {value}" if isinstance(value, list) else ""))
+        return value
 
 
 class SamplingConfig(_Section):

@@ -5,7 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cluster.config import load_config
+from cluster.config import ConfigError, load_config
 from rewards.tasks import TaskDataError, build_task
 from rewards.tasks.arithmetic import DIFFICULTIES, ArithmeticTask
 from rewards.tasks.base import CODE_INSTRUCTION, MATH_INSTRUCTION
@@ -179,3 +179,35 @@ def test_missing_and_unsupported_files(tmp_path):
         GSM8KTask(str(csv), None).problems("train")
     with pytest.raises(TaskDataError, match="no eval data"):
         GSM8KTask(str(csv), None).problems("eval")
+
+
+def test_a_mix_of_levels_draws_each_problem_from_one_of_them():
+    mixed = ArithmeticTask([2, 3], train_size=400, eval_size=100)
+    problems = mixed.problems("train") + mixed.problems("eval")
+    steps = [len(_STEP.findall(p.question)) for p in problems]
+    for p in problems:
+        assert int(p.gold) == _solve(p.question) >= 0
+    # both levels' shapes, in a seeded mix near half and half (level 2: one step, level 3: two)
+    assert set(steps) == {1, 2} and 0.35 < steps.count(2) / len(steps) < 0.65
+    assert ArithmeticTask([2, 3], train_size=400, eval_size=100).problems("eval") == mixed.problems("eval")
+    assert not {p.question for p in mixed.problems("train")} & {p.question for p in mixed.problems("eval")}
+    # one level given as an int or a one-element list: the problems it always had
+    assert ArithmeticTask([2], train_size=300, eval_size=100).problems("eval") == ArithmeticTask(2, train_size=300, eval_size=100).problems("eval")
+    cfg = load_config(None, ["task.difficulty=[2,3]", "task.train_size=400", "task.eval_size=100"])
+    assert build_task(cfg.task).problems("eval") == mixed.problems("eval")
+    for bad in ("[2,2]", "[]", "[2,9]", "0"):
+        with pytest.raises(ConfigError, match="task.difficulty"):
+            load_config(None, [f"task.difficulty={bad}"])
+    with pytest.raises(ValueError, match="difficulty"):
+        ArithmeticTask([2, 6])
+
+
+def test_show_steps_asks_for_written_steps_on_the_same_problems():
+    plain = ArithmeticTask(3, train_size=100, eval_size=20)
+    steps = ArithmeticTask(3, train_size=100, eval_size=20, show_steps=True)
+    for a, b in zip(plain.problems("eval"), steps.problems("eval"), strict=True):
+        assert a.gold == b.gold and b.question == a.question.replace(plain.answer_format, steps.steps_format)
+    # the second turn asks for the same format as the first
+    assert steps.instruction.endswith(steps.steps_format) and plain.instruction.endswith(plain.answer_format)
+    cfg = load_config(None, ["task.difficulty=3", "task.show_steps=true", "task.train_size=100", "task.eval_size=20"])
+    assert build_task(cfg.task).problems("eval") == steps.problems("eval")

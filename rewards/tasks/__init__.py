@@ -24,7 +24,8 @@ def build_task(cfg: "TaskConfig", seed: int = 0) -> Task:
     common = {"instruction": cfg.instruction, "skip_malformed": cfg.skip_malformed, "val_size": cfg.val_size}
     if cfg.name == "arithmetic":
         data_seed = seed if cfg.data_seed is None else cfg.data_seed
-        return ArithmeticTask(cfg.difficulty, cfg.train_size, cfg.eval_size, seed=data_seed, max_operand=cfg.max_operand, **common)
+        return ArithmeticTask(cfg.difficulty, cfg.train_size, cfg.eval_size, seed=data_seed, max_operand=cfg.max_operand,
+                              show_steps=cfg.show_steps, **common)
     if cfg.name == "humaneval":
         return HumanEvalTask(**common)
     return TASKS[cfg.name](cfg.train_path, cfg.eval_path, **common)

@@ -67,19 +67,24 @@ class ArithmeticTask(Task):
     grader = "math"
     default_instruction = MATH_INSTRUCTION
     answer_format = "Answer with a number."
+    steps_format = "Write each step as an equation, then answer with a number."
 
-    def __init__(self, difficulty: int = 2, train_size: int = 2000, eval_size: int = 200, seed: int = 0,
-                 max_operand: int | None = None, **kwargs: Any):
-        super().__init__(**kwargs)
-        if difficulty not in DIFFICULTIES:
-            raise ValueError(f"arithmetic difficulty must be one of {sorted(DIFFICULTIES)}, got {difficulty}")
+    def __init__(self, difficulty: int | list[int] = 2, train_size: int = 2000, eval_size: int = 200, seed: int = 0,
+                 max_operand: int | None = None, show_steps: bool = False, **kwargs: Any):
+        levels = [difficulty] if isinstance(difficulty, int) else list(difficulty)
+        if not levels or any(d not in DIFFICULTIES for d in levels) or len(set(levels)) < len(levels):
+            raise ValueError(f"arithmetic difficulty must be one of {sorted(DIFFICULTIES)} or a list of distinct ones, got {difficulty}")
         if max_operand is not None and max_operand < 2:
             raise ValueError(f"arithmetic max_operand must be at least 2, got {max_operand}")
-        self.level = DIFFICULTIES[difficulty] if max_operand is None else replace(DIFFICULTIES[difficulty], max_operand=max_operand)
+        if show_steps:
+            self.answer_format = self.steps_format  # before the base class appends it to the instruction
+        super().__init__(**kwargs)
+        self.levels = [DIFFICULTIES[d] if max_operand is None else replace(DIFFICULTIES[d], max_operand=max_operand) for d in levels]
+        self.level = self.levels[0]
         self.difficulty = difficulty
         self.max_operand = max_operand
-        # the level's own problems keep their seed; an operand override draws a different set
-        self.label = f"{difficulty}" if max_operand is None else f"{difficulty}-max{max_operand}"
+        # the level's own problems keep their seed; a mix or an operand override draws a different set
+        self.label = "+".join(map(str, levels)) + ("" if max_operand is None else f"-max{max_operand}")
         self.sizes = {"train": train_size, "eval": eval_size}
         self.seed = seed
 
@@ -94,7 +99,8 @@ class ArithmeticTask(Task):
                 raise ValueError(
                     f"arithmetic difficulty {self.label} cannot produce {self.sizes[split]} distinct problems"
                 )
-            story, answer = make_problem(rng, self.level)
+            level = self.levels[rng.randrange(len(self.levels))] if len(self.levels) > 1 else self.level
+            story, answer = make_problem(rng, level)
             question = f"{story} {self.answer_format}"
             if question in seen:
                 continue
