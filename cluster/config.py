@@ -293,6 +293,9 @@ class EvalConfig(_Section):
     # (else from the held-out split); two attempts each
     periodic_problems: int = Field(100, ge=1)
     before: bool = True  # evaluate the base model before training (false: only after)
+    # the problems of the before/final evaluations: the held-out ones, or the validation split (pilot runs that
+    # choose settings without touching the held-out problems; needs task.val_size)
+    split: Literal["eval", "val"] = "eval"
     num_problems: int = Field(100, ge=1)
     temperature: float = Field(0.0, ge=0.0)
     max_tokens: int = Field(256, ge=1)
@@ -376,6 +379,8 @@ class ScoreConfig(_Section):
             if round(p * self.rollout.problems_per_iteration) == 0:
                 raise ValueError(f"algorithm.stage2_base_first_attempts={p} of rollout.problems_per_iteration="
                                  f"{self.rollout.problems_per_iteration} rounds to no problem; raise one of them")
+        if self.eval.split == "val" and self.task.val_size == 0:
+            raise ValueError("eval.split=val evaluates on the validation split, but task.val_size is 0: set task.val_size")
         if self.rollout.samples_per_problem < 2:
             raise ValueError("rollout.samples_per_problem must be at least 2 (the leave-one-out baseline needs siblings)")
         if self.rollout.problems_per_iteration % self.learner.num_ranks:

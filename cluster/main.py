@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["eval", "val"], default="eval",
                    help="held-out problems (default) or the validation split (task.val_size of the training problems)")
     p.add_argument("--first-attempts", metavar="FILE",
-                   help="fixed first attempts saved by an earlier evaluation (e.g. a run's samples/eval_000000.parquet, the base "
+                   help="fixed first attempts saved by an earlier evaluation (e.g. a run's samples/eval_iter000000.parquet, the base "
                         "model's): the model under test writes only the later attempts, and fix_rate / break_rate compare "
                         "models on the same mistakes (replaces --split; eval.num_problems caps how many)")
 

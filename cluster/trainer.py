@@ -474,11 +474,11 @@ class ScoreTrainer:
 
     # -- evaluation and state -------------------------------------------------------------------
     def run_eval(self, label: str, periodic: bool = False) -> dict[str, Any]:
-        """Evaluate the generators' current weights. Before and after training: ``eval.num_problems`` held-out
-        problems, ``eval.attempts`` attempts. Periodic (during training): ``eval.periodic_problems`` problems of
-        the validation split (held-out ones when there is none), two attempts."""
+        """Evaluate the generators' current weights. Before and after training: ``eval.num_problems`` problems of
+        ``eval.split`` (the held-out ones by default), ``eval.attempts`` attempts. Periodic (during training):
+        ``eval.periodic_problems`` problems of the validation split (held-out ones when there is none), two attempts."""
         e = self.cfg.eval
-        split = "val" if periodic and self.task.problems("val") else "eval"
+        split = "val" if (periodic or e.split == "val") and self.task.problems("val") else "eval"
         problems = self.task.problems(split)[: e.periodic_problems if periodic else e.num_problems]
         attempts = 2 if periodic else e.attempts
         t0 = time.monotonic()
@@ -488,8 +488,10 @@ class ScoreTrainer:
         record = {"label": label, "split": split, "iteration": self.iteration, "version": self.version, **metrics, "seconds": time.monotonic() - t0}
         if self.selected is not None and not periodic:
             record["selected_iteration"] = self.selected
+        if split == "val" and not periodic:  # eval.split=val: apart from the periodic evaluation of the same iteration
+            record["samples_split"] = f"val_{label}"
         self.log.write("eval", self.iteration, record)
-        self._write_samples(batch, split, self.iteration)
+        self._write_samples(batch, record.get("samples_split", split), self.iteration)
         return record
 
     # -- checkpoint selection ------------------------------------------------------------------
@@ -636,7 +638,7 @@ class ScoreTrainer:
         self._write_evals(evals)
         plot = plot_run(self.log.records(), self.run_dir / "plot.png")
         rows = [(e["label"], e) for e in evals if e["label"] in ("base", "final")]
-        samples = [self._samples_path(e["split"], e["iteration"]) for e in evals if e["label"] in ("base", "final")]
+        samples = [self._samples_path(e.get("samples_split", e["split"]), e["iteration"]) for e in evals if e["label"] in ("base", "final")]
         self.log.finish(format_table(rows), [f"run directory: {self.run_dir}", f"plot: {plot}", f"Hugging Face model: {exported}"],
                         plot, [p for p in samples if p.exists()])
         return RunResult(self.run_dir, self.iteration, self.version, evals)

@@ -172,6 +172,9 @@ def test_cross_field_errors_are_one_line():
         load_config(None, ["algorithm.stage2_base_first_attempts=0.5", "algorithm.stage2_iterations=0"])
     with pytest.raises(ConfigError, match=r"stage2_base_first_attempts=0.05 of rollout.problems_per_iteration=8 rounds to no problem"):
         load_config(None, ["algorithm.stage2_base_first_attempts=0.05", "rollout.problems_per_iteration=8"])
+    with pytest.raises(ConfigError, match="eval.split=val evaluates on the validation split, but task.val_size is 0"):
+        load_config(None, ["eval.split=val"])
+    assert load_config(None, ["eval.split=val", "task.val_size=20"]).eval.split == "val"
 
 
 def test_a_greedy_training_temperature_is_refused():

@@ -37,9 +37,10 @@ def _tokens(run_dir, iteration):
 @pytest.fixture(scope="module")
 def overlapped(ray_local, tiny_model_path, tmp_path_factory):
     """Four iterations with the overlap and what the experiment uses (dynamic sampling, periodic evaluations,
-    checkpoint selection, base-model first attempts in Stage II, adaptive beta2), uninterrupted."""
+    checkpoint selection, base-model first attempts in Stage II, adaptive beta2), uninterrupted; the final
+    evaluation on the validation split, as a pilot run's (issue #34)."""
     tmp = tmp_path_factory.mktemp("overlap")
-    trainer, task = _trainer(tmp, "overlap", tiny_model_path, [*EXPERIMENT, *OVERLAP])
+    trainer, task = _trainer(tmp, "overlap", tiny_model_path, [*EXPERIMENT, *OVERLAP, "eval.split=val"])
     try:
         result = trainer.run(task)
     finally:
@@ -68,6 +69,12 @@ def test_each_batch_is_sampled_during_the_update_before_it_one_version_behind(ov
     # the periodic evaluations (every 2 iterations) and the final one ran on the pushed weights
     evals = [r for r in result.evals]
     assert [(e["label"], e["version"]) for e in evals] == [("iteration 2", 2), ("iteration 4", 4), ("final", evals[-1]["version"])]
+    # eval.split=val: the final evaluation read validation problems only, and kept its samples apart from the
+    # periodic evaluation of the same iteration; no held-out problem was evaluated
+    assert [e["split"] for e in evals] == ["val"] * 3 and evals[-1]["num_problems"] == 4
+    samples = result.run_dir / "samples"
+    assert (samples / "val_iter000004.parquet").exists() and (samples / "val_final_iter000004.parquet").exists()
+    assert not list(samples.glob("eval_*"))
     assert not (result.run_dir / "checkpoints" / "iter_000004" / "rollout_ahead").exists()  # nothing in flight at the end
 
 
@@ -75,7 +82,7 @@ def test_a_stopped_overlapped_run_resumes_to_the_uninterrupted_one(overlapped, r
     """Stopped after iteration 2 (what SIGINT / SIGTERM do), the checkpoint holds iteration 3's batch, generated with
     version 1 during iteration 2's update; the resumed run trains that batch, not one regenerated with version 2."""
     expected = _train_records(overlapped.run_dir)
-    first, task = _trainer(tmp_path, "resumed", tiny_model_path, [*EXPERIMENT, *OVERLAP])
+    first, task = _trainer(tmp_path, "resumed", tiny_model_path, [*EXPERIMENT, *OVERLAP, "eval.split=val"])
     original_step = first.step
 
     def step_then_stop(iteration):
@@ -90,7 +97,7 @@ def test_a_stopped_overlapped_run_resumes_to_the_uninterrupted_one(overlapped, r
         first.shutdown()
     assert stopped.interrupted and stopped.iterations == 2
     assert (tmp_path / "resumed" / "checkpoints" / "iter_000002" / "rollout_ahead" / "batch.parquet").exists()
-    second, task = _trainer(tmp_path, "resumed", tiny_model_path, [*EXPERIMENT, *OVERLAP], resume=True)
+    second, task = _trainer(tmp_path, "resumed", tiny_model_path, [*EXPERIMENT, *OVERLAP, "eval.split=val"], resume=True)
     try:
         finished = second.run(task)
     finally:
