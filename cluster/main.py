@@ -58,8 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--model", help="model folder (e.g. a run's hf_model), 'embedded' or hub name (default: model.path)")
     p.add_argument("--out", help="where to write eval.json / eval.csv (default: <output_dir>/<name>-eval)")
-    p.add_argument("--split", choices=["eval", "val"], default="eval",
-                   help="held-out problems (default) or the validation split (task.val_size of the training problems)")
+    p.add_argument("--split", choices=["eval", "val"],
+                   help="held-out problems or the validation split (task.val_size of the training problems); default: eval.split, "
+                        "which is eval unless the config says otherwise")
     p.add_argument("--first-attempts", metavar="FILE",
                    help="fixed first attempts saved by an earlier evaluation (e.g. a run's samples/eval_iter000000.parquet, the base "
                         "model's): the model under test writes only the later attempts, and fix_rate / break_rate compare "
@@ -197,6 +198,7 @@ def _fixed_first_attempts(path: str, task, model_path: str):
 
 def cmd_eval(args: argparse.Namespace, cfg: ScoreConfig) -> int:
     task = build_task(cfg.task, seed=cfg.run.seed)
+    args.split = args.split or cfg.eval.split
     if not args.first_attempts and not task.problems(args.split):
         raise ConfigError("--split val needs a validation split: set task.val_size")
     model_path = _prepare(cfg, args.model)

@@ -3,7 +3,7 @@ distribution, on the validation split, at the training temperature, before any p
 
     .venv/bin/python scripts/calibrate_tasks.py [--temperature 0.5] [-n 200] [--only NAME ...]
 
-Each candidate is a set of ``task.*`` overrides of configs/experiment_cpu.yaml; each is evaluated with
+Each candidate (cluster/experiment/pilots.py, ``TASKS``) is a set of ``task.*`` overrides of configs/experiment_cpu.yaml; each is evaluated with
 ``cluster.main eval --split val`` (one sample per problem, two attempts, the base model prompted to
 self-correct), so the figures are the same kind as docs/results/temperature_calibration.json. A candidate
 qualifies when its Accuracy@t1 is at least ``--floor`` (15%: groups of 4 samples still carry signal).
@@ -21,16 +21,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from cluster.experiment.pilots import TASKS as CANDIDATES  # noqa: E402  (name -> task overrides, new tokens per attempt)
+
 OUT = ROOT / "docs" / "results" / "pilots" / "candidates.json"
 
-# name -> (task overrides, max new tokens per attempt): written-out steps need room for the equations
-CANDIDATES: dict[str, tuple[list[str], int]] = {
-    "level2": (["task.difficulty=2"], 64),  # the first design's distribution, for reference
-    "level2-max20": (["task.difficulty=2", "task.max_operand=20"], 64),
-    "levels2+3": (["task.difficulty=[2,3]"], 64),
-    "level3-steps": (["task.difficulty=3", "task.show_steps=true"], 128),
-    "levels2+3-steps": (["task.difficulty=[2,3]", "task.show_steps=true"], 128),
-}
 SHARED = ["eval.attempts=2", "task.data_seed=0", "task.train_size=2000", "task.val_size=200", "task.eval_size=500", "run.dashboard=false",
           "run.progress=false"]
 

@@ -86,6 +86,10 @@ class Plan:
         cfg = load_config(self.config, [*self.shared_sets(2), *self.transfer])
         return build_task(cfg.task, seed=cfg.run.seed).problems("eval")[: cfg.eval.num_problems]
 
+    def run_order(self) -> tuple[str, ...]:
+        """The trained arms in the order each seed runs them."""
+        return RUN_ORDER
+
     def commands(self) -> list[tuple[str, Path, list[str]]]:
         """(name, run directory, command) for every run, in the order they run."""
         py = [sys.executable, "-m", "cluster.main"]
@@ -94,7 +98,7 @@ class Plan:
             runs.append(("base", self.out / "base", [*py, "eval", "--config", self.config, "--model", "embedded", "--out", str(self.out / "base"),
                                                      *self.common("base"), "--set", "run.name=base"]))
         for seed in self.seeds:
-            for arm in (a for a in RUN_ORDER if a in self.arms):
+            for arm in (a for a in self.run_order() if a in self.arms):
                 name = f"{arm}-seed{seed}"
                 sets = [*self.arm_sets(arm), *keep_sets(self, arm), f"run.seed={seed}", f"run.name={name}"]
                 runs.append((name, self.out / name, [*py, "train", "--overwrite", "--config", self.config, *self.common(arm),

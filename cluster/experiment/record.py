@@ -60,7 +60,8 @@ def summarize_run(name: str, run_dir: Path, wall_seconds: float, eval_only: bool
     else:
         records = read_jsonl(run_dir / "metrics.jsonl")
         final = [r for r in records if r["kind"] == "eval" and r["label"] == "final"][-1]
-        samples = sorted((run_dir / "samples").glob("eval_iter*.parquet"))[-1]
+        # a pilot's final evaluation read the validation split (eval.split=val): its samples are named apart
+        samples = sorted((run_dir / "samples").glob(f"{final.get('samples_split', 'eval')}_iter*.parquet"))[-1]
         cfg_path = run_dir / "config.yaml"
     table = pq.read_table(samples).sort_by("problem_index")
     rewards = {c: _bits(table[c].to_pylist()) for c in table.column_names if c.startswith("r") and c[1:].isdigit()}
@@ -68,7 +69,7 @@ def summarize_run(name: str, run_dir: Path, wall_seconds: float, eval_only: bool
     saved = yaml.safe_load(cfg_path.read_text()) if cfg_path else None
     train = [r for r in records if r["kind"] == "train"]
     sampled = sampled_corrections(run_dir) if train else {}
-    curves = [r for r in records if r["kind"] == "eval" and r.get("split") == "val"]
+    curves = [r for r in records if r["kind"] == "eval" and r.get("split") == "val" and r["label"] not in ("base", "final")]
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     out: dict[str, Any] = {
         "name": name, "arm": arm, "seed": int(name.split("-seed")[1]) if "-seed" in name else None, "commit": commit,
@@ -93,7 +94,7 @@ def summarize_run(name: str, run_dir: Path, wall_seconds: float, eval_only: bool
                            "temperature": roll["attempt1"]["temperature"], "checkpoint_select": saved["checkpoint"].get("select"),
                            "difficulty": saved["task"]["difficulty"], "dtype": saved["model"]["dtype"],
                            "vllm_is": alg.get("vllm_is")}
-        problems = build_task(TaskConfig.model_validate(saved["task"]), seed=saved["run"]["seed"]).problems("eval")
+        problems = build_task(TaskConfig.model_validate(saved["task"]), seed=saved["run"]["seed"]).problems(final.get("split") or "eval")
     if problems is not None:
         idx = table["problem_index"].to_pylist()
         r1, r2 = table["r1"].to_pylist(), table["r2"].to_pylist()
