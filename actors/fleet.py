@@ -67,7 +67,10 @@ class FleetSettings:
 class GeneratorFleet:
     """Owns the generator actors, their placement group, and which of them hold the current weight version."""
 
-    def __init__(self, model_path: str, settings: FleetSettings):
+    def __init__(self, model_path: str, settings: FleetSettings, wait: bool = True):
+        """``wait=False``: return once the generators are placed and starting, so that other actors (the learner
+        ranks) load their model meanwhile; :meth:`wait_started` then waits for the engines. A call on a generator
+        that has not started queues behind its start-up, so nothing depends on that call being made."""
         self.settings = settings
         self.version = 0
         if settings.colocated and settings.tensor_parallel_size != 1:
@@ -100,9 +103,17 @@ class GeneratorFleet:
                      colocated=settings.colocated, expect_gpu=settings.gpus, cpu_threads=settings.cpu_threads, **settings.engine_kwargs)
             for i, name in enumerate(self.names)
         ]
-        self.wait({name: a.ready.remote() for name, a in zip(self.names, self.actors)}, settings.start_timeout_s, "generator start-up")
+        self.starting: dict[str, Any] | None = {name: a.ready.remote() for name, a in zip(self.names, self.actors)}
         self.current = set(range(len(self.actors)))  # generators holding self.version
         self.events: list[str] = []
+        if wait:
+            self.wait_started()
+
+    def wait_started(self) -> None:
+        """Wait for every engine built at construction (at most ``start_timeout_s``); at once if it was waited for."""
+        if self.starting is not None:
+            starting, self.starting = self.starting, None
+            self.wait(starting, self.settings.start_timeout_s, "generator start-up")
 
     # -- waiting ----------------------------------------------------------------------------
     @staticmethod

@@ -220,14 +220,17 @@ def cmd_eval(args: argparse.Namespace, cfg: ScoreConfig) -> int:
     cfg = for_dtype(cfg, dtype)
     n = cfg.eval.num_problems
     problems, first = problems[:n], (first.slice(0, n) if first is not None else None)
-    fleet = build_fleet(cfg, model_path, gpus, dtype)
-    pool = build_reward_pool(cfg)
+    fleet = build_fleet(cfg, model_path, gpus, dtype, wait=False)  # the engines start while the reward actors do
+    pool = None
     try:
+        pool = build_reward_pool(cfg)
+        fleet.wait_started()
         metrics, batch = evaluate(fleet, pool, task, problems, temperature=cfg.eval.temperature, max_tokens=cfg.eval.max_tokens,
                                   attempts=cfg.eval.attempts, first=first)
     finally:
         fleet.shutdown()
-        pool.shutdown()
+        if pool is not None:
+            pool.shutdown()
         if started_here:
             ray.shutdown()
     out = Path(args.out) if args.out else Path(cfg.run.output_dir) / f"{cfg.run.name}-eval"

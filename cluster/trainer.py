@@ -146,10 +146,11 @@ def generator_engine_kwargs(cfg: ScoreConfig, gpus: bool, dtype: str) -> dict[st
     return engine_kwargs
 
 
-def build_fleet(cfg: ScoreConfig, model_path: str, gpus: bool, dtype: str, placement_group=None):
-    """The generator fleet of ``cfg.rollout`` (training and ``eval`` alike); colocated when a placement group is given."""
+def build_fleet(cfg: ScoreConfig, model_path: str, gpus: bool, dtype: str, placement_group=None, wait: bool = True):
+    """The generator fleet of ``cfg.rollout`` (training and ``eval`` alike); colocated when a placement group is given;
+    ``wait=False``: still starting (``GeneratorFleet.wait_started``)."""
     r = cfg.rollout
-    return GeneratorFleet(model_path, FleetSettings(
+    return GeneratorFleet(model_path, wait=wait, settings=FleetSettings(
         num_generators=r.num_generators, tensor_parallel_size=r.tensor_parallel_size, gpus=gpus,
         cpus_per_generator=r.cpus_per_generator, cpu_threads=r.threads_per_generator, seed=cfg.run.seed, engine_kwargs=generator_engine_kwargs(cfg, gpus, dtype),
         colocated=placement_group is not None, placement_group=placement_group, gpu_share=COLOCATED_GPU_SHARE,
@@ -212,10 +213,13 @@ class ScoreTrainer:
 
             check_fits(memory_plan(cfg, ModelShape.of(self.model_path), dtype))
         log.info(f"starting {cfg.rewards.num_actors} reward actor(s), {cfg.rollout.num_generators} generator(s), {cfg.learner.num_ranks} learner rank(s) ({'GPU' if gpus else 'CPU'})")
-        self.pool = build_reward_pool(cfg)
         colocated = cfg.rollout.colocate_with_learner
         self.shared_pg = self._colocated_placement(gpus) if colocated else None
-        self.fleet = build_fleet(cfg, self.model_path, gpus, dtype, placement_group=self.shared_pg)
+        # the generators' engines start while the reward actors and the learner ranks (and a separate reference) start
+        # and load the model, each in its own processes; colocated generators start first, alone, because vLLM sizes
+        # its cache from the device's free memory
+        self.fleet = build_fleet(cfg, self.model_path, gpus, dtype, placement_group=self.shared_pg, wait=colocated)
+        self.pool = build_reward_pool(cfg)
         settings = LearnerSettings.from_config(cfg, self.model_path, dtype)
         self.reference = None
         if cfg.learner.reference_placement == "separate":
@@ -225,6 +229,7 @@ class ScoreTrainer:
                                             threads=cfg.learner.threads_per_rank, chunk_positions=cfg.learner.logprob_chunk_positions)
         self.learner = LearnerGroup(settings, cfg.learner.num_ranks, gpus=gpus, cpus_per_rank=cfg.learner.cpus_per_rank,
                                     pg=self.shared_pg, gpu_share=COLOCATED_GPU_SHARE if colocated else 1.0)
+        self.fleet.wait_started()
         self.weights = WeightSync(self.learner, self.fleet, cfg.rollout.sync_bucket_mb << 20, load=cfg.rollout.sync_load)
         self.log = RunLog(self.run_dir, cfg.run)
         self.store = CheckpointStore(self.run_dir, cfg.checkpoint.keep, cfg.checkpoint.keep_iterations)
@@ -604,7 +609,8 @@ class ScoreTrainer:
         # the trackers open (or continue) their runs before the first record, the base evaluation's
         self.log.start(json.loads(cfg.model_dump_json()), note_start(self.run_dir, self.iteration, self.dtype))
         if not self.resume and cfg.eval.before:
-            log.info(f"evaluating the base model prompted to self-correct on {min(cfg.eval.num_problems, len(task.problems('eval')))} held-out problems")
+            split = "val" if cfg.eval.split == "val" else "eval"
+            log.info(f"evaluating the base model prompted to self-correct on {min(cfg.eval.num_problems, len(task.problems(split)))} {SPLIT_NAMES[split]}")
             self._report(self.run_eval("base"))
         if cfg.algorithm.stage2_base_first_attempts > 0:
             self.base_attempts = self._base_first_attempts()
