@@ -291,14 +291,15 @@ def status(plan: Plan, now: float | None = None, fresh_s: float = 120.0) -> list
 
 def print_status(plan: Plan) -> int:
     rows = status(plan)
-    print(f"{'run':<20} {'state':<8} {'iteration':<24} transfer")
+    w = max([20, *(len(r["run"]) + 1 for r in rows)])
+    print(f"{'run':<{w}} {'state':<8} {'iteration':<24} transfer")
     for r in rows:
         it = "—" if not r["iterations"] else f"{r['iteration']}/{r['iterations']}"
         if r["resumes_from"] is not None:
             it += f" (checkpoint {r['resumes_from']})" if r["resumes_from"] else " (no checkpoint yet)"
         if r["branches_from"]:
             it += f" (from {r['branches_from'][0]}'s {r['branches_from'][1]})"
-        print(f"{r['run']:<20} {r['state']:<8} {it:<24} {'—' if r['transfer'] is None else 'done' if r['transfer'] else 'pending'}")
+        print(f"{r['run']:<{w}} {r['state']:<8} {it:<24} {'—' if r['transfer'] is None else 'done' if r['transfer'] else 'pending'}")
     seconds = [row["seconds_iteration"] for path in plan.results.glob("*.json") for row in json.loads(path.read_text()).get("train", [])
                if row.get("seconds_iteration")]
     left = sum(r["iterations"] - (r["iteration"] if r["state"] == "running" else r["resumes_from"] or (r["branches_from"] or (0, 0))[1])
