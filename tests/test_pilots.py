@@ -77,10 +77,13 @@ def test_the_rule_runs_the_grid_only_when_a_score_pilot_clears_it(tmp_path):
     rl1 = [1] * 50 + [0] * 50
     rl2 = [1] * 49 + [0] + [1] + [0] * 49
     _record(results, f"{PLAIN_RL}-seed0", rl1, rl2, fix=0.02)
+    alone = rule(results)  # (e) alone already says whether the task keeps mistakes to correct
+    assert not alone["decided"] and alone["task"]["mistakes_remain"] and "no SCoRe pilot" in alone["why"]
     # SCoRe: the same first attempts, one more fix than (e): Δ +1 point, below the rule's 2
     s2 = [1] * 49 + [0] + [1, 1] + [0] * 48
     _record(results, "score-seed0", rl1, s2, fix=0.04)
     decision = rule(results)
+    assert decision["task"] == {"plain_rl_accuracy_t1": 0.5, "ceiling": 0.8, "mistakes_remain": True}
     p = decision["pilots"]["score"]
     assert p["delta_minus_plain_rl"]["mean"] == pytest.approx(1.0) and p["fix_minus_plain_rl"] == pytest.approx(2.0)
     assert p["delta_minus_plain_rl"]["lo"] <= 1.0 <= p["delta_minus_plain_rl"]["hi"]
@@ -101,6 +104,9 @@ def test_the_rule_runs_the_grid_only_when_a_score_pilot_clears_it(tmp_path):
     decision = rule(results)
     assert decision["decided"] and not decision["run_grid"] and "no finished SCoRe pilot" in decision["why"]
     assert len(rl1) == n
+    _record(results, f"{PLAIN_RL}-seed0", [1] * 81 + [0] * 19, [1] * 81 + [0] * 19)  # plain RL learned the task itself
+    assert rule(results)["task"]["mistakes_remain"] is False
+    _record(results, f"{PLAIN_RL}-seed0", rl1, rl2, fix=0.02)
     _record(results, "score-seed0", rl1[:90], rl2[:90])
     with pytest.raises(ValueError, match="different problems"):
         rule(results)
@@ -119,5 +125,5 @@ def test_the_report_writes_the_rule_and_its_table(tmp_path):
     decision = json.loads((plan.results.parent / "rule.json").read_text())
     assert decision["run_grid"] and decision["best"] == "score"
     md = (plan.results.parent / "pilots.md").read_text()
-    assert "+25.0 [" in md and "Rule: run the grid" in md and (plan.results.parent / "curves.png").exists()
+    assert "+25.0 [" in md and "Rule: run the grid" in md and "Accuracy@t1 is 25.0% (at most 80%: mistakes remain" in md and (plan.results.parent / "curves.png").exists()
     assert pilot_sets("score", 76) == ["algorithm.stage1_iterations=38", "algorithm.stage2_iterations=38"]

@@ -48,6 +48,7 @@ PILOTS: dict[str, str] = {
     "score_long_stage1": "SCoRe, Stage I twice as long as Stage II",
 }
 DELTA_POINTS, FIX_POINTS = 2.0, 5.0  # the rule: SCoRe over its paired (e) by this much, in Δ(t1,t2) or in fix rate
+PLAIN_RL_CEILING = 0.80  # the task keeps mistakes to correct: (e)'s final validation Accuracy@t1 at most this
 
 
 def pilot_sets(name: str, iterations: int) -> list[str]:
@@ -112,6 +113,7 @@ def rule(results: Path, draws: int = 2000, seed: int = 0) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     pick = rng.integers(0, len(rl1), size=(draws, len(rl1)))
     rl_fix = _fix_rate(results, rl["name"])
+    task = {"plain_rl_accuracy_t1": float(rl1.mean()), "ceiling": PLAIN_RL_CEILING, "mistakes_remain": bool(rl1.mean() <= PLAIN_RL_CEILING)}
     pilots: dict[str, Any] = {}
     for arm, recs in by_arm.items():
         if arm in ("base", PLAIN_RL) or arm not in PILOTS:
@@ -132,12 +134,11 @@ def rule(results: Path, draws: int = 2000, seed: int = 0) -> dict[str, Any]:
         p = pilots[arm]
         p["passes"] = p["delta_minus_plain_rl"]["mean"] >= DELTA_POINTS or (p["fix_minus_plain_rl"] or -np.inf) >= FIX_POINTS
     if not pilots:
-        return {"decided": False, "why": "no SCoRe pilot has finished", "pilots": pilots}
+        return {"decided": False, "why": "no SCoRe pilot has finished", "pilots": pilots, "task": task}
     best = max(pilots, key=lambda a: (pilots[a]["passes"], pilots[a]["delta_minus_plain_rl"]["mean"]))
     left = [a for a in PILOTS if a not in by_arm]
     run_grid = pilots[best]["passes"]
-    return {"decided": run_grid or not left, "run_grid": run_grid, "best": best, "pilots": pilots, "pending": left,
-            "plain_rl_accuracy_t1": float(rl1.mean()),
+    return {"decided": run_grid or not left, "run_grid": run_grid, "best": best, "pilots": pilots, "pending": left, "task": task,
             "why": (f"{best} beats (e) by {pilots[best]['delta_minus_plain_rl']['mean']:+.1f} points in Δ(t1,t2)" if run_grid else
                     f"no finished SCoRe pilot beats (e) by {DELTA_POINTS:g} points in Δ(t1,t2) or {FIX_POINTS:g} in fix rate"
                     + (f" ({', '.join(left)} still to run)" if left else ""))}
@@ -153,6 +154,11 @@ def rule_lines(decision: dict[str, Any]) -> list[str]:
                      f"{d['mean']:+.1f} [{d['lo']:+.1f}, {d['hi']:+.1f}] | {pct(p['fix_rate'])} | {pct(p['plain_rl_fix_rate'])} | "
                      f"{'yes' if p['passes'] else 'no'} |")
     lines.append("")
+    if "task" in decision:
+        t = decision["task"]
+        lines.append(f"Task: (e)'s final validation Accuracy@t1 is {100 * t['plain_rl_accuracy_t1']:.1f}% "
+                     f"({'at most' if t['mistakes_remain'] else 'above'} {100 * t['ceiling']:.0f}%: "
+                     f"{'mistakes remain to correct' if t['mistakes_remain'] else 'plain RL learns the task itself; choose a harder one'}).")
     lines.append(f"Rule: {'run the grid' if decision.get('run_grid') else 'skip the grid' if decision['decided'] else 'not decided yet'}: "
                  f"{decision['why']}.")
     return lines
