@@ -198,12 +198,12 @@ def _fixed_first_attempts(path: str, task, model_path: str):
 
 def cmd_eval(args: argparse.Namespace, cfg: ScoreConfig) -> int:
     task = build_task(cfg.task, seed=cfg.run.seed)
-    args.split = args.split or cfg.eval.split
-    if not args.first_attempts and not task.problems(args.split):
+    split = args.split or cfg.eval.split
+    if not args.first_attempts and not task.problems(split):
         raise ConfigError("--split val needs a validation split: set task.val_size")
     model_path = _prepare(cfg, args.model)
     # checked before anything starts: fixed first attempts replace the split's problems
-    problems, first = _fixed_first_attempts(args.first_attempts, task, model_path) if args.first_attempts else (task.problems(args.split), None)
+    problems, first = _fixed_first_attempts(args.first_attempts, task, model_path) if args.first_attempts else (task.problems(split), None)
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
     import pyarrow.parquet as pq  # heavy: see cmd_sample
@@ -235,7 +235,7 @@ def cmd_eval(args: argparse.Namespace, cfg: ScoreConfig) -> int:
             ray.shutdown()
     out = Path(args.out) if args.out else Path(cfg.run.output_dir) / f"{cfg.run.name}-eval"
     out.mkdir(parents=True, exist_ok=True)
-    record = {"model": model_path, "task": task.name, "split": None if first is not None else args.split,
+    record = {"model": model_path, "task": task.name, "split": None if first is not None else split,
               "first_attempts": str(Path(args.first_attempts).resolve()) if first is not None else None, **metrics,
               **correction_rates(batch["r1"].to_pylist(), batch["r2"].to_pylist()), "machine": machine_record(dtype)}
     replace_text(out / "eval.json", json.dumps(record, indent=1))  # its presence marks the evaluation done (experiment runner)

@@ -609,8 +609,8 @@ class ScoreTrainer:
         # the trackers open (or continue) their runs before the first record, the base evaluation's
         self.log.start(json.loads(cfg.model_dump_json()), note_start(self.run_dir, self.iteration, self.dtype))
         if not self.resume and cfg.eval.before:
-            split = "val" if cfg.eval.split == "val" else "eval"
-            log.info(f"evaluating the base model prompted to self-correct on {min(cfg.eval.num_problems, len(task.problems(split)))} {SPLIT_NAMES[split]}")
+            log.info(f"evaluating the base model prompted to self-correct on "
+                     f"{min(cfg.eval.num_problems, len(task.problems(cfg.eval.split)))} {SPLIT_NAMES[cfg.eval.split]}")
             self._report(self.run_eval("base"))
         if cfg.algorithm.stage2_base_first_attempts > 0:
             self.base_attempts = self._base_first_attempts()

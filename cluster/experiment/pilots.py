@@ -52,16 +52,16 @@ PLAIN_RL_CEILING = 0.80  # the task keeps mistakes to correct: (e)'s final valid
 
 
 def pilot_sets(name: str, iterations: int) -> list[str]:
+    def stages(stage1: int) -> list[str]:
+        return [f"algorithm.stage1_iterations={stage1}", f"algorithm.stage2_iterations={iterations - stage1}"]
+
     half = iterations // 2
-    long1 = round(2 * iterations / 3)
     return {
-        PLAIN_RL: ["algorithm.stage1_iterations=0", f"algorithm.stage2_iterations={iterations}", "algorithm.alpha=0"],
-        "score": [f"algorithm.stage1_iterations={half}", f"algorithm.stage2_iterations={iterations - half}"],
-        "score_base_half": [f"algorithm.stage1_iterations={half}", f"algorithm.stage2_iterations={iterations - half}",
-                            "algorithm.stage2_base_first_attempts=0.5"],
-        "score_adaptive_beta2": [f"algorithm.stage1_iterations={half}", f"algorithm.stage2_iterations={iterations - half}",
-                                 f"algorithm.beta2_target_kl={ADAPTIVE_BETA2_TARGET_KL}"],
-        "score_long_stage1": [f"algorithm.stage1_iterations={long1}", f"algorithm.stage2_iterations={iterations - long1}"],
+        PLAIN_RL: [*stages(0), "algorithm.alpha=0"],
+        "score": stages(half),
+        "score_base_half": [*stages(half), "algorithm.stage2_base_first_attempts=0.5"],
+        "score_adaptive_beta2": [*stages(half), f"algorithm.beta2_target_kl={ADAPTIVE_BETA2_TARGET_KL}"],
+        "score_long_stage1": stages(round(2 * iterations / 3)),
     }[name]
 
 

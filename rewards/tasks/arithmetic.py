@@ -80,7 +80,6 @@ class ArithmeticTask(Task):
             self.answer_format = self.steps_format  # before the base class appends it to the instruction
         super().__init__(**kwargs)
         self.levels = [DIFFICULTIES[d] if max_operand is None else replace(DIFFICULTIES[d], max_operand=max_operand) for d in levels]
-        self.level = self.levels[0]
         self.difficulty = difficulty
         self.max_operand = max_operand
         # the level's own problems keep their seed; a mix or an operand override draws a different set
@@ -99,7 +98,8 @@ class ArithmeticTask(Task):
                 raise ValueError(
                     f"arithmetic difficulty {self.label} cannot produce {self.sizes[split]} distinct problems"
                 )
-            level = self.levels[rng.randrange(len(self.levels))] if len(self.levels) > 1 else self.level
+            # one level draws nothing from the stream for it, so its problems are the ones it always had
+            level = self.levels[rng.randrange(len(self.levels))] if len(self.levels) > 1 else self.levels[0]
             story, answer = make_problem(rng, level)
             question = f"{story} {self.answer_format}"
             if question in seen:
