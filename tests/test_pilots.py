@@ -20,7 +20,7 @@ def _sets(cmd: list[str]) -> dict[str, str]:
 def test_every_pilot_evaluates_validation_problems_only_and_only_its_own_settings_differ(tmp_path, caplog):
     plan = build_plan("levels2+3", tmp_path / "runs", tmp_path / "results", iterations=76)
     runs = plan.commands()
-    assert [n for n, _, _ in runs] == ["base", *(f"{p}-seed0" for p in PILOTS)]
+    assert [n for n, _, _ in runs] == ["base", *(f"{p}-seed0" for p in plan.run_order())] and set(plan.run_order()) == set(PILOTS)
     by_name = {n: _sets(c) for n, _, c in runs}
     for name, sets in by_name.items():
         assert sets["eval.split"] == "val" and sets["task.difficulty"] == "[2,3]" and sets["eval.attempts"] == "2"

@@ -81,7 +81,10 @@ class PilotPlan(Plan):
         return pilot_sets(arm, self.stage1 + self.stage2)
 
     def run_order(self) -> tuple[str, ...]:
-        return tuple(PILOTS)
+        """(e) first, then the anti-collapse options before the plain and long-Stage-I variants: a session fits two
+        or three pilots, and the base first attempts and adaptive β2 are the levers the first design's collapse
+        calls for (docs/RESULTS.md section 1)."""
+        return (PLAIN_RL, "score_base_half", "score_adaptive_beta2", "score", "score_long_stage1")
 
 
 def build_plan(task: str, out: Path | None = None, results: Path | None = None, iterations: int = 76, seed: int = 0,
