@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -451,10 +452,11 @@ def test_report_is_rebuilt_from_result_files_alone(tmp_path):
     assert "| score-seed1 | 50.0 | 66.7 | +16.7 | 25.0% | — | — | — | — |" in md
     # the same block lands between the markers of a results document, and the prose around them stays
     doc = tmp_path / "RESULTS.md"
-    doc.write_text(f"# Results\nprose before\n{report.BEGIN}\nstale table\n{report.END}\nprose after\n")
+    begin, end = report.markers(docs)
+    doc.write_text(f"# Results\nprose before\n{begin}\nstale table\n{end}\nprose after\n")
     assert report.report(results, docs, embed_in=doc) == 0
     text = doc.read_text()
-    assert "stale table" not in text and text.startswith("# Results\nprose before\n") and text.endswith(f"{report.END}\nprose after\n")
+    assert "stale table" not in text and text.startswith("# Results\nprose before\n") and text.endswith(f"{end}\nprose after\n")
     assert md.strip() in text
     # a run computed in another dtype is said where the numbers are read
     (results / "plain_rl-seed0.json").write_text(json.dumps(files[3] | {"machines": [{"iteration": 0, "dtype": "float32"}]}))
@@ -516,13 +518,25 @@ def test_an_evaluation_record_quotes_corrections_from_the_evaluated_problems(tmp
 
 def test_embedding_needs_both_markers_in_order_and_leaves_the_document_alone_otherwise(tmp_path):
     doc = tmp_path / "RESULTS.md"
+    begin, end = report.markers()
     assert not report.embed(doc, "x") and not doc.exists()
-    for text in ("no markers\n", f"{report.BEGIN}\nonly the start\n", f"{report.END}\nwrong order\n{report.BEGIN}\n"):
+    for text in ("no markers\n", f"{begin}\nonly the start\n", f"{end}\nwrong order\n{begin}\n"):
         doc.write_text(text)
         assert not report.embed(doc, "block") and doc.read_text() == text
-    doc.write_text(f"a\n{report.BEGIN}\nold\n{report.END}\nb\n")
+    doc.write_text(f"a\n{begin}\nold\n{end}\nb\n")
     assert report.embed(doc, "new\n") and report.embed(doc, "new\n")  # idempotent
-    assert doc.read_text() == f"a\n{report.BEGIN}\n\nnew\n\n{report.END}\nb\n"
+    assert doc.read_text() == f"a\n{begin}\n\nnew\n\n{end}\nb\n"
+
+
+def test_one_document_holds_two_designs_reports_and_each_rebuild_touches_only_its_own(tmp_path):
+    doc, first = tmp_path / "RESULTS.md", Path("docs/results/design1")
+    (b2, e2), (b1, e1) = report.markers(), report.markers(first)
+    assert b1 != b2 and "--docs docs/results/design1 " in b1  # the marker names the command that rebuilds it
+    doc.write_text(f"second\n{b2}\nold 2\n{e2}\nfirst\n{b1}\nold 1\n{e1}\n")
+    assert report.embed(doc, "new 1", first)
+    assert doc.read_text() == f"second\n{b2}\nold 2\n{e2}\nfirst\n{b1}\n\nnew 1\n\n{e1}\n"
+    assert report.embed(doc, "new 2")
+    assert doc.read_text() == f"second\n{b2}\n\nnew 2\n\n{e2}\nfirst\n{b1}\n\nnew 1\n\n{e1}\n"
 
 
 def test_report_without_results_is_one_line(tmp_path, capsys):

@@ -1,6 +1,7 @@
 """The report, rebuilt from the result files alone: intervals, paired differences, the goal check, tables, figures.
 
-Invariants: every number comes from ``docs/results/runs/*.json`` (and ``transfer/``); the bootstrap resamples
+Invariants: every number comes from the result files of one design (``docs/results/runs/*.json`` and ``transfer/``;
+the first design's under ``docs/results/design1/``); the bootstrap resamples
 seeds, then problems, jointly for every arm, so differences between arms are paired.
 """
 
@@ -309,20 +310,29 @@ def per_run_table(by_arm: dict[str, list[dict[str, Any]]], transfer: dict[str, l
     return "\n".join(lines)
 
 
-BEGIN, END = "<!-- BEGIN python -m cluster.experiment report -->", "<!-- END python -m cluster.experiment report -->"
+DEFAULT_DOCS = Path("docs/results")
 
 
-def embed(doc: Path, block: str) -> bool:
-    """Replace what stands between the ``BEGIN`` and ``END`` markers in ``doc`` with ``block``; False, and the file
-    untouched, where it has no such pair. The prose around the markers is the author's; the block is the report's."""
+def markers(doc_dir: Path = DEFAULT_DOCS) -> tuple[str, str]:
+    """The pair of lines that fence the report of ``doc_dir`` in a document: one document can hold the reports of
+    several designs (docs/RESULTS.md holds the second's and, in its own subsection, the first's), each rebuilt by
+    the command its markers name."""
+    return (f"<!-- BEGIN python -m cluster.experiment report --docs {doc_dir.as_posix()} -->",
+            f"<!-- END python -m cluster.experiment report --docs {doc_dir.as_posix()} -->")
+
+
+def embed(doc: Path, block: str, doc_dir: Path = DEFAULT_DOCS) -> bool:
+    """Replace what stands between ``doc_dir``'s markers in ``doc`` with ``block``; False, and the file untouched,
+    where it has no such pair. The prose around the markers is the author's; the block is the report's."""
     if not doc.is_file():
         return False
+    begin, end = markers(doc_dir)
     text = doc.read_text()
-    start, stop = text.find(BEGIN), text.find(END)
+    start, stop = text.find(begin), text.find(end)
     if start < 0 or stop < start:
         return False
     # blank lines around the block: an HTML comment line opens an HTML block in Markdown until a blank line
-    doc.write_text(text[: start + len(BEGIN)] + "\n\n" + block.strip("\n") + "\n\n" + text[stop:])
+    doc.write_text(text[: start + len(begin)] + "\n\n" + block.strip("\n") + "\n\n" + text[stop:])
     return True
 
 
@@ -476,8 +486,9 @@ def report(results: Path, doc_dir: Path, embed_in: Path | None = None) -> int:
     print("\n".join(lines))
     print(f"wrote {doc_dir / 'self_correction.json'}, {doc_dir / 'self_correction.md'}, {png}")
     if embed_in is not None:
-        print(f"updated the report block in {embed_in}" if embed(embed_in, "\n".join(lines))
-              else f"note: {embed_in} has no report markers ({BEGIN} ... {END}); left as it is")
+        begin, end = markers(doc_dir)
+        print(f"updated the report block in {embed_in}" if embed(embed_in, "\n".join(lines), doc_dir)
+              else f"note: {embed_in} has no report markers ({begin} ... {end}); left as it is")
     return 0
 
 
