@@ -58,14 +58,16 @@ def test_every_pilot_evaluates_validation_problems_only_and_only_its_own_setting
         build_plan("level9")
 
 
-def _record(results, name, r1, r2, fix=None):
+def _record(results, name, r1, r2, fix=None, train=()):
     arm = name.split("-seed")[0]
-    rec = {"name": name, "arm": arm, "seed": 0 if "-seed" in name else None,
+    a1, a2 = sum(r1) / len(r1), sum(r2) / len(r2)
+    rec = {"name": name, "arm": arm, "seed": 0 if "-seed" in name else None, "wall_seconds": 600.0, "train": list(train),
+           "final": {"accuracy_t1": a1, "accuracy_t2": a2, "delta_t1_t2": a2 - a1, "answer_changed": 0.25, "num_problems": len(r1)},
            "per_problem": {"r1": "".join(map(str, r1)), "r2": "".join(map(str, r2))}}
     (results / f"{name}.json").write_text(json.dumps(rec))
     if fix is not None:
         (results / "fixed_first").mkdir(exist_ok=True)
-        (results / "fixed_first" / f"{name}.json").write_text(json.dumps({"fix_rate": fix}))
+        (results / "fixed_first" / f"{name}.json").write_text(json.dumps({"fix_rate": fix, "break_rate": 0.5}))
 
 
 def test_the_rule_runs_the_grid_only_when_a_score_pilot_clears_it(tmp_path):
@@ -115,15 +117,24 @@ def test_the_rule_runs_the_grid_only_when_a_score_pilot_clears_it(tmp_path):
 def test_the_report_writes_the_rule_and_its_table(tmp_path):
     plan = build_plan("levels2+3", tmp_path / "runs", tmp_path / "pilots" / "runs")
     plan.results.mkdir(parents=True)
+    _record(plan.results, "base", [1, 1, 0, 0], [1, 0, 1, 0])
     _record(plan.results, f"{PLAIN_RL}-seed0", [1, 0, 0, 0], [1, 0, 0, 0], fix=0.0)
-    _record(plan.results, "score-seed0", [1, 0, 0, 0], [1, 1, 0, 0], fix=0.1)
+    # training rewards at the sampling temperature: the first row falls outside the last-10 window
+    rows = [{"iteration": 1, "reward_attempt1": 0.0, "reward_attempt2": 1.0}] + [
+        {"iteration": i, "reward_attempt1": 0.5, "reward_attempt2": 0.5 + 0.02 * (i % 2)} for i in range(2, 12)]
+    _record(plan.results, "score-seed0", [1, 0, 0, 0], [1, 1, 0, 0], fix=0.1, train=rows)
     for name in (f"{PLAIN_RL}-seed0", "score-seed0"):  # curves for the figure
         rec = json.loads((plan.results / f"{name}.json").read_text())
-        rec["curves"] = [{"iteration": 10, "accuracy_t1": 0.3, "delta_t1_t2": 0.0}, {"iteration": 20, "accuracy_t1": 0.4, "delta_t1_t2": 0.05}]
+        rec["curves"] = [{"iteration": 10, "accuracy_t1": 0.3, "delta_t1_t2": 0.0, "answer_changed": 0.1}, {"iteration": 20, "accuracy_t1": 0.4, "delta_t1_t2": 0.05, "answer_changed": 0.2}]
         (plan.results / f"{name}.json").write_text(json.dumps(rec))
     assert report(plan) == 0
     decision = json.loads((plan.results.parent / "rule.json").read_text())
     assert decision["run_grid"] and decision["best"] == "score"
     md = (plan.results.parent / "pilots.md").read_text()
     assert "+25.0 [" in md and "Rule: run the grid" in md and "Accuracy@t1 is 25.0% (at most 80%: mistakes remain" in md and (plan.results.parent / "curves.png").exists()
+    # every run on a row: greedy and sampled Δ (mean of the last 10 rows: +1.0), fix / break on the base model's first
+    # attempts (the base model's own from its two attempts: 1 of 2 wrong fixed, 1 of 2 right broken)
+    assert "| (a) base model, prompted | 50.0 | 50.0 | +0.0 | — | 25.0% | 50.0% / 50.0% | — | 10.0 min |" in md
+    assert "| (e) plain two-turn RL | 25.0 | 25.0 | +0.0 | — | 25.0% | 0.0% / 50.0% |" in md
+    assert "| SCoRe, fixed β2, no base first attempts | 25.0 | 50.0 | +25.0 | +1.0 | 25.0% | 10.0% / 50.0% |" in md
     assert pilot_sets("score", 76) == ["algorithm.stage1_iterations=38", "algorithm.stage2_iterations=38"]

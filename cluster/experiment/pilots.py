@@ -99,9 +99,47 @@ def build_plan(task: str, out: Path | None = None, results: Path | None = None, 
                      results or Path("docs/results/pilots") / task / "runs", attempts=2, arms=("base", *PILOTS), transfer=(), task=task)
 
 
-def _fix_rate(results: Path, name: str) -> float | None:
+def _fixed_first(results: Path, name: str) -> dict[str, Any] | None:
     path = results / "fixed_first" / f"{name}.json"
-    return json.loads(path.read_text())["fix_rate"] if path.exists() else None
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _fix_rate(results: Path, name: str) -> float | None:
+    fixed = _fixed_first(results, name)
+    return fixed["fix_rate"] if fixed else None
+
+
+SAMPLED_WINDOW = 10  # the training rows averaged for the sampled Δ: the run's last iterations
+
+
+def sampled_delta(rec: dict[str, Any], window: int = SAMPLED_WINDOW) -> float | None:
+    """Δ(t1,t2) at the training temperature: mean attempt-2 minus attempt-1 training reward over the last ``window``
+    iterations. The first design saw SCoRe's shaping act on sampled second attempts but not under greedy decoding
+    (docs/RESULTS.md 1.2.3), so the pilots report both. Where Stage II mixes in base-model first attempts, the
+    attempt-1 reward there includes the base model's, so read it beside the greedy Δ, not alone."""
+    rows = [r for r in rec.get("train", []) if r.get("reward_attempt1") is not None and r.get("reward_attempt2") is not None][-window:]
+    return float(np.mean([r["reward_attempt2"] - r["reward_attempt1"] for r in rows])) if rows else None
+
+
+def run_table(results: Path) -> list[str]:
+    """Every finished run of the pilots on one row: the final validation evaluation (greedy), Δ at the training
+    temperature, the collapse diagnostic, attempt 2 on the base model's first attempts, and the wall time."""
+    by_arm = load_results(results)
+    lines = ["| run | Accuracy@t1 | Accuracy@t2 | Δ(t1,t2) greedy | Δ sampled, last 10 iterations | answer changed "
+             "| base first attempts: fix / break | selected iteration | wall time |", "|" + " --- |" * 9]
+    pct = lambda v, signed=False: "—" if v is None else f"{100 * v:+.1f}" if signed else f"{100 * v:.1f}"  # noqa: E731
+    for arm in ("base", *PILOTS):
+        for rec in by_arm.get(arm, []):
+            f, fixed = rec["final"], _fixed_first(results, rec["name"])
+            title = "(a) base model, prompted" if arm == "base" else PILOTS[arm]
+            if arm == "base":  # its own first attempts: the same rates from its two attempts
+                t1, t2 = outcomes(rec, 1).astype(bool), outcomes(rec, 2).astype(bool)
+                fixed = {"fix_rate": float((~t1 & t2).sum() / max(1, (~t1).sum())), "break_rate": float((t1 & ~t2).sum() / max(1, t1.sum()))}
+            rates = "—" if fixed is None else f"{pct(fixed['fix_rate'])}% / {pct(fixed['break_rate'])}%"
+            lines.append(f"| {title} | {pct(f['accuracy_t1'])} | {pct(f['accuracy_t2'])} | {pct(f['delta_t1_t2'], True)} "
+                         f"| {pct(sampled_delta(rec), True)} | {pct(f.get('answer_changed'))}% | {rates} "
+                         f"| {rec.get('selected_iteration') or '—'} | {rec['wall_seconds'] / 60:.1f} min |")
+    return lines
 
 
 def rule(results: Path, draws: int = 2000, seed: int = 0) -> dict[str, Any]:
@@ -171,7 +209,9 @@ def report(plan: PilotPlan) -> int:
     """The rule's decision (``rule.json``), its table (``pilots.md``) and the validation curves (``curves.png``), beside
     the folder of result files."""
     decision = rule(plan.results)
-    lines = [f"# Pilots on {plan.task} (validation split)", "", *rule_lines(decision)]
+    lines = [f"# Pilots on {plan.task} (validation split)", "", *rule_lines(decision), "",
+             f"Every run, final evaluation on the {_num_problems(plan.results)} validation problems (greedy; %):", "",
+             *run_table(plan.results)]
     where = plan.results.parent
     where.mkdir(parents=True, exist_ok=True)
     (where / "rule.json").write_text(json.dumps(decision, indent=1) + "\n")
@@ -181,6 +221,11 @@ def report(plan: PilotPlan) -> int:
     (where / "pilots.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
+
+
+def _num_problems(results: Path) -> int | str:
+    recs = [r for rs in load_results(results).values() for r in rs]
+    return recs[0]["final"]["num_problems"] if recs else "—"
 
 
 def _plot_curves(results: Path, where: Path) -> Path | None:
@@ -193,13 +238,14 @@ def _plot_curves(results: Path, where: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4))
     for arm, rec in trained.items():
         it = [c["iteration"] for c in rec["curves"]]
-        axes[0].plot(it, [c["accuracy_t1"] for c in rec["curves"]], marker="o", label=PILOTS[arm])
-        axes[1].plot(it, [c["delta_t1_t2"] for c in rec["curves"]], marker="o", label=PILOTS[arm])
+        for ax, key in zip(axes, ("accuracy_t1", "delta_t1_t2", "answer_changed")):
+            ax.plot(it, [c[key] for c in rec["curves"]], marker="o", label=PILOTS[arm])
     axes[0].set(title="validation Accuracy@t1 (greedy)", xlabel="iteration")
     axes[1].set(title="validation Δ(t1,t2) (greedy)", xlabel="iteration")
+    axes[2].set(title="attempt 2 changes the answer (collapse diagnostic)", xlabel="iteration")
     axes[1].axhline(0, color="grey", lw=0.5)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
