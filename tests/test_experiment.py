@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from cluster.experiment import grid, record, report
-from cluster.experiment.arms import Plan
+from cluster.config import ConfigError, load_config
+from cluster.experiment.__main__ import main
+from cluster.experiment.arms import DESIGN_ARMS, Plan
 from cluster.experiment.report import bootstrap, markdown_table
 from common.jsonl import read_jsonl, write_jsonl
 from tests.conftest import REPO
@@ -388,7 +390,7 @@ def test_report_is_rebuilt_from_result_files_alone(tmp_path):
     for rec in files:
         (results / f"{rec['name']}.json").write_text(json.dumps(rec))
     docs = tmp_path / "docs"
-    assert report.report(results, docs) == 0
+    assert report.report(results, docs, design=1) == 0
     summary = json.loads((docs / "self_correction.json").read_text())
     assert summary["score"]["seeds"] == 2 and summary["score"]["accuracy_t1"]["mean"] == pytest.approx(0.5)
     assert summary["score"]["delta_i_to_c"]["mean"] == pytest.approx(1 / 6)
@@ -433,7 +435,7 @@ def test_report_is_rebuilt_from_result_files_alone(tmp_path):
         if rec["arm"] == "score":
             rec["corrections"] = [fixed | {"problem": "Lily has 14 shells and buys 15 more shells.", "gold": "29"}]
         (results / "transfer" / f"{rec['name']}.json").write_text(json.dumps(rec | {"overrides": ["task.max_operand=20"]}))
-    assert report.report(results, docs) == 0
+    assert report.report(results, docs, design=1) == 0
     summary = json.loads((docs / "self_correction.json").read_text())
     assert summary["score"]["seeds"] == 2  # the main table still reads the main result files only
     t = summary["transfer"]
@@ -454,13 +456,13 @@ def test_report_is_rebuilt_from_result_files_alone(tmp_path):
     doc = tmp_path / "RESULTS.md"
     begin, end = report.markers(docs)
     doc.write_text(f"# Results\nprose before\n{begin}\nstale table\n{end}\nprose after\n")
-    assert report.report(results, docs, embed_in=doc) == 0
+    assert report.report(results, docs, embed_in=doc, design=1) == 0
     text = doc.read_text()
     assert "stale table" not in text and text.startswith("# Results\nprose before\n") and text.endswith(f"{end}\nprose after\n")
     assert md.strip() in text
     # a run computed in another dtype is said where the numbers are read
     (results / "plain_rl-seed0.json").write_text(json.dumps(files[3] | {"machines": [{"iteration": 0, "dtype": "float32"}]}))
-    assert report.report(results, docs) == 0
+    assert report.report(results, docs, design=1) == 0
     assert "**The runs computed in different dtypes (bfloat16, float32)" in (docs / "self_correction.md").read_text()
 
 
@@ -603,3 +605,75 @@ def test_a_start_replaces_the_machine_lines_of_the_work_it_redoes(tmp_path, monk
     assert got[0]["dtype"] == "bfloat16" and got[0]["cpu_flags"] == ["avx2", "avx512_bf16"] and got[0]["auto_dtype"] == "bfloat16"
     note_start(tmp_path, 0, "float32")  # a fresh start (--overwrite of a run that crashed before its first metrics)
     assert [(m["iteration"], m["dtype"]) for m in machines(tmp_path)] == [(0, "float32")]
+
+
+def test_the_second_design_adds_f_with_scores_share_of_base_first_attempts_and_keeps_b_settings_in_c_and_d(tmp_path):
+    chosen = ("algorithm.stage2_base_first_attempts=0.5", "algorithm.beta2_target_kl=0.005")
+    plan = Plan(tmp_path / "runs", "configs/experiment_cpu.yaml", [0], 500, 40, 40, [], results=tmp_path / "results",
+                arms=DESIGN_ARMS[2], score_sets=chosen)
+    by_name = {n: c for n, _, c in plan.commands()}
+    assert list(by_name)[:4] == ["base", "score-seed0", "plain_rl-seed0", "plain_rl_base_first-seed0"]  # (f) right after (e)
+    cfg = {n: load_config(plan.config, [c[i + 1] for i, a in enumerate(c) if a == "--set"]).algorithm
+           for n, c in by_name.items() if n != "base"}
+    for arm in ("score", "stage2_only", "no_shaping"):  # (c) and (d) keep every setting chosen for (b) ...
+        assert cfg[f"{arm}-seed0"].stage2_base_first_attempts == 0.5, arm
+    assert cfg["score-seed0"].beta2_target_kl == cfg["no_shaping-seed0"].beta2_target_kl == 0.005
+    assert cfg["stage2_only-seed0"].beta2_target_kl is None  # ... but (c) has no Stage I for an adaptive β2 to act in
+    f, e = cfg["plain_rl_base_first-seed0"], cfg["plain_rl-seed0"]
+    assert f.stage2_base_first_attempts == 0.5 and f.beta2_target_kl is None  # (f): the share only
+    assert e.stage2_base_first_attempts == 0 and e.beta2_target_kl is None  # (e): none of them
+    for c in (f, e, cfg["stage2_only-seed0"]):
+        assert c.stage1_iterations == 0 and c.stage2_iterations == 80
+    assert f.alpha == e.alpha == cfg["no_shaping-seed0"].alpha == 0 and cfg["score-seed0"].alpha > 1
+    # (f) without a share would be (e) again: refused in one line
+    with pytest.raises(ConfigError, match="plain_rl_base_first needs SCoRe's share"):
+        Plan(tmp_path, "c.yaml", [0], 10, 1, 1, [], arms=DESIGN_ARMS[2])
+    assert main(["run", "--dry-run", "--out", str(tmp_path / "o"), "--results", str(tmp_path / "r"), "--arms", "plain_rl_base_first"]) == 2
+
+
+def test_the_second_designs_report_pools_fix_and_break_rates_and_checks_them_against_every_trained_arm(tmp_path):
+    results = tmp_path / "results"
+    (results / "fixed_first").mkdir(parents=True)
+    r1 = [1, 0, 1, 0, 1, 0]
+    files = [_result("base", None, r1, r1), _result("score", 0, r1, [1, 1, 1, 0, 1, 0]), _result("score", 1, r1, [1, 1, 1, 1, 1, 0]),
+             _result("plain_rl", 0, r1, r1), _result("plain_rl_base_first", 0, r1, [1, 1, 1, 0, 1, 0])]
+    for rec in files:
+        (results / f"{rec['name']}.json").write_text(json.dumps(rec))
+    # on the base model's 20 wrong and 10 right first attempts: SCoRe fixes 4 and 6 (pooled 10 of 40) and breaks 1 of 20
+    for name, fix, brk in (("score-seed0", 0.2, 0.0), ("score-seed1", 0.3, 0.1), ("plain_rl-seed0", 0.05, 0.0),
+                           ("plain_rl_base_first-seed0", 0.3, 0.2)):
+        (results / "fixed_first" / f"{name}.json").write_text(json.dumps(
+            {"run": name, "fix_rate": fix, "wrong_first_attempts": 20, "break_rate": brk, "right_first_attempts": 10}))
+    docs = tmp_path / "docs"
+    assert report.report(results, docs) == 0
+    summary = json.loads((docs / "self_correction.json").read_text())
+    assert summary["design"] == 2 and summary["training_episodes_per_run"] == 3200
+    fixed = summary["fixed_first_attempts"]
+    assert set(fixed) == {"score", "plain_rl", "plain_rl_base_first"}  # the base model corrects nobody's first attempts here
+    s = fixed["score"]
+    assert s["runs"] == 2 and s["wrong_first_attempts"] == 40 and s["fix_rate"] == pytest.approx(0.25)
+    assert s["break_rate"] == pytest.approx(0.05) and s["fix_rate_lo"] < 0.25 < s["fix_rate_hi"] and s["break_rate_lo"] < 0.05 < s["break_rate_hi"]
+    for arm in ("base", "plain_rl", "plain_rl_base_first"):  # every arm's paired difference in Δ, (f) included
+        d = summary["score_minus"][arm]
+        assert d["lo"] <= d["mean"] <= d["hi"]
+    goal = {c["clause"]: c["met"] for c in summary["goal"]}
+    fix_clause = "SCoRe's fix rate on the base model's first attempts above that of {}, its break rate no higher"
+    assert goal[fix_clause.format("(e) plain two-turn RL")] is False  # fixes more, but breaks more than (e)'s 0
+    assert goal[fix_clause.format("(f) plain RL, base first attempts")] is False  # (f) fixes more (0.30 > 0.25)
+    assert goal[fix_clause.format("(c) Stage II only")] is None and goal[fix_clause.format("(d) SCoRe, α = 0")] is None
+    assert "SCoRe's Δ minus that of (f) plain RL, base first attempts, interval above 0" in goal
+    md = (docs / "self_correction.md").read_text()
+    assert "| (b) SCoRe | 2 | 40 | 25.0% [" in md and "| (f) plain RL, base first attempts | 1 | 20 | 30.0% [" in md
+    # (f) beaten on both rates: met
+    (results / "fixed_first" / "plain_rl_base_first-seed0.json").write_text(json.dumps(
+        {"fix_rate": 0.1, "wrong_first_attempts": 20, "break_rate": 0.1, "right_first_attempts": 10}))
+    assert report.report(results, docs) == 0
+    goal = {c["clause"]: c["met"] for c in json.loads((docs / "self_correction.json").read_text())["goal"]}
+    assert goal[fix_clause.format("(f) plain RL, base first attempts")] is True
+    # the first design's report has neither (f) nor these clauses, and refuses runs of an arm it does not have
+    assert report.report(results, docs, design=1) == 2
+    (results / "plain_rl_base_first-seed0.json").unlink()
+    assert report.report(results, docs, design=1) == 0
+    first = json.loads((docs / "self_correction.json").read_text())
+    assert "design" not in first and "fixed_first_attempts" not in first
+    assert not any("fix rate" in c["clause"] or "(f)" in c["clause"] for c in first["goal"])

@@ -7,19 +7,25 @@ import sys
 from pathlib import Path
 
 from cluster.config import ConfigError
-from cluster.experiment.arms import ARMS, TRANSFER, Plan
+from cluster.experiment.arms import ARMS, BASE_SHARE, DESIGN_ARMS, TRANSFER, Plan, base_share
 from cluster.experiment.grid import print_status, run
 from cluster.experiment.report import report
 from common.logs import setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cluster.experiment", description="SCoRe's ablations: five arms x seeds, and their report.")
+    p = argparse.ArgumentParser(prog="python -m cluster.experiment", description="SCoRe's ablations: six arms x seeds, and their report.")
     p.add_argument("command", choices=["run", "status", "report"], help="run the grid, show where it stands, or rebuild the report")
     p.add_argument("--out", default="runs/experiment", help="where the runs go (default: %(default)s)")
     p.add_argument("--config", default="configs/experiment_cpu.yaml", help="shared settings of every run (default: %(default)s)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS, help="arms to run (default: all)")
+    p.add_argument("--arms", nargs="+", choices=ARMS,
+                   help="arms to run (default: all; plain_rl_base_first only when --score-set gives SCoRe base first attempts)")
+    p.add_argument("--score-set", dest="score_sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting the pilots chose for SCoRe: (b), (c) and (d) take it; (f) takes only "
+                        f"{BASE_SHARE}; (e) none")
+    p.add_argument("--design", type=int, choices=sorted(DESIGN_ARMS), default=max(DESIGN_ARMS),
+                   help="report: which design's arms and goal the result files hold (default: %(default)s; 1: docs/results/design1)")
     p.add_argument("--problems", type=int, default=500, help="held-out problems per final evaluation (default: %(default)s)")
     p.add_argument("--attempts", type=int, default=5, help="attempts in the final evaluation of (a) and (b); the others get 2 (default: %(default)s)")
     p.add_argument("--stage1", type=int, default=40, help="Stage I iterations of (b) and (d) (default: %(default)s)")
@@ -38,8 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="print the commands without running them")
     a = p.parse_args(argv)
     setup_logging()
-    plan = Plan(Path(a.out), a.config, a.seeds, a.problems, a.stage1, a.stage2, a.overrides, Path(a.results), a.attempts, tuple(a.arms),
-                tuple(a.transfer), a.keep_checkpoints, a.allow_mixed_dtype)
+    try:
+        arms = a.arms or [arm for arm in ARMS if arm != "plain_rl_base_first" or base_share(a.score_sets)]
+        plan = Plan(Path(a.out), a.config, a.seeds, a.problems, a.stage1, a.stage2, a.overrides, Path(a.results), a.attempts, tuple(arms),
+                    tuple(a.transfer), a.keep_checkpoints, a.allow_mixed_dtype, tuple(a.score_sets))
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if a.command == "run":
         try:
             return run(plan, a.dry_run, a.commit)
@@ -48,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if a.command == "status":
         return print_status(plan)
-    return report(plan.results, Path(a.docs), Path(a.embed) if a.embed else None)
+    return report(plan.results, Path(a.docs), Path(a.embed) if a.embed else None, design=a.design)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """The experiment's arms and its plan: which runs exist, in which order, with which overrides.
 
 Invariants: every run shares the fixed held-out problems (``task.data_seed=0``) and the user's ``--set``;
-the arms differ only by the overrides of :meth:`Plan.arm_sets`; (c) and (e) train as many iterations as
-(b) and (d) have in both stages together.
+the arms differ only by the overrides of :meth:`Plan.arm_sets`; (c), (e) and (f) train as many iterations as
+(b) and (d) have in both stages together; (c) and (d) keep every setting chosen for (b) (``Plan.score_sets``; (c) those
+that act in Stage II, since it has no Stage I), (f) only its share of base-model first attempts, (e) none.
 """
 
 from __future__ import annotations
@@ -11,20 +12,36 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cluster.config import load_config
+from cluster.config import ConfigError, load_config
 from cluster.experiment.branch import keep_sets
 from rewards.tasks import Problem, build_task
 
-ARMS = ("base", "score", "stage2_only", "no_shaping", "plain_rl")
+ARMS = ("base", "score", "stage2_only", "no_shaping", "plain_rl", "plain_rl_base_first")
 TRAINED = ARMS[1:]
-RUN_ORDER = ("score", "plain_rl", "stage2_only", "no_shaping")  # per seed: the arms the goal compares first
+# the first design (docs/RESULTS.md 1.2) had no (f); the second adds it (issue #34): plain two-turn RL with the same
+# share of base-model first attempts as (b), the control that tells SCoRe's stages and shaping from the mixed-in
+# first attempts alone
+DESIGN_ARMS = {1: ARMS[:5], 2: ARMS}
+BASE_SHARE = "algorithm.stage2_base_first_attempts"
+STAGE1_ONLY = ("algorithm.beta2_target_kl",)  # settings that act in Stage I alone: (c), which has none, leaves them out
+RUN_ORDER = ("score", "plain_rl", "plain_rl_base_first", "stage2_only", "no_shaping")  # per seed: the arms the goal compares first
 ARM_TITLES = {"base": "(a) base, prompted", "score": "(b) SCoRe", "stage2_only": "(c) Stage II only",
-              "no_shaping": "(d) SCoRe, α = 0", "plain_rl": "(e) plain two-turn RL"}
+              "no_shaping": "(d) SCoRe, α = 0", "plain_rl": "(e) plain two-turn RL",
+              "plain_rl_base_first": "(f) plain RL, base first attempts"}
 MANY_ATTEMPTS = ("base", "score")  # the arms evaluated with Plan.attempts attempts; the others with two
 # the transfer set: one step, as in training, on numbers up to 20 instead of 9. Chosen on the validation
 # split (docs/results/transfer_calibration.json): the trained models of seed 0 score 63% and 76% there,
 # against 100% and 86-88% on the training distribution, and difficulty 3 (two steps) floors them at 4-8%
 TRANSFER = ("task.max_operand=20",)
+
+
+def base_share(score_sets: tuple[str, ...] | list[str]) -> float:
+    """(b)'s ``algorithm.stage2_base_first_attempts`` among the settings chosen for it (0 where they have none)."""
+    shares = [s.split("=", 1)[1] for s in score_sets if s.split("=", 1)[0] == BASE_SHARE]
+    try:
+        return float(shares[-1]) if shares else 0.0
+    except ValueError:
+        raise ConfigError(f"{BASE_SHARE} must be a number in [0, 1], got {shares[-1]!r}") from None
 
 
 @dataclass
@@ -40,10 +57,21 @@ class Plan:
     overrides: list[str]
     results: Path = Path("docs/results/runs")
     attempts: int = 5
-    arms: tuple[str, ...] = field(default=ARMS)
+    arms: tuple[str, ...] = field(default=DESIGN_ARMS[1])  # (f) only where score_sets mix in base first attempts
     transfer: tuple[str, ...] = TRANSFER  # overrides that make the transfer set; empty: no transfer evaluation
     keep_checkpoints: bool = False
     allow_mixed_dtype: bool = False  # add runs computed in another dtype than the finished ones (grid.check_same_dtype)
+    # the settings the pilots chose for SCoRe (e.g. its share of base first attempts, an adaptive β2): (b), (c) and (d)
+    # take every one of them, (f) only the share of base first attempts, (e) none
+    score_sets: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if "plain_rl_base_first" in self.arms and not self.base_share():
+            raise ConfigError(f"arm plain_rl_base_first needs SCoRe's share of base first attempts above 0: pass "
+                              f"--score-set {BASE_SHARE}=0.5 (or leave the arm out)")
+
+    def base_share(self) -> float:
+        return base_share(self.score_sets)
 
     def shared_sets(self, attempts: int) -> list[str]:
         """The overrides every run shares: the fixed held-out problems, the evaluation, the user's ``--set``."""
@@ -58,11 +86,15 @@ class Plan:
 
     def arm_sets(self, arm: str) -> list[str]:
         s1, s2 = self.stage1, self.stage2
+        chosen = list(self.score_sets)
+        stage2_chosen = [s for s in chosen if s.split("=", 1)[0] not in STAGE1_ONLY]
+        plain = ["algorithm.stage1_iterations=0", f"algorithm.stage2_iterations={s1 + s2}", "algorithm.alpha=0"]
         return {
-            "score": [f"algorithm.stage1_iterations={s1}", f"algorithm.stage2_iterations={s2}"],
-            "stage2_only": ["algorithm.stage1_iterations=0", f"algorithm.stage2_iterations={s1 + s2}"],
-            "no_shaping": [f"algorithm.stage1_iterations={s1}", f"algorithm.stage2_iterations={s2}", "algorithm.alpha=0"],
-            "plain_rl": ["algorithm.stage1_iterations=0", f"algorithm.stage2_iterations={s1 + s2}", "algorithm.alpha=0"],
+            "score": [f"algorithm.stage1_iterations={s1}", f"algorithm.stage2_iterations={s2}", *chosen],
+            "stage2_only": ["algorithm.stage1_iterations=0", f"algorithm.stage2_iterations={s1 + s2}", *stage2_chosen],
+            "no_shaping": [f"algorithm.stage1_iterations={s1}", f"algorithm.stage2_iterations={s2}", *chosen, "algorithm.alpha=0"],
+            "plain_rl": plain,
+            "plain_rl_base_first": [*plain, f"{BASE_SHARE}={self.base_share():g}"],
         }[arm]
 
     def transfer_command(self, name: str, where: Path) -> list[str]:

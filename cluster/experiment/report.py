@@ -16,7 +16,8 @@ import numpy as np
 
 from cluster.evaluate import LABELS, METRICS, metric_array
 from cluster.evaluate import correction_rates as rates_with_intervals
-from cluster.experiment.arms import ARM_TITLES, ARMS, TRAINED
+from cluster.evaluate import wilson_interval
+from cluster.experiment.arms import ARM_TITLES, ARMS, DESIGN_ARMS, TRAINED
 from cluster.experiment.record import dtypes_of, load_results, outcomes
 
 
@@ -95,12 +96,14 @@ def _differences(summary: dict[str, Any]) -> list[str]:
 MIN_EPISODES, MIN_SEEDS = 2400, 3  # the issue's scale: episodes per trained run, seeds per trained arm
 
 
-def goal_check(summary: dict[str, Any], scale: bool = True) -> list[dict[str, Any]]:
-    """The experiment's goal (docs/RESULTS.md 1.1), clause by clause, read off a summary of one problem set.
+def goal_check(summary: dict[str, Any], scale: bool = True, arms: tuple[str, ...] = ARMS) -> list[dict[str, Any]]:
+    """The experiment's goal (docs/RESULTS.md 1.1 and 1.2), clause by clause, read off a summary of one problem set.
 
     Each clause is ``{"clause", "value", "met"}``; ``met`` is None while an arm it needs has no run yet.
-    SCoRe's Δ(t1,t2) must be positive with its interval above 0, larger than every other arm's with the
-    paired interval above 0, and its Δ_c→i at most half of its Δ_i→c; with ``scale`` also the run sizes.
+    SCoRe's Δ(t1,t2) must be positive with its interval above 0, larger than that of every other arm of the design
+    (``arms``) with the paired interval above 0, and its Δ_c→i at most half of its Δ_i→c; where the summary has
+    ``fixed_first_attempts`` (the second design), SCoRe's fix rate on the base model's first attempts above every
+    other trained arm's with its break rate no higher; with ``scale`` also the run sizes.
     """
     checks: list[dict[str, Any]] = []
     score = summary.get("score")
@@ -113,19 +116,30 @@ def goal_check(summary: dict[str, Any], scale: bool = True) -> list[dict[str, An
         add(positive, "no SCoRe run yet", None)
     else:
         add(positive, _pct(score["delta_t1_t2"], True), score["delta_t1_t2"]["lo"] > 0)
-    for arm in (a for a in ARMS if a != "score"):
+    trained = tuple(a for a in arms if a in TRAINED)
+    for arm in (a for a in arms if a != "score"):
         diff = summary.get("score_minus", {}).get(arm)
         clause = f"SCoRe's Δ minus that of {ARM_TITLES[arm]}, interval above 0"
         add(clause, _pct(diff, True) if diff else "needs both runs", None if diff is None else diff["lo"] > 0)
     if score is not None:
         i2c, c2i = score["delta_i_to_c"]["mean"], score["delta_c_to_i"]["mean"]
         add("SCoRe's Δ_c→i at most half of its Δ_i→c", f"{100 * c2i:.1f} vs {100 * i2c:.1f}", c2i <= i2c / 2)
+    if "fixed_first_attempts" in summary:
+        fixed = summary["fixed_first_attempts"]
+        for arm in (a for a in trained if a != "score"):
+            clause = f"SCoRe's fix rate on the base model's first attempts above that of {ARM_TITLES[arm]}, its break rate no higher"
+            mine, other = fixed.get("score"), fixed.get(arm)
+            if mine is None or other is None or None in (mine["fix_rate"], other["fix_rate"], mine["break_rate"], other["break_rate"]):
+                add(clause, "needs both runs", None)
+                continue
+            add(clause, f"fix {100 * mine['fix_rate']:.1f}% vs {100 * other['fix_rate']:.1f}%, break {100 * mine['break_rate']:.1f}% "
+                f"vs {100 * other['break_rate']:.1f}%", mine["fix_rate"] > other["fix_rate"] and mine["break_rate"] <= other["break_rate"])
     if scale:
         episodes = summary.get("training_episodes_per_run", 0)
         add(f"at least {MIN_EPISODES} training episodes per run", str(episodes), episodes >= MIN_EPISODES if episodes else None)
-        seeds = {arm: summary[arm]["seeds"] for arm in TRAINED if arm in summary}
+        seeds = {arm: summary[arm]["seeds"] for arm in trained if arm in summary}
         add(f"at least {MIN_SEEDS} seeds per trained arm", ", ".join(f"{ARM_TITLES[a]} {n}" for a, n in seeds.items()) or "none",
-            len(seeds) == len(TRAINED) and min(seeds.values()) >= MIN_SEEDS)
+            len(seeds) == len(trained) and min(seeds.values()) >= MIN_SEEDS)
     return checks
 
 
@@ -201,7 +215,8 @@ def plot(summary: dict[str, Any], by_arm: dict[str, list[dict[str, Any]]], out: 
     ax.set_xlabel("attempt")
     ax.set_ylabel("held-out accuracy (%)")
     ax.set_title("Accuracy@t1 ... @tN, mean over seeds", fontsize=9)
-    ax.legend(fontsize=7)
+    if ax.lines:  # no arm evaluated beyond two attempts: nothing to label
+        ax.legend(fontsize=7)
     panels = [(axes[0, 1], "accuracy_t2", "validation Accuracy@t2 (%), seeds: mean and range"),
               (axes[1, 0], "delta_t1_t2", "validation Δ(t1,t2) (points), seeds: mean and range"),
               (axes[1, 1], "answer_changed", "validation: attempt 2 changes the answer (%), seeds: mean and range")]
@@ -348,6 +363,37 @@ def correction_rates(runs: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any
             "fixed": rates["fix_rate"], "broken": rates["break_rate"]}
 
 
+def fixed_first_attempts(results: Path, by_arm: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Each trained arm's attempt 2 on the base model's own first attempts (``fixed_first/<run>.json``, written by the
+    runner), pooled over the arm's seeds: every seed corrects the same first attempts, so the pooled rate is the
+    seeds' mean, with a 95% Wilson interval on the pooled counts. An arm with no such file is left out."""
+    out: dict[str, dict[str, Any]] = {}
+    for arm, recs in by_arm.items():
+        files = [results / "fixed_first" / f"{r['name']}.json" for r in recs]
+        done = [json.loads(f.read_text()) for f in files if f.exists()]
+        if arm == "base" or not done:
+            continue
+        row: dict[str, Any] = {"runs": len(done)}
+        for rate, among in (("fix_rate", "wrong_first_attempts"), ("break_rate", "right_first_attempts")):
+            n = sum(d[among] for d in done)
+            hits = sum(round(d[rate] * d[among]) for d in done if d[rate] is not None)
+            p = hits / n if n else None
+            lo, hi = wilson_interval(p, n) if n else (None, None)
+            row.update({rate: p, f"{rate}_lo": lo, f"{rate}_hi": hi, among: n})
+        out[arm] = row
+    return out
+
+
+def _fixed_first_table(fixed: dict[str, dict[str, Any]]) -> str:
+    def pct(row: dict[str, Any], rate: str) -> str:
+        return "—" if row[rate] is None else f"{100 * row[rate]:.1f}% [{100 * row[rate + '_lo']:.1f}, {100 * row[rate + '_hi']:.1f}]"
+
+    lines = ["| arm | runs | wrong first attempts | fix rate [95%] | right first attempts | break rate [95%] |", "|" + " --- |" * 6]
+    lines += [f"| {ARM_TITLES[arm]} | {r['runs']} | {r['wrong_first_attempts']} | {pct(r, 'fix_rate')} | {r['right_first_attempts']} "
+              f"| {pct(r, 'break_rate')} |" for arm in ARMS if (r := fixed.get(arm))]
+    return "\n".join(lines)
+
+
 def _rates_table(rates: dict[str, dict[str, Any]]) -> str:
     def pct(v: float | None) -> str:
         return "—" if v is None else f"{100 * v:.1f}%"
@@ -418,12 +464,17 @@ def _summarize(by_arm: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return summary
 
 
-def report(results: Path, doc_dir: Path, embed_in: Path | None = None) -> int:
+def report(results: Path, doc_dir: Path, embed_in: Path | None = None, design: int = max(DESIGN_ARMS)) -> int:
     """Rebuild ``self_correction.{json,md,png}`` in ``doc_dir`` from the result files under ``results``; with
-    ``embed_in``, also the block between its markers (``embed``)."""
+    ``embed_in``, also the block between its markers (``embed``). ``design``: whose arms the goal checks (1: the
+    first design's five; 2: six, (f) included, and the fix and break rates on the base model's first attempts)."""
     by_arm = load_results(results)
     if not by_arm:
         print(f"error: no result files under {results}", file=sys.stderr)
+        return 2
+    arms = DESIGN_ARMS[design]
+    if stray := [a for a in by_arm if a not in arms]:
+        print(f"error: {results} holds runs of {', '.join(stray)}, which design {design} does not have (--design)", file=sys.stderr)
         return 2
     summary = _summarize(by_arm)
     summary["wall_seconds"] = {r["name"]: r["wall_seconds"] for recs in by_arm.values() for r in recs}
@@ -433,8 +484,14 @@ def report(results: Path, doc_dir: Path, embed_in: Path | None = None) -> int:
     att_md, summary["accuracy_by_attempt"] = attempts_table(by_arm)
     doc_dir.mkdir(parents=True, exist_ok=True)
     lines = [markdown_table(summary), "", *_differences(summary)]
-    summary["goal"] = goal_check(summary)
+    if design >= 2:
+        summary["design"] = design
+        summary["fixed_first_attempts"] = fixed_first_attempts(results, by_arm)
+    summary["goal"] = goal_check(summary, arms=arms)
     lines += ["", "The goal, clause by clause (held-out set):", *goal_lines(summary["goal"])]
+    if summary.get("fixed_first_attempts"):
+        lines += ["", "Attempt 2 on the base model's own first attempts (held-out; every seed pooled, Wilson intervals):", "",
+                  _fixed_first_table(summary["fixed_first_attempts"])]
     lines += ["", "Attempt 2 gives a different final answer from attempt 1 (held-out, mean over seeds): "
               + ", ".join(f"{ARM_TITLES[a]} {100 * v:.1f}%" for a, v in summary["answer_changed"].items()), "",
               "Correction rates (held-out; Δ_i→c and Δ_c→i divided by the first attempts that could change):", "",
@@ -471,7 +528,7 @@ def report(results: Path, doc_dir: Path, embed_in: Path | None = None) -> int:
     if transfer:
         t = summary["transfer"] = _summarize(transfer)
         overrides = t["overrides"] = sorted({o for recs in transfer.values() for r in recs for o in r.get("overrides", [])})
-        t["goal"] = goal_check(t, scale=False)
+        t["goal"] = goal_check(t, scale=False, arms=arms)
         lines += ["", f"Transfer set: {t['num_problems']} held-out problems with {', '.join(overrides)} "
                   "(the selected checkpoint of every run, greedy, two attempts):", "", markdown_table(t), "", *_differences(t),
                   "", "The goal's clauses on the transfer set:", *goal_lines(t["goal"]),
