@@ -14,6 +14,7 @@ from cluster.config import ConfigError, load_config
 from cluster.experiment.__main__ import main
 from cluster.experiment.arms import DESIGN_ARMS, Plan
 from cluster.experiment.report import bootstrap, markdown_table
+from rewards.tasks import build_task
 from common.jsonl import read_jsonl, write_jsonl
 from tests.conftest import REPO
 
@@ -677,3 +678,53 @@ def test_the_second_designs_report_pools_fix_and_break_rates_and_checks_them_aga
     first = json.loads((docs / "self_correction.json").read_text())
     assert "design" not in first and "fixed_first_attempts" not in first
     assert not any("fix rate" in c["clause"] or "(f)" in c["clause"] for c in first["goal"])
+
+
+def test_every_run_is_also_evaluated_at_the_training_temperature_and_reported_beside_greedy(tmp_path, caplog):
+    """The first design saw SCoRe's shaping act on sampled second attempts but not under greedy decoding; the second
+    evaluates every run (the base model too) on the same held-out problems at the training temperature."""
+    plan = Plan(tmp_path / "runs", "configs/experiment_cpu.yaml", [0], 500, 2, 3, [], results=tmp_path / "results",
+                arms=("base", "score"), sampled=True)
+    assert plan.side_evals() == ("transfer", "sampled")
+    cmd = plan.side_eval_command("sampled", "score-seed0", plan.out / "score-seed0")
+    sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
+    cfg = load_config(plan.config, sets)
+    assert cfg.eval.temperature == cfg.rollout.attempt1.temperature == 0.5 and cfg.eval.attempts == 2
+    assert cfg.task.max_operand != 20 and cfg.eval.num_problems == 500 and cfg.task.data_seed == 0  # the held-out problems
+    assert cmd[cmd.index("--model") + 1] == str(plan.out / "score-seed0" / "hf_model")
+    assert cmd[cmd.index("--out") + 1] == str(plan.out / "score-seed0" / "sampled")
+    held_out = load_config(plan.config, plan.shared_sets(2))
+    same = build_task(held_out.task, seed=held_out.run.seed).problems("eval")[:500]
+    assert plan.side_eval_problems("sampled") == same != plan.transfer_problems()  # the final evaluation's problems, not the transfer set's
+    # the runner gives each finished run its evaluation once, on its own line
+    plan.results.mkdir()
+    (plan.results / "base.json").write_text("{}")
+    with caplog.at_level("INFO", logger="cluster.experiment"):
+        grid.run(plan, dry_run=True)
+    lines = [m for m in caplog.messages if "at the training temperature:" in m]
+    assert len(lines) == 1 and lines[0].startswith("[1/2] base, held-out problems at the training temperature:") and "eval.temperature=0.5" in lines[0]
+    (plan.results / "sampled").mkdir()
+    (plan.results / "sampled" / "base.json").write_text("{}")
+    caplog.clear()
+    with caplog.at_level("INFO", logger="cluster.experiment"):
+        grid.run(plan, dry_run=True)
+    assert not [m for m in caplog.messages if "training temperature" in m]
+    assert [r["sampled"] for r in grid.status(plan)] == [True, False]
+    # the report: the greedy table, and the sampled one beside it with its own paired differences
+    results = tmp_path / "report"
+    (results / "sampled").mkdir(parents=True)
+    r1 = [1, 0, 1, 0, 1, 0]
+    for rec in (_result("base", None, r1, r1), _result("score", 0, r1, r1)):
+        (results / f"{rec['name']}.json").write_text(json.dumps(rec))
+    for rec in (_result("base", None, r1, [1, 0, 0, 0, 1, 0]), _result("score", 0, r1, [1, 1, 1, 1, 1, 0])):
+        (results / "sampled" / f"{rec['name']}.json").write_text(json.dumps(rec | {"overrides": ["eval.temperature=0.5"]}))
+    docs = tmp_path / "docs"
+    assert report.report(results, docs) == 0
+    summary = json.loads((docs / "self_correction.json").read_text())
+    assert summary["score"]["delta_t1_t2"]["mean"] == 0  # greedy: no change
+    sm = summary["sampled"]
+    assert sm["overrides"] == ["eval.temperature=0.5"] and sm["score"]["delta_t1_t2"]["mean"] == pytest.approx(2 / 6)
+    assert sm["score_minus"]["base"]["mean"] == pytest.approx(3 / 6)
+    md = (docs / "self_correction.md").read_text()
+    assert "At the training temperature (eval.temperature=0.5): the same 6 held-out problems" in md
+    assert "- Δ(t1,t2) of SCoRe minus (a) base, prompted: +50.0 points" in md

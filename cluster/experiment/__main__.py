@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="report: also rewrite the block between the report markers in DOC; '' to skip (default: %(default)s)")
     p.add_argument("--transfer", nargs="*", default=list(TRANSFER), metavar="KEY=VALUE",
                    help="overrides that make the transfer set every run is also evaluated on; none: skip it (default: %(default)s)")
+    p.add_argument("--sampled", action=argparse.BooleanOptionalAction, default=True,
+                   help="also evaluate every run on the held-out problems at the training temperature (default: on)")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep a finished run's DeepSpeed checkpoints (default: drop them, keep hf_model)")
     p.add_argument("--allow-mixed-dtype", action="store_true",
                    help="run here even if this machine computes in another dtype than the finished runs did (default: refuse)")
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         arms = a.arms or [arm for arm in ARMS if arm != "plain_rl_base_first" or base_share(a.score_sets)]
         plan = Plan(Path(a.out), a.config, a.seeds, a.problems, a.stage1, a.stage2, a.overrides, Path(a.results), a.attempts, tuple(arms),
-                    tuple(a.transfer), a.keep_checkpoints, a.allow_mixed_dtype, tuple(a.score_sets))
+                    tuple(a.transfer), a.keep_checkpoints, a.allow_mixed_dtype, tuple(a.score_sets), a.sampled)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

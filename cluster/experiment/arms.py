@@ -64,6 +64,9 @@ class Plan:
     # the settings the pilots chose for SCoRe (e.g. its share of base first attempts, an adaptive β2): (b), (c) and (d)
     # take every one of them, (f) only the share of base first attempts, (e) none
     score_sets: tuple[str, ...] = ()
+    # also evaluate every run on the held-out problems at the training temperature (two attempts, one sample each):
+    # the first design saw SCoRe's shaping act on sampled second attempts but not under greedy decoding
+    sampled: bool = False
 
     def __post_init__(self) -> None:
         if "plain_rl_base_first" in self.arms and not self.base_share():
@@ -97,12 +100,33 @@ class Plan:
             "plain_rl_base_first": [*plain, f"{BASE_SHARE}={self.base_share():g}"],
         }[arm]
 
+    def side_evals(self) -> tuple[str, ...]:
+        """The evaluations each finished run (the base model's included) gets besides its final one: ``transfer``
+        (the transfer set, greedy) and ``sampled`` (the held-out problems at the training temperature)."""
+        return (*(("transfer",) if self.transfer else ()), *(("sampled",) if self.sampled else ()))
+
+    def side_eval_sets(self, kind: str) -> list[str]:
+        if kind == "transfer":
+            return list(self.transfer)
+        return [f"eval.temperature={self.training_temperature():g}"]
+
+    def training_temperature(self) -> float:
+        return load_config(self.config, self.shared_sets(2)).rollout.attempt1.temperature
+
+    def side_eval_command(self, kind: str, name: str, where: Path) -> list[str]:
+        """Evaluate a finished run's exported model (the base model for ``base``), two attempts, into ``where/kind``."""
+        model = "embedded" if name == "base" else str(where / "hf_model")
+        sets = [*self.shared_sets(2), *self.side_eval_sets(kind), f"run.name={name}-{kind}"]
+        return [sys.executable, "-m", "cluster.main", "eval", "--config", self.config, "--model", model,
+                "--out", str(where / kind), *as_sets(sets)]
+
+    def side_eval_problems(self, kind: str) -> list[Problem]:
+        cfg = load_config(self.config, [*self.shared_sets(2), *self.side_eval_sets(kind)])
+        return build_task(cfg.task, seed=cfg.run.seed).problems("eval")[: cfg.eval.num_problems]
+
     def transfer_command(self, name: str, where: Path) -> list[str]:
         """Evaluate a finished run's exported model (the base model for ``base``) on the transfer set, two attempts."""
-        model = "embedded" if name == "base" else str(where / "hf_model")
-        sets = [*self.shared_sets(2), *self.transfer, f"run.name={name}-transfer"]
-        return [sys.executable, "-m", "cluster.main", "eval", "--config", self.config, "--model", model,
-                "--out", str(where / "transfer"), *as_sets(sets)]
+        return self.side_eval_command("transfer", name, where)
 
     def base_first_attempts(self) -> Path:
         """The base model's first attempts on the held-out problems: what its evaluation (the ``base`` arm) saved."""
@@ -115,8 +139,7 @@ class Plan:
                 "--first-attempts", str(self.base_first_attempts()), "--out", str(where / "fixed_first"), *as_sets(sets)]
 
     def transfer_problems(self) -> list[Problem]:
-        cfg = load_config(self.config, [*self.shared_sets(2), *self.transfer])
-        return build_task(cfg.task, seed=cfg.run.seed).problems("eval")[: cfg.eval.num_problems]
+        return self.side_eval_problems("transfer")
 
     def run_order(self) -> tuple[str, ...]:
         """The trained arms in the order each seed runs them."""

@@ -32,7 +32,8 @@ log = logging.getLogger("cluster.experiment")  # not __name__: see cluster.main
 
 
 def run(plan: Plan, dry_run: bool = False, commit: bool = False) -> int:
-    """Every run of the plan in order, each followed by its transfer evaluation; stops the grid when a run is
+    """Every run of the plan in order, each followed by its side evaluations (``Plan.side_evals``) and, for a trained
+    run, attempt 2 on the base model's first attempts; stops the grid when a run is
     interrupted (exit 130 or 143). Returns 1 if any run failed (the others still ran), else 0."""
     plan.out.mkdir(parents=True, exist_ok=True)
     todo = plan.commands()
@@ -44,10 +45,11 @@ def run(plan: Plan, dry_run: bool = False, commit: bool = False) -> int:
         rc = _run_one(plan, step, name, where, cmd, dry_run, commit)
         if rc in (130, 143):  # interrupted: stop the grid too
             return rc
-        if rc == 0 and plan.transfer and (plan.results / f"{name}.json").exists():  # finished (not just planned by a dry run)
-            rc = _run_transfer(plan, step, name, where, dry_run, commit)
-            if rc in (130, 143):
-                return rc
+        for kind in plan.side_evals():
+            if rc == 0 and (plan.results / f"{name}.json").exists():  # finished (not just planned by a dry run)
+                rc = _run_side_eval(plan, kind, step, name, where, dry_run, commit)
+                if rc in (130, 143):
+                    return rc
         if rc == 0 and name != "base" and "base" in plan.arms and (plan.results / f"{name}.json").exists():
             rc = _run_fixed_first(plan, step, name, where, dry_run, commit)
             if rc in (130, 143):
@@ -133,21 +135,27 @@ def _evaluation_step(plan: Plan, step: str, log_name: str, cmd: list[str], dry_r
     return rc, took
 
 
-def _run_transfer(plan: Plan, step: str, name: str, where: Path, dry_run: bool, commit: bool) -> int:
-    """Evaluate a finished run on the transfer set unless its transfer record exists."""
-    record = plan.results / "transfer" / f"{name}.json"
+SIDE_EVAL_TITLES = {"transfer": "transfer set", "sampled": "held-out problems at the training temperature"}
+
+
+def _run_side_eval(plan: Plan, kind: str, step: str, name: str, where: Path, dry_run: bool, commit: bool) -> int:
+    """Evaluate a finished run on the transfer set or at the training temperature (``Plan.side_evals``) unless its
+    record exists: ``<results>/<kind>/<name>.json``."""
+    record = plan.results / kind / f"{name}.json"
+    title = SIDE_EVAL_TITLES[kind]
     if record.exists():
         return 0
     if name != "base" and not (where / "hf_model").is_dir():
-        log.warning(f"{step}, transfer set: {where / 'hf_model'} is missing (the run finished on another machine?); skipped")
+        log.warning(f"{step}, {title}: {where / 'hf_model'} is missing (the run finished on another machine?); skipped")
         return 0
-    rc, took = _evaluation_step(plan, f"{step}, transfer set", f"{name}.transfer", plan.transfer_command(name, where), dry_run)
+    rc, took = _evaluation_step(plan, f"{step}, {title}", f"{name}.{kind}", plan.side_eval_command(kind, name, where), dry_run)
     if dry_run or rc != 0:
         return rc
-    summary = summarize_run(name, where / "transfer", took, eval_only=True, problems=plan.transfer_problems()) | {"overrides": list(plan.transfer)}
-    _write_record(record, summary, commit, f"experiment: {name} on the transfer set")
+    summary = summarize_run(name, where / kind, took, eval_only=True, problems=plan.side_eval_problems(kind))
+    summary["overrides"] = plan.side_eval_sets(kind)
+    _write_record(record, summary, commit, f"experiment: {name} on the {title}")
     f = summary["final"]
-    log.info(f"    transfer set in {took / 60:.1f} min: Accuracy@t1 {f['accuracy_t1']:.3f}, Accuracy@t2 {f['accuracy_t2']:.3f}, "
+    log.info(f"    {title} in {took / 60:.1f} min: Accuracy@t1 {f['accuracy_t1']:.3f}, Accuracy@t2 {f['accuracy_t2']:.3f}, "
              f"Δ {f['delta_t1_t2']:+.3f}")
     return 0
 
@@ -285,21 +293,23 @@ def status(plan: Plan, now: float | None = None, fresh_s: float = 120.0) -> list
         rows.append({"run": name, "state": state, "iteration": reached, "iterations": total,
                      "resumes_from": max(checkpoints, default=0) if state in ("running", "stopped") else None,
                      "branches_from": point,
-                     "transfer": (plan.results / "transfer" / f"{name}.json").exists() if plan.transfer else None})
+                     "transfer": (plan.results / "transfer" / f"{name}.json").exists() if plan.transfer else None,
+                     "sampled": (plan.results / "sampled" / f"{name}.json").exists() if plan.sampled else None})
     return rows
 
 
 def print_status(plan: Plan) -> int:
     rows = status(plan)
     w = max([20, *(len(r["run"]) + 1 for r in rows)])
-    print(f"{'run':<{w}} {'state':<8} {'iteration':<24} transfer")
+    print(f"{'run':<{w}} {'state':<8} {'iteration':<24} {'transfer':<9} sampled")
     for r in rows:
         it = "—" if not r["iterations"] else f"{r['iteration']}/{r['iterations']}"
         if r["resumes_from"] is not None:
             it += f" (checkpoint {r['resumes_from']})" if r["resumes_from"] else " (no checkpoint yet)"
         if r["branches_from"]:
             it += f" (from {r['branches_from'][0]}'s {r['branches_from'][1]})"
-        print(f"{r['run']:<{w}} {r['state']:<8} {it:<24} {'—' if r['transfer'] is None else 'done' if r['transfer'] else 'pending'}")
+        side = ["—" if r[k] is None else "done" if r[k] else "pending" for k in ("transfer", "sampled")]
+        print(f"{r['run']:<{w}} {r['state']:<8} {it:<24} {side[0]:<9} {side[1]}")
     seconds = [row["seconds_iteration"] for path in plan.results.glob("*.json") for row in json.loads(path.read_text()).get("train", [])
                if row.get("seconds_iteration")]
     left = sum(r["iterations"] - (r["iteration"] if r["state"] == "running" else r["resumes_from"] or (r["branches_from"] or (0, 0))[1])

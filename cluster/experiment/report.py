@@ -537,6 +537,13 @@ def report(results: Path, doc_dir: Path, embed_in: Path | None = None, design: i
                   "", "Correction rates on the transfer set:", "", _rates_table(t["correction_rates"])]
         t["examples"], quoted = _examples(transfer, "Transfer-set problems")
         lines += quoted
+    sampled = load_results(results / "sampled")
+    if sampled:  # Δ at the training temperature beside greedy: the first design saw the shaping act on sampled attempts only
+        sm = summary["sampled"] = _summarize(sampled)
+        sm["overrides"] = sorted({o for recs in sampled.values() for r in recs for o in r.get("overrides", [])})
+        lines += ["", f"At the training temperature ({', '.join(sm['overrides'])}): the same {sm['num_problems']} held-out problems, "
+                  "one sample per attempt, beside the greedy table above:", "", markdown_table(sm), "", *_differences(sm),
+                  "", "Correction rates at the training temperature:", "", _rates_table(sm["correction_rates"])]
     (doc_dir / "self_correction.json").write_text(json.dumps(summary, indent=1))
     (doc_dir / "self_correction.md").write_text("\n".join(lines) + "\n")
     png = plot(summary, by_arm, doc_dir / "self_correction.png")
