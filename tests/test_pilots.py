@@ -94,6 +94,7 @@ def test_the_rule_runs_the_grid_only_when_a_score_pilot_clears_it(tmp_path):
     _record(results, "score_base_half-seed0", rl1, s2, fix=0.02 + 0.06)
     decision = rule(results)
     assert decision["pilots"]["score_base_half"]["passes"] and decision["run_grid"] and decision["best"] == "score_base_half"
+    assert "once score_adaptive_beta2, score_long_stage1 finished" in decision["why"]  # the settings are chosen from all of them
     # Δ alone clears it too: three more fixes than (e) and no break
     s2b = [1] * 50 + [1, 1, 1] + [0] * 47
     _record(results, "score_base_half-seed0", rl1, s2b, fix=0.02)

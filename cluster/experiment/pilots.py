@@ -180,7 +180,8 @@ def rule(results: Path, draws: int = 2000, seed: int = 0) -> dict[str, Any]:
     left = [a for a in PILOTS if a not in by_arm]
     run_grid = pilots[best]["passes"]
     return {"decided": run_grid or not left, "run_grid": run_grid, "best": best, "pilots": pilots, "pending": left, "task": task,
-            "why": (f"{best} beats (e) by {pilots[best]['delta_minus_plain_rl']['mean']:+.1f} points in Δ(t1,t2)" if run_grid else
+            "why": (f"{best} beats (e) by {pilots[best]['delta_minus_plain_rl']['mean']:+.1f} points in Δ(t1,t2)"
+                    + (f"; the grid takes the best pilot's settings once {', '.join(left)} finished" if left else "") if run_grid else
                     f"no finished SCoRe pilot beats (e) by {DELTA_POINTS:g} points in Δ(t1,t2) or {FIX_POINTS:g} in fix rate"
                     + (f" ({', '.join(left)} still to run)" if left else ""))}
 
