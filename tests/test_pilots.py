@@ -3,6 +3,7 @@ hand-made outcomes; the runner under it is tests/test_experiment.py's, and eval.
 tests/test_overlap.py)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -139,3 +140,46 @@ def test_the_report_writes_the_rule_and_its_table(tmp_path):
     assert "| (e) plain two-turn RL | 25.0 | 25.0 | +0.0 | — | 25.0% | 0.0% / 50.0% |" in md
     assert "| SCoRe, fixed β2, no base first attempts | 25.0 | 50.0 | +25.0 | +1.0 | 25.0% | 10.0% / 50.0% |" in md
     assert pilot_sets("score", 76) == ["algorithm.stage1_iterations=38", "algorithm.stage2_iterations=38"]
+
+
+def test_the_grid_the_pilots_choose_runs_on_held_out_problems_with_the_best_pilots_settings(tmp_path):
+    from cluster.experiment.pilots import grid_args, grid_lines
+
+    plan = build_plan("levels2+3", tmp_path / "runs", tmp_path / "pilots" / "runs")
+    plan.results.mkdir(parents=True)
+    rl1, rl2 = [1] * 50 + [0] * 50, [1] * 49 + [0] + [1] + [0] * 49
+    _record(plan.results, f"{PLAIN_RL}-seed0", rl1, rl2, fix=0.02)
+    _record(plan.results, "score_base_half-seed0", rl1, [1] * 50 + [1, 1, 1] + [0] * 47, fix=0.02)  # clears the rule
+    rc, lines = grid_lines(plan)
+    assert rc == 2 and "still to run: score, score_adaptive_beta2, score_long_stage1 " in lines[0]  # settings come from all of them
+    for name in ("score", "score_adaptive_beta2", "score_long_stage1"):
+        _record(plan.results, f"{name}-seed0", rl1, rl2, fix=0.02)
+    rc, lines = grid_lines(plan)
+    assert rc == 0 and "score_base_half's settings" in lines[0] and lines[1].startswith("python -m cluster.experiment run ")
+    # the printed arguments build the grid: six arms, (b) with the pilot's share, the pilots' task and length, held-out problems
+    from cluster.experiment.__main__ import main as experiment
+
+    args = grid_args("levels2+3", "score_base_half", 76)
+    assert args[:2] == ["--out", "runs/design2/levels2+3"]
+    assert experiment(["run", "--dry-run", *args, "--out", str(tmp_path / "g"), "--results", str(tmp_path / "grid")]) == 0  # its CLI takes them
+    from cluster.experiment.arms import DESIGN_ARMS, Plan
+
+    sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+    chosen = tuple(args[i + 1] for i, a in enumerate(args) if a == "--score-set")
+    assert chosen == ("algorithm.stage2_base_first_attempts=0.5",) and "task.difficulty=[2,3]" in sets
+    grid = Plan(Path(args[args.index("--out") + 1]), "configs/experiment_cpu.yaml", [0], 500, int(args[args.index("--stage1") + 1]),
+                int(args[args.index("--stage2") + 1]), sets, arms=DESIGN_ARMS[2], score_sets=chosen, sampled=True)
+    by_name = {n: c for n, _, c in grid.commands()}
+    assert len(by_name) == 6 and "plain_rl_base_first-seed0" in by_name
+    for name, cmd in by_name.items():
+        cfg = load_config(grid.config, [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"])
+        assert cfg.eval.split == "eval" and cfg.task.difficulty == [2, 3] and cfg.rollout.attempt1.max_tokens == 64, name
+        if name != "base":
+            assert cfg.algorithm.stage1_iterations + cfg.algorithm.stage2_iterations == 76  # the pilots' length, 2,432 episodes
+    # a pilot with a longer Stage I hands the grid its stage lengths, not a --score-set
+    long1 = grid_args("levels2+3", "score_long_stage1", 76)
+    assert long1[long1.index("--stage1") + 1] == "51" and long1[long1.index("--stage2") + 1] == "25" and "--score-set" not in long1
+    # where the rule says skip, there is no grid to print
+    _record(plan.results, "score_base_half-seed0", rl1, rl2, fix=0.02)
+    rc, lines = grid_lines(plan)
+    assert rc == 2 and lines[0].startswith("error: the rule does not say run the grid")

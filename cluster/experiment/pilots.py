@@ -4,6 +4,7 @@ seed each, on the validation split only, and the rule that decides whether the g
     python -m cluster.experiment.pilots run --task levels2+3 [--commit]     # continues where it stopped
     python -m cluster.experiment.pilots status --task levels2+3
     python -m cluster.experiment.pilots report --task levels2+3             # the rule, a table and the curves
+    python -m cluster.experiment.pilots grid --task levels2+3               # the grid's commands, once the rule says run it
 
 Invariants: every evaluation of a pilot reads validation problems (``eval.split=val``: the base model's, each run's
 final and periodic ones, and the base model's first attempts that each run corrects), so the held-out problems stay
@@ -97,6 +98,36 @@ def build_plan(task: str, out: Path | None = None, results: Path | None = None, 
     periodic = ["eval.every_iterations=10", "eval.periodic_problems=100", *overrides]
     return PilotPlan(out or Path("runs/pilots") / task, config, [seed], 500, half, iterations - half, periodic,
                      results or Path("docs/results/pilots") / task / "runs", attempts=2, arms=("base", *PILOTS), transfer=(), task=task)
+
+
+def grid_args(task: str, best: str, iterations: int = 76) -> list[str]:
+    """``python -m cluster.experiment run`` arguments of the grid the pilots chose: the pilots' task and run length,
+    the held-out problems (no ``eval.split=val``), and the best pilot's own settings as (b)'s (``--score-set``), which
+    (c), (d) and, for the share of base first attempts, (f) inherit."""
+    sets, max_tokens = TASKS[task]
+    own = pilot_sets(best, iterations)
+    stage1 = next(int(s.split("=")[1]) for s in own if s.startswith("algorithm.stage1_iterations="))
+    chosen = [s for s in own if not s.startswith(("algorithm.stage1_iterations=", "algorithm.stage2_iterations="))]
+    shared = [*sets, f"rollout.attempt1.max_tokens={max_tokens}", f"rollout.attempt2.max_tokens={max_tokens}", f"eval.max_tokens={max_tokens}"]
+    return ["--out", f"runs/design2/{task}", "--stage1", str(stage1), "--stage2", str(iterations - stage1),
+            *[a for s in shared for a in ("--set", s)], *[a for s in chosen for a in ("--score-set", s)]]
+
+
+def grid_lines(plan: PilotPlan) -> tuple[int, list[str]]:
+    """The grid's run, status and report commands when the rule says run it and every pilot finished; else a
+    one-line reason and exit code 2."""
+    decision = rule(plan.results)
+    if not decision.get("run_grid"):
+        return 2, [f"error: the rule does not say run the grid for {plan.task}: {decision['why']}"]
+    if decision["pending"]:
+        return 2, [f"error: the grid takes the best pilot's settings; still to run: {', '.join(decision['pending'])} "
+                   f"(python -m cluster.experiment.pilots run --task {plan.task} --commit)"]
+    import shlex
+
+    args = " ".join(shlex.quote(a) for a in grid_args(plan.task, decision["best"], plan.stage1 + plan.stage2))
+    return 0, [f"# the grid on {plan.task}, (b) with {decision['best']}'s settings ({PILOTS[decision['best']]})",
+               f"python -m cluster.experiment run {args} --commit", f"python -m cluster.experiment status {args}",
+               "python -m cluster.experiment report"]
 
 
 def _fixed_first(results: Path, name: str) -> dict[str, Any] | None:
@@ -261,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     from common.logs import setup_logging
 
     p = argparse.ArgumentParser(prog="python -m cluster.experiment.pilots", description=__doc__.split("\n\n")[0])
-    p.add_argument("command", choices=["run", "status", "report"])
+    p.add_argument("command", choices=["run", "status", "report", "grid"],
+                   help="grid: print the commands of the grid the pilots chose (once the rule says so and every pilot finished)")
     p.add_argument("--task", default="levels2+3", choices=list(TASKS), help="the candidate training distribution (default: %(default)s)")
     p.add_argument("--iterations", type=int, default=76, help="every pilot's length in iterations (default: %(default)s)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
@@ -281,6 +313,10 @@ def main(argv: list[str] | None = None) -> int:
         return rc
     if a.command == "status":
         return print_status(plan)
+    if a.command == "grid":
+        rc, lines = grid_lines(plan)
+        print("\n".join(lines), file=sys.stderr if rc else sys.stdout)
+        return rc
     return report(plan)
 
 
