@@ -96,6 +96,10 @@ def test_every_finished_run_corrects_the_base_models_first_attempts_once(tmp_pat
     assert cmd[cmd.index("--first-attempts") + 1] == str(plan.out / "base" / "samples.parquet")
     assert cmd[cmd.index("--model") + 1] == str(plan.out / "score-seed0" / "hf_model") and "eval" in cmd
     assert "eval.attempts=2" in cmd and f"task.eval_size={plan.problems}" in cmd  # the base model's held-out problems
+    # on another machine the base model's own run folder is gone: the copy committed beside the result files serves
+    (plan.results / "base_samples.parquet").write_bytes(b"kept")
+    assert plan.fixed_first_command("score-seed0", plan.out / "score-seed0")[plan.fixed_first_command("score-seed0", plan.out / "score-seed0").index(
+        "--first-attempts") + 1] == str(plan.results / "base_samples.parquet")
 
 
 def test_runs_are_not_added_in_another_dtype_than_the_finished_ones(tmp_path, monkeypatch, capsys):

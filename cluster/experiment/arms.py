@@ -33,6 +33,7 @@ MANY_ATTEMPTS = ("base", "score")  # the arms evaluated with Plan.attempts attem
 # split (docs/results/transfer_calibration.json): the trained models of seed 0 score 63% and 76% there,
 # against 100% and 86-88% on the training distribution, and difficulty 3 (two steps) floors them at 4-8%
 TRANSFER = ("task.max_operand=20",)
+BASE_SAMPLES = "base_samples.parquet"  # the base model's saved attempts, committed beside the result files
 
 
 def base_share(score_sets: tuple[str, ...] | list[str]) -> float:
@@ -129,8 +130,11 @@ class Plan:
         return self.side_eval_command("transfer", name, where)
 
     def base_first_attempts(self) -> Path:
-        """The base model's first attempts on the held-out problems: what its evaluation (the ``base`` arm) saved."""
-        return self.out / "base" / "samples.parquet"
+        """The base model's first attempts on the held-out problems: what its evaluation (the ``base`` arm) saved,
+        or the copy committed beside the result files (``base_samples.parquet``), which a grid continued on another
+        machine reads: evaluating the base model again there could give other first attempts (another dtype)."""
+        kept = self.results / BASE_SAMPLES
+        return kept if kept.exists() else self.out / "base" / "samples.parquet"
 
     def fixed_first_command(self, name: str, where: Path) -> list[str]:
         """A finished run's exported model writing attempt 2 on the base model's first attempts (``eval --first-attempts``)."""

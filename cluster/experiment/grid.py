@@ -23,7 +23,7 @@ import numpy as np
 from cluster.config import ConfigError, load_config
 from cluster.evaluate import format_correction
 from cluster.experiment import branch
-from cluster.experiment.arms import Plan
+from cluster.experiment.arms import BASE_SAMPLES, Plan
 from cluster.experiment.record import dtypes_of, summarize_run
 from common.files import replace_text
 from common.jsonl import read_jsonl
@@ -108,6 +108,12 @@ def _run_one(plan: Plan, step: str, name: str, where: Path, cmd: list[str], dry_
         if rc != 0:
             log.warning(f"    FAILED (exit {rc}) after {took / 60:.1f} min, see {plan.out / name}.log; `run` again continues it")
             return rc
+        if name == "base" and (where / "samples.parquet").exists():  # the first attempts every trained run corrects
+            kept = plan.results / BASE_SAMPLES
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(where / "samples.parquet", kept)
+            if commit:
+                _commit(kept, "experiment: the base model's attempts, kept for the runs that correct its first attempts")
         summary = summarize_run(name, where, _wall_seconds(plan.out, name, where))
         _write_record(result_file, summary, commit, f"experiment: {name} finished")
         f = summary["final"]
