@@ -73,10 +73,15 @@ def test_run_skips_runs_with_a_result_file_and_resumes_checkpointed_ones(tmp_pat
     assert len(transfer) == 1 and transfer[0].startswith("[1/13] base, transfer set:")  # only runs done so far; their own line
     (plan.results / "transfer").mkdir()
     (plan.results / "transfer" / "base.json").write_text("{}")
+    assert not [m for m in _dry_run_messages(plan, caplog) if "transfer set" in m]
+
+
+def _dry_run_messages(plan, caplog):
+    """What the runner logs in a dry run of ``plan`` from here (earlier messages cleared)."""
     caplog.clear()
     with caplog.at_level("INFO", logger="cluster.experiment"):
         grid.run(plan, dry_run=True)
-    assert not [m for m in caplog.messages if "transfer set" in m]
+    return caplog.messages
 
 
 def test_every_finished_run_corrects_the_base_models_first_attempts_once(tmp_path, caplog):
@@ -88,9 +93,7 @@ def test_every_finished_run_corrects_the_base_models_first_attempts_once(tmp_pat
         (plan.results / f"{name}.json").write_text("{}")
     (plan.results / "fixed_first").mkdir()
     (plan.results / "fixed_first" / "stage2_only-seed0.json").write_text("{}")
-    with caplog.at_level("INFO", logger="cluster.experiment"):
-        grid.run(plan, dry_run=True)
-    fixed = [m for m in caplog.messages if "base first attempts:" in m]
+    fixed = [m for m in _dry_run_messages(plan, caplog) if "base first attempts:" in m]
     assert len(fixed) == 1 and fixed[0].split(",")[0].endswith("score-seed0")
     cmd = fixed[0].split("base first attempts: ", 1)[1].split()
     assert cmd[cmd.index("--first-attempts") + 1] == str(plan.out / "base" / "samples.parquet")
@@ -703,16 +706,11 @@ def test_every_run_is_also_evaluated_at_the_training_temperature_and_reported_be
     # the runner gives each finished run its evaluation once, on its own line
     plan.results.mkdir()
     (plan.results / "base.json").write_text("{}")
-    with caplog.at_level("INFO", logger="cluster.experiment"):
-        grid.run(plan, dry_run=True)
-    lines = [m for m in caplog.messages if "at the training temperature:" in m]
+    lines = [m for m in _dry_run_messages(plan, caplog) if "at the training temperature:" in m]
     assert len(lines) == 1 and lines[0].startswith("[1/2] base, held-out problems at the training temperature:") and "eval.temperature=0.5" in lines[0]
     (plan.results / "sampled").mkdir()
     (plan.results / "sampled" / "base.json").write_text("{}")
-    caplog.clear()
-    with caplog.at_level("INFO", logger="cluster.experiment"):
-        grid.run(plan, dry_run=True)
-    assert not [m for m in caplog.messages if "training temperature" in m]
+    assert not [m for m in _dry_run_messages(plan, caplog) if "training temperature" in m]
     assert [r["sampled"] for r in grid.status(plan)] == [True, False]
     # the report: the greedy table, and the sampled one beside it with its own paired differences
     results = tmp_path / "report"

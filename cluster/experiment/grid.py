@@ -299,8 +299,8 @@ def status(plan: Plan, now: float | None = None, fresh_s: float = 120.0) -> list
         rows.append({"run": name, "state": state, "iteration": reached, "iterations": total,
                      "resumes_from": max(checkpoints, default=0) if state in ("running", "stopped") else None,
                      "branches_from": point,
-                     "transfer": (plan.results / "transfer" / f"{name}.json").exists() if plan.transfer else None,
-                     "sampled": (plan.results / "sampled" / f"{name}.json").exists() if plan.sampled else None})
+                     **{kind: (plan.results / kind / f"{name}.json").exists() if kind in plan.side_evals() else None
+                        for kind in SIDE_EVAL_TITLES}})
     return rows
 
 
@@ -314,7 +314,7 @@ def print_status(plan: Plan) -> int:
             it += f" (checkpoint {r['resumes_from']})" if r["resumes_from"] else " (no checkpoint yet)"
         if r["branches_from"]:
             it += f" (from {r['branches_from'][0]}'s {r['branches_from'][1]})"
-        side = ["—" if r[k] is None else "done" if r[k] else "pending" for k in ("transfer", "sampled")]
+        side = ["—" if r[k] is None else "done" if r[k] else "pending" for k in SIDE_EVAL_TITLES]
         print(f"{r['run']:<{w}} {r['state']:<8} {it:<24} {side[0]:<9} {side[1]}")
     seconds = [row["seconds_iteration"] for path in plan.results.glob("*.json") for row in json.loads(path.read_text()).get("train", [])
                if row.get("seconds_iteration")]

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from cluster.config import ConfigError
+from cluster.evaluate import correction_rates
 from cluster.experiment.arms import Plan
 from cluster.experiment.record import load_results, outcomes
 
@@ -152,11 +153,12 @@ def sampled_delta(rec: dict[str, Any], window: int = SAMPLED_WINDOW) -> float | 
     return float(np.mean([r["reward_attempt2"] - r["reward_attempt1"] for r in rows])) if rows else None
 
 
-def run_table(results: Path) -> list[str]:
-    """Every finished run of the pilots on one row: the final validation evaluation (greedy), Δ at the training
-    temperature, the collapse diagnostic, attempt 2 on the base model's first attempts, and the wall time."""
-    by_arm = load_results(results)
-    lines = ["| run | Accuracy@t1 | Accuracy@t2 | Δ(t1,t2) greedy | Δ sampled, last 10 iterations | answer changed "
+def run_table(results: Path, by_arm: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Every finished run of the pilots (``by_arm``, read from ``results``) on one row: the final validation evaluation
+    (greedy), Δ at the training temperature, the collapse diagnostic, attempt 2 on the base model's first attempts,
+    and the wall time."""
+    problems = next((r["final"]["num_problems"] for rs in by_arm.values() for r in rs), "—")
+    lines = [f"Every run, final evaluation on the {problems} validation problems (greedy; %):", "", "| run | Accuracy@t1 | Accuracy@t2 | Δ(t1,t2) greedy | Δ sampled, last 10 iterations | answer changed "
              "| base first attempts: fix / break | selected iteration | wall time |", "|" + " --- |" * 9]
     pct = lambda v, signed=False: "—" if v is None else f"{100 * v:+.1f}" if signed else f"{100 * v:.1f}"  # noqa: E731
     for arm in ("base", *PILOTS):
@@ -164,8 +166,7 @@ def run_table(results: Path) -> list[str]:
             f, fixed = rec["final"], _fixed_first(results, rec["name"])
             title = "(a) base model, prompted" if arm == "base" else PILOTS[arm]
             if arm == "base":  # its own first attempts: the same rates from its two attempts
-                t1, t2 = outcomes(rec, 1).astype(bool), outcomes(rec, 2).astype(bool)
-                fixed = {"fix_rate": float((~t1 & t2).sum() / max(1, (~t1).sum())), "break_rate": float((t1 & ~t2).sum() / max(1, t1.sum()))}
+                fixed = correction_rates(outcomes(rec, 1), outcomes(rec, 2))
             rates = "—" if fixed is None else f"{pct(fixed['fix_rate'])}% / {pct(fixed['break_rate'])}%"
             lines.append(f"| {title} | {pct(f['accuracy_t1'])} | {pct(f['accuracy_t2'])} | {pct(f['delta_t1_t2'], True)} "
                          f"| {pct(sampled_delta(rec), True)} | {pct(f.get('answer_changed'))}% | {rates} "
@@ -241,13 +242,12 @@ def report(plan: PilotPlan) -> int:
     """The rule's decision (``rule.json``), its table (``pilots.md``) and the validation curves (``curves.png``), beside
     the folder of result files."""
     decision = rule(plan.results)
-    lines = [f"# Pilots on {plan.task} (validation split)", "", *rule_lines(decision), "",
-             f"Every run, final evaluation on the {_num_problems(plan.results)} validation problems (greedy; %):", "",
-             *run_table(plan.results)]
+    by_arm = load_results(plan.results)
+    lines = [f"# Pilots on {plan.task} (validation split)", "", *rule_lines(decision), "", *run_table(plan.results, by_arm)]
     where = plan.results.parent
     where.mkdir(parents=True, exist_ok=True)
     (where / "rule.json").write_text(json.dumps(decision, indent=1) + "\n")
-    curves = _plot_curves(plan.results, where)
+    curves = _plot_curves(by_arm, where)
     if curves:
         lines += ["", f"![validation curves]({curves.name})"]
     (where / "pilots.md").write_text("\n".join(lines) + "\n")
@@ -255,13 +255,7 @@ def report(plan: PilotPlan) -> int:
     return 0
 
 
-def _num_problems(results: Path) -> int | str:
-    recs = [r for rs in load_results(results).values() for r in rs]
-    return recs[0]["final"]["num_problems"] if recs else "—"
-
-
-def _plot_curves(results: Path, where: Path) -> Path | None:
-    by_arm = load_results(results)
+def _plot_curves(by_arm: dict[str, list[dict[str, Any]]], where: Path) -> Path | None:
     trained = {a: recs[0] for a, recs in by_arm.items() if a in PILOTS}
     if not trained:
         return None
