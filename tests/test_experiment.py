@@ -730,3 +730,25 @@ def test_every_run_is_also_evaluated_at_the_training_temperature_and_reported_be
     md = (docs / "self_correction.md").read_text()
     assert "At the training temperature (eval.temperature=0.5): the same 6 held-out problems" in md
     assert "- Δ(t1,t2) of SCoRe minus (a) base, prompted: +50.0 points" in md
+
+
+def test_without_base_first_attempts_the_second_designs_goal_leaves_out_f_and_says_why(tmp_path):
+    """(f) is plain RL with SCoRe's share of base first attempts: at share 0 it is (e), the runner does not run it,
+    and the goal must not wait on it; with a share above 0 a missing (f) stays an open clause."""
+    results = tmp_path / "results"
+    results.mkdir()
+    r1 = [1, 0, 1, 0, 1, 0]
+    files = [_result("score", 0, r1, [1, 1, 1, 0, 1, 0]), _result("plain_rl", 0, r1, r1)]
+    for rec in files:
+        rec["settings"] = {"stage2_base_first_attempts": 0.0, "beta2_target_kl": 0.005}
+        (results / f"{rec['name']}.json").write_text(json.dumps(rec))
+    docs = tmp_path / "docs"
+    assert report.report(results, docs) == 0
+    clauses = [c["clause"] for c in json.loads((docs / "self_correction.json").read_text())["goal"]]
+    assert not any("(f)" in c for c in clauses) and any("(e) plain two-turn RL" in c for c in clauses)
+    assert "(f) plain RL, base first attempts is not run: SCoRe took no base-model first attempts" in (docs / "self_correction.md").read_text()
+    files[0]["settings"]["stage2_base_first_attempts"] = 0.5  # a share: (f) is owed, its clauses wait for it
+    (results / "score-seed0.json").write_text(json.dumps(files[0]))
+    assert report.report(results, docs) == 0
+    goal = {c["clause"]: c["met"] for c in json.loads((docs / "self_correction.json").read_text())["goal"]}
+    assert goal["SCoRe's Δ minus that of (f) plain RL, base first attempts, interval above 0"] is None

@@ -247,6 +247,8 @@ def test_a_finished_run_becomes_a_result_file_the_report_reads(full_run, tmp_pat
         assert outcomes(rec, t).mean() == pytest.approx(final[f"accuracy_t{t}"])
     assert [c["iteration"] for c in rec["curves"]] == [2, 4] and rec["training_episodes"] == 4 * 4
     assert rec["settings"]["skip_zero_variance_groups"] is True and len(rec["train"]) == 4
+    # the anti-collapse options the run took (the report tells (f)'s absence from them)
+    assert (rec["settings"]["stage2_base_first_attempts"], rec["settings"]["beta2_target_kl"], rec["settings"]["attempts"]) == (0.5, BETA2_TARGET_KL, 2)
     assert [(m["iteration"], m["dtype"]) for m in rec["machines"]] == [(0, DTYPE)]
     for row in rec["train"]:  # a fix or a break changes the final answer: both are within the changed share
         assert 0 <= row["fixed"] and 0 <= row["broken"] and row["fixed"] + row["broken"] <= row["answer_changed"] + 1e-9

@@ -93,7 +93,9 @@ def summarize_run(name: str, run_dir: Path, wall_seconds: float, eval_only: bool
                            **{k: roll.get(k) for k in ("problems_per_iteration", "samples_per_problem", "skip_zero_variance_groups")},
                            "temperature": roll["attempt1"]["temperature"], "checkpoint_select": saved["checkpoint"].get("select"),
                            "difficulty": saved["task"]["difficulty"], "dtype": saved["model"]["dtype"],
-                           "vllm_is": alg.get("vllm_is")}
+                           "vllm_is": alg.get("vllm_is"),
+                           # the second design's anti-collapse options (absent from older records: read with .get)
+                           **{k: alg.get(k) for k in ("stage2_base_first_attempts", "beta2_target_kl", "attempts")}}
         problems = build_task(TaskConfig.model_validate(saved["task"]), seed=saved["run"]["seed"]).problems(final.get("split") or "eval")
     if problems is not None:
         idx = table["problem_index"].to_pylist()

@@ -464,6 +464,18 @@ def _summarize(by_arm: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return summary
 
 
+def _arms_run(by_arm: dict[str, list[dict[str, Any]]], arms: tuple[str, ...]) -> tuple[tuple[str, ...], list[str]]:
+    """The design's arms, less (f) where SCoRe's runs took no base-model first attempts: (f) is then (e) itself
+    (``cluster.experiment run`` does not run it), and the goal checks the arms that exist. Returns them and the line
+    that says so."""
+    shares = {r["settings"].get("stage2_base_first_attempts") for r in by_arm.get("score", []) if "settings" in r}
+    if "plain_rl_base_first" in arms and "plain_rl_base_first" not in by_arm and shares == {0.0}:
+        return tuple(a for a in arms if a != "plain_rl_base_first"), [
+            "", f"{ARM_TITLES['plain_rl_base_first']} is not run: SCoRe took no base-model first attempts "
+                "(algorithm.stage2_base_first_attempts 0), so that control is (e) itself."]
+    return arms, []
+
+
 def report(results: Path, doc_dir: Path, embed_in: Path | None = None, design: int = max(DESIGN_ARMS)) -> int:
     """Rebuild ``self_correction.{json,md,png}`` in ``doc_dir`` from the result files under ``results``; with
     ``embed_in``, also the block between its markers (``embed``). ``design``: whose arms the goal checks (1: the
@@ -476,6 +488,7 @@ def report(results: Path, doc_dir: Path, embed_in: Path | None = None, design: i
     if stray := [a for a in by_arm if a not in arms]:
         print(f"error: {results} holds runs of {', '.join(stray)}, which design {design} does not have (--design)", file=sys.stderr)
         return 2
+    arms, without = _arms_run(by_arm, arms)
     summary = _summarize(by_arm)
     summary["wall_seconds"] = {r["name"]: r["wall_seconds"] for recs in by_arm.values() for r in recs}
     episodes = {r["name"]: r["training_episodes"] for arm in TRAINED for r in by_arm.get(arm, [])}
@@ -483,7 +496,7 @@ def report(results: Path, doc_dir: Path, embed_in: Path | None = None, design: i
     summary["training_episodes"] = episodes
     att_md, summary["accuracy_by_attempt"] = attempts_table(by_arm)
     doc_dir.mkdir(parents=True, exist_ok=True)
-    lines = [markdown_table(summary), "", *_differences(summary)]
+    lines = [markdown_table(summary), "", *_differences(summary), *without]
     if design >= 2:
         summary["design"] = design
         summary["fixed_first_attempts"] = fixed_first_attempts(results, by_arm)
