@@ -196,7 +196,7 @@ def test_no_shaping_continues_from_score_stage1_checkpoint_only_where_that_is_ex
                     results=tmp_path / "results", arms=("score", "no_shaping"), transfer=())
 
     p = plan()
-    assert "checkpoint.keep_iterations=[2]" in " ".join(dict((n, c) for n, _, c in p.commands())["score-seed0"])
+    assert "checkpoint.keep_iterations=[1,2]" in " ".join(dict((n, c) for n, _, c in p.commands())["score-seed0"])
     assert "keep_iterations" not in " ".join(dict((n, c) for n, _, c in p.commands())["no_shaping-seed0"])
     score, mine = p.out / "score-seed0", p.out / "no_shaping-seed0"
     for i in (2, 4):
@@ -248,15 +248,34 @@ def test_no_shaping_continues_from_score_stage1_checkpoint_only_where_that_is_ex
     assert grid._run_one(p, "[2/2] no_shaping-seed0", "no_shaping-seed0", mine, cmds["no_shaping-seed0"], False, False) == 0
     assert not point.exists() and not (mine / "checkpoints").exists()
 
-    # a window before the end of Stage I had the best training reward: its weights were not kept, no branch
-    for i in (2, 4):
-        _fake_checkpoint(p.out / "score-seed1" / "checkpoints" / f"iter_{i:06d}", i, i)
-    falling = [{"kind": "train", "step": i, "reward_attempt2": r} for i, r in zip((1, 2, 3), (0.5, 0.2, 0.1))]
-    (p.out / "score-seed1" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in falling))
+    # a window before the end of Stage I had the best training reward: (b) kept that window's checkpoint too, and
+    # (d) starts with it as its best; where it was not kept (an older (b)), no branch
     p1 = Plan(p.out, p.config, [1], 10, 2, 2, p.overrides, results=p.results, arms=p.arms, transfer=())
-    assert branch.save_point(p1, "score-seed1", p.out / "score-seed1") is not None
-    assert not branch.start_from_point(p1, "no_shaping-seed1", p.out / "no_shaping-seed1")
-    assert "best training window before iteration 2 ends at 1," in caplog.text
+    assert "checkpoint.keep_iterations=[1,2]" in " ".join(dict((n, c) for n, _, c in p1.commands())["score-seed1"])
+    falling = [{"kind": "train", "step": i, "reward_attempt2": r} for i, r in zip((1, 2, 3), (0.5, 0.2, 0.1))]
+    for kept in ((1, 2, 4), (2, 4)):
+        shutil.rmtree(p.out / "score-seed1", ignore_errors=True)
+        shutil.rmtree(p.out / "no_shaping-seed1", ignore_errors=True)
+        for i in kept:
+            _fake_checkpoint(p.out / "score-seed1" / "checkpoints" / f"iter_{i:06d}", i, i + 10)
+        (p.out / "score-seed1" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in falling))
+        assert branch.save_point(p1, "score-seed1", p.out / "score-seed1") is not None
+        assert branch.start_from_point(p1, "no_shaping-seed1", p.out / "no_shaping-seed1") == (1 in kept), kept
+    assert "best training window before iteration 2 ends at 1," in caplog.text  # the second time: not kept
+    branched = p.out / "score-seed1" / branch.BRANCH_DIR
+    assert sorted(x.name for x in branched.glob("iter_*")) == ["iter_000002"]
+    shutil.rmtree(p.out / "score-seed1")
+    for i in (1, 2, 4):
+        _fake_checkpoint(p.out / "score-seed1" / "checkpoints" / f"iter_{i:06d}", i, i + 10)
+    (p.out / "score-seed1" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in falling))
+    branch.save_point(p1, "score-seed1", p.out / "score-seed1")
+    assert sorted(x.name for x in branched.glob("iter_*")) == ["iter_000001", "iter_000002"]
+    assert branch.start_from_point(p1, "no_shaping-seed1", p.out / "no_shaping-seed1")
+    best1 = p.out / "no_shaping-seed1" / "checkpoints" / "best"
+    assert json.loads((best1 / "score_checkpoint.json").read_text())["iteration"] == 1  # window 1's weights and reward
+    assert json.loads((best1 / "score_checkpoint.json").read_text())["version"] == 11
+    assert json.loads((best1 / "score_checkpoint.json").read_text())["train_reward"] == 0.5
+    assert (p.out / "no_shaping-seed1" / "checkpoints" / "iter_000002").is_dir()  # it continues from the end of Stage I
 
 
 def test_an_attempt_stopped_with_the_session_still_counts_in_the_wall_time(tmp_path):

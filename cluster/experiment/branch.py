@@ -14,9 +14,11 @@ Invariants:
   besides α, the run name and the evaluation's attempt count (which does not touch training). Its log up to
   ``stage1`` is (b)'s, and so are the lines of ``machines.jsonl`` that computed it; ``branched_from.json`` in
   its run folder says so; the result file carries it.
-- With ``checkpoint.select: best_train_reward``, (d) also needs the best weights as of iteration ``stage1``;
-  only the ``stage1`` checkpoint is kept, so (d) branches only when the best window so far ends there, and
-  otherwise trains from iteration 0.
+- With ``checkpoint.select: best_train_reward``, (d) also needs the best weights as of iteration ``stage1``: (b)
+  keeps its checkpoints at the ends of the selection windows inside Stage I too (``keep_sets``), and the branch
+  point links the one whose window was best by iteration ``stage1`` (replayed from (b)'s log, as the trainer
+  chose), which (d) starts with as ``checkpoints/best``. Where that checkpoint is missing (a (b) run that kept
+  only ``stage1``, or a window end that was no checkpoint iteration), (d) trains from iteration 0.
 - Every file is a hard link where the file system allows (a copy otherwise) and none is written through a
   link: a manifest is replaced, never rewritten in place.
 """
@@ -62,10 +64,14 @@ def checkpoint_name(iteration: int) -> str:
 
 
 def keep_sets(plan: Any, arm: str) -> list[str]:
-    """The override (b) needs for (d) to branch from it: keep the checkpoint at the end of Stage I."""
-    if plan.stage1 and any(BRANCHES.get(a) == arm for a in plan.arms):
-        return [f"checkpoint.keep_iterations=[{plan.stage1}]"]
-    return []
+    """The override (b) needs for (d) to branch from it: keep the checkpoint at the end of Stage I and, with
+    ``checkpoint.select: best_train_reward``, those at the ends of the selection windows before it (one of them
+    holds the best weights as of the end of Stage I; the rest go when (b) finishes)."""
+    if not plan.stage1 or not any(BRANCHES.get(a) == arm for a in plan.arms):
+        return []
+    c = load_config(plan.config, [*plan.shared_sets(2), *plan.arm_sets(arm)]).checkpoint
+    ends = range(c.select_window, plan.stage1, c.select_window) if c.select == "best_train_reward" else ()
+    return [f"checkpoint.keep_iterations=[{','.join(str(i) for i in (*ends, plan.stage1))}]"]
 
 
 def save_point(plan: Any, name: str, where: Path) -> Path | None:
@@ -81,9 +87,14 @@ def save_point(plan: Any, name: str, where: Path) -> Path | None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     _link_tree(ckpt, tmp / ckpt.name)
+    cfg = load_config(plan.config, [*plan.shared_sets(2), *plan.arm_sets(arm)])
+    rows = read_jsonl(where / "metrics.jsonl")
+    best = _best_window(rows, plan.stage1, cfg.checkpoint.select_window) if cfg.checkpoint.select == "best_train_reward" else None
+    if best is not None and best[0] != plan.stage1 and ((held := where / "checkpoints" / checkpoint_name(best[0])) / MANIFEST).exists():
+        _link_tree(held, tmp / held.name)  # the best weights as of the end of Stage I
     if (where / BASE_ATTEMPTS).exists():  # Stage II's base first attempts (algorithm.stage2_base_first_attempts), shared too
         _link_file(where / BASE_ATTEMPTS, tmp / BASE_ATTEMPTS)
-    write_jsonl(tmp / "metrics.jsonl", [r for r in read_jsonl(where / "metrics.jsonl") if r["step"] <= plan.stage1])
+    write_jsonl(tmp / "metrics.jsonl", [r for r in rows if r["step"] <= plan.stage1])
     write_jsonl(tmp / MACHINES, [m for m in machines(where) if m["iteration"] < plan.stage1])  # those that computed Stage I
     (tmp / "branch.json").write_text(json.dumps({"run": name, "iteration": plan.stage1, **_identity(plan, int(seed))}, indent=1))
     tmp.rename(dst)
@@ -130,7 +141,7 @@ def start_from_point(plan: Any, name: str, where: Path) -> bool:
     best = None
     if cfg.checkpoint.select == "best_train_reward":
         best = _best_window(rows, point["iteration"], cfg.checkpoint.select_window)
-        if best is None or best[0] != point["iteration"]:
+        if best is None or not (src / checkpoint_name(best[0]) / MANIFEST).exists():
             log.info(f"    {point['run']}'s best training window before iteration {point['iteration']} ends at {best and best[0]}, "
                      f"whose weights were not kept; {name} trains from iteration 0")
             return False
@@ -138,8 +149,9 @@ def start_from_point(plan: Any, name: str, where: Path) -> bool:
     shutil.rmtree(ckpts, ignore_errors=True)
     ckpts.mkdir(parents=True)
     if best is not None:
-        _link_tree(ckpt_src, ckpts / f"{BEST}.partial")
-        source = json.loads((ckpt_src / MANIFEST).read_text())
+        best_src = src / checkpoint_name(best[0])
+        _link_tree(best_src, ckpts / f"{BEST}.partial")
+        source = json.loads((best_src / MANIFEST).read_text())
         replace_text(ckpts / f"{BEST}.partial" / MANIFEST, json.dumps({"iteration": best[0], "version": source["version"], "train_reward": best[1],
                                                                    "window": cfg.checkpoint.select_window, "dtype": source.get("dtype"),
                                                                    "time": time.time()}, indent=1))
