@@ -139,7 +139,7 @@ def goal_check(summary: dict[str, Any], scale: bool = True, arms: tuple[str, ...
         add(f"at least {MIN_EPISODES} training episodes per run", str(episodes), episodes >= MIN_EPISODES if episodes else None)
         seeds = {arm: summary[arm]["seeds"] for arm in trained if arm in summary}
         add(f"at least {MIN_SEEDS} seeds per trained arm", ", ".join(f"{ARM_TITLES[a]} {n}" for a, n in seeds.items()) or "none",
-            len(seeds) == len(trained) and min(seeds.values()) >= MIN_SEEDS)
+            (len(seeds) == len(trained) and min(seeds.values()) >= MIN_SEEDS) if seeds else None)  # open before any trained run
     return checks
 
 
@@ -239,7 +239,8 @@ def plot(summary: dict[str, Any], by_arm: dict[str, list[dict[str, Any]]], out: 
         bx.axhline(0, color="grey", lw=0.5)
         bx.set_xlabel("iteration")
         bx.set_title(title, fontsize=9)
-        bx.legend(fontsize=7)
+        if bx.get_legend_handles_labels()[0]:  # none before any run's curve or final metric
+            bx.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
