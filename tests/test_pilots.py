@@ -161,6 +161,8 @@ def test_the_grid_the_pilots_choose_runs_on_held_out_problems_with_the_best_pilo
 
     args = grid_args("levels2+3", "score_base_half", 76)
     assert args[:2] == ["--out", "runs/design2/levels2+3"]
+    assert args[args.index("--seeds") + 1:args.index("--seeds") + 4] == ["1", "2", "3"]  # not the pilots' seed 0: fresh runs
+    assert "--seeds 1 2 3" in lines[1] and "--seeds 1 2 3" in lines[2]
     assert experiment(["run", "--dry-run", *args, "--out", str(tmp_path / "g"), "--results", str(tmp_path / "grid")]) == 0  # its CLI takes them
     from cluster.experiment.arms import DESIGN_ARMS, Plan
 

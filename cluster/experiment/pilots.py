@@ -101,16 +101,22 @@ def build_plan(task: str, out: Path | None = None, results: Path | None = None, 
                      results or Path("docs/results/pilots") / task / "runs", attempts=2, arms=("base", *PILOTS), transfer=(), task=task)
 
 
-def grid_args(task: str, best: str, iterations: int = 76) -> list[str]:
+def grid_args(task: str, best: str, iterations: int = 76, pilot_seed: int = 0, seeds: int = 3) -> list[str]:
     """``python -m cluster.experiment run`` arguments of the grid the pilots chose: the pilots' task and run length,
     the held-out problems (no ``eval.split=val``), and the best pilot's own settings as (b)'s (``--score-set``), which
-    (c), (d) and, for the share of base first attempts, (f) inherit."""
+    (c), (d) and, for the share of base first attempts, (f) inherit.
+
+    Seeds other than the pilots' (``pilot_seed + 1`` on): a run is a deterministic function of its config and seed,
+    so the grid's run of the pilots' seed would retrain the very runs the rule compared, and (b)'s would be the one
+    chosen for its validation score, a winner's curse its held-out numbers would carry (the held-out problems differ,
+    the model does not)."""
     sets, max_tokens = TASKS[task]
     own = pilot_sets(best, iterations)
     stage1 = next(int(s.split("=")[1]) for s in own if s.startswith("algorithm.stage1_iterations="))
     chosen = [s for s in own if not s.startswith(("algorithm.stage1_iterations=", "algorithm.stage2_iterations="))]
     shared = [*sets, f"rollout.attempt1.max_tokens={max_tokens}", f"rollout.attempt2.max_tokens={max_tokens}", f"eval.max_tokens={max_tokens}"]
-    return ["--out", f"runs/design2/{task}", "--stage1", str(stage1), "--stage2", str(iterations - stage1),
+    return ["--out", f"runs/design2/{task}", "--seeds", *[str(pilot_seed + 1 + i) for i in range(seeds)],
+            "--stage1", str(stage1), "--stage2", str(iterations - stage1),
             *[a for s in shared for a in ("--set", s)], *[a for s in chosen for a in ("--score-set", s)]]
 
 
@@ -125,7 +131,7 @@ def grid_lines(plan: PilotPlan) -> tuple[int, list[str]]:
                    f"(python -m cluster.experiment.pilots run --task {plan.task} --commit)"]
     import shlex
 
-    args = " ".join(shlex.quote(a) for a in grid_args(plan.task, decision["best"], plan.stage1 + plan.stage2))
+    args = " ".join(shlex.quote(a) for a in grid_args(plan.task, decision["best"], plan.stage1 + plan.stage2, plan.seeds[0]))
     return 0, [f"# the grid on {plan.task}, (b) with {decision['best']}'s settings ({PILOTS[decision['best']]})",
                f"python -m cluster.experiment run {args} --commit", f"python -m cluster.experiment status {args}",
                "python -m cluster.experiment report"]
