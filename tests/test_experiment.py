@@ -766,14 +766,11 @@ def test_without_base_first_attempts_the_second_designs_goal_leaves_out_f_and_sa
     clauses = [c["clause"] for c in json.loads((docs / "self_correction.json").read_text())["goal"]]
     assert not any("(f)" in c for c in clauses) and any("(e) plain two-turn RL" in c for c in clauses)
     assert "(f) plain RL, base first attempts is not run: SCoRe took no base-model first attempts" in (docs / "self_correction.md").read_text()
-    (results / "score-seed0.json").rename(tmp_path / "away.json")
-    (results / "plain_rl-seed0.json").rename(tmp_path / "away2.json")
-    (results / "base.json").write_text(json.dumps(_result("base", None, r1, r1)))
-    assert report.report(results, docs) == 0  # the base model alone: nothing trained yet, every clause open
-    assert {c["met"] for c in json.loads((docs / "self_correction.json").read_text())["goal"]} == {None}
-    (results / "base.json").unlink()
-    (tmp_path / "away.json").rename(results / "score-seed0.json")
-    (tmp_path / "away2.json").rename(results / "plain_rl-seed0.json")
+    base_only = tmp_path / "base_only"
+    base_only.mkdir()
+    (base_only / "base.json").write_text(json.dumps(_result("base", None, r1, r1)))
+    assert report.report(base_only, tmp_path / "base_docs") == 0  # nothing trained yet: every clause open
+    assert {c["met"] for c in json.loads((tmp_path / "base_docs" / "self_correction.json").read_text())["goal"]} == {None}
     files[0]["settings"]["stage2_base_first_attempts"] = 0.5  # a share: (f) is owed, its clauses wait for it
     (results / "score-seed0.json").write_text(json.dumps(files[0]))
     assert report.report(results, docs) == 0

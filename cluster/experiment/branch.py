@@ -63,13 +63,18 @@ def checkpoint_name(iteration: int) -> str:
     return f"iter_{iteration:06d}"
 
 
+def _checkpointing(plan: Any, arm: str) -> Any:
+    """``arm``'s checkpoint settings in ``plan`` (its selection of the best weights among them)."""
+    return load_config(plan.config, [*plan.shared_sets(2), *plan.arm_sets(arm)]).checkpoint
+
+
 def keep_sets(plan: Any, arm: str) -> list[str]:
     """The override (b) needs for (d) to branch from it: keep the checkpoint at the end of Stage I and, with
     ``checkpoint.select: best_train_reward``, those at the ends of the selection windows before it (one of them
     holds the best weights as of the end of Stage I; the rest go when (b) finishes)."""
     if not plan.stage1 or not any(BRANCHES.get(a) == arm for a in plan.arms):
         return []
-    c = load_config(plan.config, [*plan.shared_sets(2), *plan.arm_sets(arm)]).checkpoint
+    c = _checkpointing(plan, arm)
     ends = range(c.select_window, plan.stage1, c.select_window) if c.select == "best_train_reward" else ()
     return [f"checkpoint.keep_iterations=[{','.join(str(i) for i in (*ends, plan.stage1))}]"]
 
@@ -87,9 +92,9 @@ def save_point(plan: Any, name: str, where: Path) -> Path | None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     _link_tree(ckpt, tmp / ckpt.name)
-    cfg = load_config(plan.config, [*plan.shared_sets(2), *plan.arm_sets(arm)])
+    c = _checkpointing(plan, arm)
     rows = read_jsonl(where / "metrics.jsonl")
-    best = _best_window(rows, plan.stage1, cfg.checkpoint.select_window) if cfg.checkpoint.select == "best_train_reward" else None
+    best = _best_window(rows, plan.stage1, c.select_window) if c.select == "best_train_reward" else None
     if best is not None and best[0] != plan.stage1 and ((held := where / "checkpoints" / checkpoint_name(best[0])) / MANIFEST).exists():
         _link_tree(held, tmp / held.name)  # the best weights as of the end of Stage I
     if (where / BASE_ATTEMPTS).exists():  # Stage II's base first attempts (algorithm.stage2_base_first_attempts), shared too
@@ -137,10 +142,10 @@ def start_from_point(plan: Any, name: str, where: Path) -> bool:
         return False
     rows = read_jsonl(src / "metrics.jsonl")
     ckpt_src = src / checkpoint_name(point["iteration"])
-    cfg = load_config(plan.config, [*plan.shared_sets(2), *plan.arm_sets(arm)])
+    c = _checkpointing(plan, arm)
     best = None
-    if cfg.checkpoint.select == "best_train_reward":
-        best = _best_window(rows, point["iteration"], cfg.checkpoint.select_window)
+    if c.select == "best_train_reward":
+        best = _best_window(rows, point["iteration"], c.select_window)
         if best is None or not (src / checkpoint_name(best[0]) / MANIFEST).exists():
             log.info(f"    {point['run']}'s best training window before iteration {point['iteration']} ends at {best and best[0]}, "
                      f"whose weights were not kept; {name} trains from iteration 0")
@@ -153,7 +158,7 @@ def start_from_point(plan: Any, name: str, where: Path) -> bool:
         _link_tree(best_src, ckpts / f"{BEST}.partial")
         source = json.loads((best_src / MANIFEST).read_text())
         replace_text(ckpts / f"{BEST}.partial" / MANIFEST, json.dumps({"iteration": best[0], "version": source["version"], "train_reward": best[1],
-                                                                   "window": cfg.checkpoint.select_window, "dtype": source.get("dtype"),
+                                                                   "window": c.select_window, "dtype": source.get("dtype"),
                                                                    "time": time.time()}, indent=1))
         (ckpts / f"{BEST}.partial").rename(ckpts / BEST)
     _link_tree(ckpt_src, ckpts / (ckpt_src.name + ".partial"))  # complete only once everything else is in place
