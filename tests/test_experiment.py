@@ -763,8 +763,11 @@ def test_without_base_first_attempts_the_second_designs_goal_leaves_out_f_and_sa
         (results / f"{rec['name']}.json").write_text(json.dumps(rec))
     docs = tmp_path / "docs"
     assert report.report(results, docs) == 0
-    clauses = [c["clause"] for c in json.loads((docs / "self_correction.json").read_text())["goal"]]
+    summary = json.loads((docs / "self_correction.json").read_text())
+    clauses = [c["clause"] for c in summary["goal"]]
     assert not any("(f)" in c for c in clauses) and any("(e) plain two-turn RL" in c for c in clauses)
+    f_diff = summary["score_minus"]["plain_rl_base_first"]  # the JSON keeps (f)'s key, and says which run stands for it
+    assert f_diff["same_run_as"] == "plain_rl" and f_diff["mean"] == summary["score_minus"]["plain_rl"]["mean"] == pytest.approx(1 / 6)
     assert "(f) plain RL, base first attempts is not run: SCoRe took no base-model first attempts" in (docs / "self_correction.md").read_text()
     base_only = tmp_path / "base_only"
     base_only.mkdir()
@@ -776,3 +779,4 @@ def test_without_base_first_attempts_the_second_designs_goal_leaves_out_f_and_sa
     assert report.report(results, docs) == 0
     goal = {c["clause"]: c["met"] for c in json.loads((docs / "self_correction.json").read_text())["goal"]}
     assert goal["SCoRe's Δ minus that of (f) plain RL, base first attempts, interval above 0"] is None
+    assert "plain_rl_base_first" not in json.loads((docs / "self_correction.json").read_text())["score_minus"]  # owed, not aliased

@@ -477,6 +477,18 @@ def _arms_run(by_arm: dict[str, list[dict[str, Any]]], arms: tuple[str, ...]) ->
     return arms, []
 
 
+def _alias_f_to_e(summary: dict[str, Any]) -> None:
+    """Where (f) is not run because it is (e) itself (``_arms_run``), the JSON still carries (f)'s keys, each a copy
+    of (e)'s marked ``same_run_as``: a reader of ``score_minus`` or ``fixed_first_attempts`` finds every arm the
+    design names, and is told which run stands for it. Applied after the tables and the goal, which name the arms
+    that ran."""
+    for part in (summary, summary.get("transfer") or {}, summary.get("sampled") or {}):
+        for key in ("score_minus", "fixed_first_attempts"):
+            table = part.get(key) or {}
+            if "plain_rl" in table and "plain_rl_base_first" not in table:
+                table["plain_rl_base_first"] = table["plain_rl"] | {"same_run_as": "plain_rl"}
+
+
 def report(results: Path, doc_dir: Path, embed_in: Path | None = None, design: int = max(DESIGN_ARMS)) -> int:
     """Rebuild ``self_correction.{json,md,png}`` in ``doc_dir`` from the result files under ``results``; with
     ``embed_in``, also the block between its markers (``embed``). ``design``: whose arms the goal checks (1: the
@@ -558,6 +570,8 @@ def report(results: Path, doc_dir: Path, embed_in: Path | None = None, design: i
         lines += ["", f"At the training temperature ({', '.join(sm['overrides'])}): the same {sm['num_problems']} held-out problems, "
                   "one sample per attempt, beside the greedy table above:", "", markdown_table(sm), "", *_differences(sm),
                   "", "Correction rates at the training temperature:", "", _rates_table(sm["correction_rates"])]
+    if without:
+        _alias_f_to_e(summary)
     (doc_dir / "self_correction.json").write_text(json.dumps(summary, indent=1))
     (doc_dir / "self_correction.md").write_text("\n".join(lines) + "\n")
     png = plot(summary, by_arm, doc_dir / "self_correction.png")
