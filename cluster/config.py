@@ -309,8 +309,9 @@ class CheckpointConfig(_Section):
 
     every_iterations: int = Field(0, ge=0)  # 0: only at the end and on interruption
     keep: int = Field(2, ge=1)
-    # checkpoints at these iterations are never pruned (e.g. the end of Stage I, for an ablation to
-    # continue from; cluster.experiment branches SCoRe with alpha = 0 from SCoRe's this way)
+    # checkpoints at these iterations are written (on or off the every_iterations grid) and never pruned
+    # (e.g. the end of Stage I, for an ablation to continue from; cluster.experiment branches SCoRe with
+    # alpha = 0 from SCoRe's this way)
     keep_iterations: list[int] = Field(default_factory=list)
     # which weights the final evaluation and the exported model use: the last, or (as in the paper)
     # those with the highest training reward, the mean final-attempt reward over each window of

@@ -4,8 +4,8 @@ Every iteration: draw problems; generate first attempts; generate each later att
 (``algorithm.attempts``, 2 by default) while the one before it is graded; grade the last; run the learner update; push the new weights to every
 generator. The next iteration's batch must carry the new weight version (checked on every batch).
 Evaluation runs before training, every ``eval.every_iterations`` and at the end; checkpoints every
-``checkpoint.every_iterations``, at the end, and when the run is interrupted (Ctrl-C, SIGTERM from
-``ray job stop``): the iteration in flight finishes first, so nothing is lost.
+``checkpoint.every_iterations``, at each of ``checkpoint.keep_iterations``, at the end, and when the run is
+interrupted (Ctrl-C, SIGTERM from ``ray job stop``): the iteration in flight finishes first, so nothing is lost.
 """
 
 from __future__ import annotations
@@ -630,8 +630,9 @@ class ScoreTrainer:
             self.consider_best()
             if cfg.eval.every_iterations and self.iteration % cfg.eval.every_iterations == 0:
                 self._report(self.run_eval(f"iteration {self.iteration}", periodic=True))
-            if cfg.checkpoint.every_iterations and self.iteration % cfg.checkpoint.every_iterations == 0 and self.iteration < total:
-                self.checkpoint()
+            every, kept = cfg.checkpoint.every_iterations, cfg.checkpoint.keep_iterations
+            if self.iteration < total and ((every and self.iteration % every == 0) or self.iteration in kept):
+                self.checkpoint()  # an iteration asked to be kept is written too, on or off the every_iterations grid
         bar.close()
         path = self.checkpoint()
         if interrupted or self.stop_requested:

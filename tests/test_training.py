@@ -260,13 +260,16 @@ def test_a_finished_run_becomes_a_result_file_the_report_reads(full_run, tmp_pat
 
 
 TRACKED = ["run.loggers=[console,jsonl,tensorboard,wandb,mlflow]"]
+KEEP_THIRD = ["checkpoint.every_iterations=2", "checkpoint.keep=1", "checkpoint.keep_iterations=[3]"]
 
 
 @pytest.fixture(scope="module")
 def tiny_uninterrupted(ray_local, tiny_model_path, tmp_path_factory):
-    """Four iterations of the tiny model with what the experiment uses, uninterrupted: the reference of the resume test."""
+    """Four iterations of the tiny model with what the experiment uses, uninterrupted: the reference of the resume test.
+    It also keeps iteration 3's checkpoint, off any checkpoint.every_iterations grid, as the experiment keeps the end
+    of a Stage I of 38 iterations for (d) to branch from."""
     tmp = tmp_path_factory.mktemp("tiny-runs")
-    trainer, task = _trainer(tmp, "uninterrupted", tiny_model_path, [*EXPERIMENT, *MOVING])
+    trainer, task = _trainer(tmp, "uninterrupted", tiny_model_path, [*EXPERIMENT, *MOVING, *KEEP_THIRD])
     try:
         return trainer.run(task)
     finally:
@@ -282,6 +285,8 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(tiny_uninter
     monkeypatch.setenv("WANDB_MODE", "offline")
     model_path = tiny_model_path
     expected = _train_records(tiny_uninterrupted.run_dir)
+    kept = sorted(p.name for p in (tiny_uninterrupted.run_dir / "checkpoints").glob("iter_*"))
+    assert kept == ["iter_000003", "iter_000004"], kept  # 3 written though off the grid of 2, and spared by keep=1; 2 pruned
 
     first, task = _trainer(tmp_path, "resumed", model_path, [*EXPERIMENT, *MOVING, *TRACKED])
     original_step = first.step
