@@ -277,6 +277,15 @@ def test_no_shaping_continues_from_score_stage1_checkpoint_only_where_that_is_ex
     assert json.loads((best1 / "score_checkpoint.json").read_text())["train_reward"] == 0.5
     assert (p.out / "no_shaping-seed1" / "checkpoints" / "iter_000002").is_dir()  # it continues from the end of Stage I
 
+    # a (b) that wrote no checkpoint at the end of Stage I keeps no branch point, and the log says what that costs
+    for folder in (p.out / "score-seed1", p.out / "no_shaping-seed1"):
+        shutil.rmtree(folder)
+    _fake_checkpoint(p.out / "score-seed1" / "checkpoints" / "iter_000004", 4, 14)
+    caplog.clear()
+    assert branch.save_point(p1, "score-seed1", p.out / "score-seed1") is None and not branched.exists()
+    assert "score-seed1 has no checkpoint at the end of Stage I" in caplog.text and "no_shaping-seed1 will train Stage I again" in caplog.text
+    assert not branch.start_from_point(p1, "no_shaping-seed1", p.out / "no_shaping-seed1")
+
 
 def test_an_attempt_stopped_with_the_session_still_counts_in_the_wall_time(tmp_path):
     """A real child process: the heartbeat holds the attempt's time while it runs; an attempt that left its

@@ -86,8 +86,12 @@ def save_point(plan: Any, name: str, where: Path) -> Path | None:
     waiting = [a for a, src in BRANCHES.items() if src == arm and a in plan.arms and not (plan.results / f"{a}-seed{seed}.json").exists()]
     ckpt = where / "checkpoints" / checkpoint_name(plan.stage1)
     dst = where / BRANCH_DIR
-    if not waiting or dst.exists() or not (ckpt / MANIFEST).exists():
+    if not waiting or dst.exists():
         return dst if dst.exists() else None
+    if not (ckpt / MANIFEST).exists():
+        log.info(f"    {name} has no checkpoint at the end of Stage I ({ckpt}): "
+                 f"{', '.join(f'{a}-seed{seed}' for a in waiting)} will train Stage I again")
+        return None
     tmp = dst.with_name(BRANCH_DIR + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
