@@ -253,28 +253,19 @@ def test_no_shaping_continues_from_score_stage1_checkpoint_only_where_that_is_ex
     p1 = Plan(p.out, p.config, [1], 10, 2, 2, p.overrides, results=p.results, arms=p.arms, transfer=())
     assert "checkpoint.keep_iterations=[1,2]" in " ".join(dict((n, c) for n, _, c in p1.commands())["score-seed1"])
     falling = [{"kind": "train", "step": i, "reward_attempt2": r} for i, r in zip((1, 2, 3), (0.5, 0.2, 0.1))]
-    for kept in ((1, 2, 4), (2, 4)):
+    branched = p.out / "score-seed1" / branch.BRANCH_DIR
+    for kept in ((2, 4), (1, 2, 4)):  # an older (b) that kept only the end of Stage I, then one that kept window 1's too
         shutil.rmtree(p.out / "score-seed1", ignore_errors=True)
         shutil.rmtree(p.out / "no_shaping-seed1", ignore_errors=True)
         for i in kept:
             _fake_checkpoint(p.out / "score-seed1" / "checkpoints" / f"iter_{i:06d}", i, i + 10)
         (p.out / "score-seed1" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in falling))
         assert branch.save_point(p1, "score-seed1", p.out / "score-seed1") is not None
+        assert sorted(x.name for x in branched.glob("iter_*")) == [f"iter_{i:06d}" for i in kept if i <= 2], kept
         assert branch.start_from_point(p1, "no_shaping-seed1", p.out / "no_shaping-seed1") == (1 in kept), kept
-    assert "best training window before iteration 2 ends at 1," in caplog.text  # the second time: not kept
-    branched = p.out / "score-seed1" / branch.BRANCH_DIR
-    assert sorted(x.name for x in branched.glob("iter_*")) == ["iter_000002"]
-    shutil.rmtree(p.out / "score-seed1")
-    for i in (1, 2, 4):
-        _fake_checkpoint(p.out / "score-seed1" / "checkpoints" / f"iter_{i:06d}", i, i + 10)
-    (p.out / "score-seed1" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in falling))
-    branch.save_point(p1, "score-seed1", p.out / "score-seed1")
-    assert sorted(x.name for x in branched.glob("iter_*")) == ["iter_000001", "iter_000002"]
-    assert branch.start_from_point(p1, "no_shaping-seed1", p.out / "no_shaping-seed1")
-    best1 = p.out / "no_shaping-seed1" / "checkpoints" / "best"
-    assert json.loads((best1 / "score_checkpoint.json").read_text())["iteration"] == 1  # window 1's weights and reward
-    assert json.loads((best1 / "score_checkpoint.json").read_text())["version"] == 11
-    assert json.loads((best1 / "score_checkpoint.json").read_text())["train_reward"] == 0.5
+    assert "best training window before iteration 2 ends at 1," in caplog.text  # the first time: not kept
+    best1 = json.loads((p.out / "no_shaping-seed1" / "checkpoints" / "best" / "score_checkpoint.json").read_text())
+    assert (best1["iteration"], best1["version"], best1["train_reward"]) == (1, 11, 0.5)  # window 1's weights and reward
     assert (p.out / "no_shaping-seed1" / "checkpoints" / "iter_000002").is_dir()  # it continues from the end of Stage I
 
     # a (b) that wrote no checkpoint at the end of Stage I keeps no branch point, and the log says what that costs
